@@ -1,0 +1,28 @@
+"""Sphinx configuration for fdbpl. Builds offline: no intersphinx, MathJax is loaded by the browser."""
+
+import fdbpl
+
+project = "fdbpl"
+author = "the fdbpl developers"
+copyright = "2026, the fdbpl developers"
+release = fdbpl.__version__
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+]
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": False}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_custom_sections = [("Shape", "params_style")]
+nitpicky = False
+
+html_theme = "furo"
+html_title = f"fdbpl {release}"
+exclude_patterns = ["_build"]

@@ -1,0 +1,155 @@
+"""Validation shared by the public entry points.
+
+Shape and dtype checks are free (they read metadata only). Value checks (ranges, NaN,
+row sums) read tensor values and therefore synchronise with the device; they run in
+eager mode and are skipped while ``torch.compile`` traces, so compiled graphs have no
+host synchronisation. :func:`fdbpl.set_value_checks` turns them off for a hot loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fdbpl.errors import InputValueError, ShapeError
+
+_VALUE_CHECKS = True
+
+#: Absolute tolerance on ``|sum(row) - 1|`` for probability rows, by dtype.
+SUM_TOLERANCE: dict[torch.dtype, float] = {
+    torch.float64: 1e-6,
+    torch.float32: 1e-4,
+    torch.float16: 1e-2,
+    torch.bfloat16: 3e-2,
+}
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Turn the value checks of fdbpl's public functions on or off.
+
+    Shape checks always run. Value checks (labels in range, weights in ``[0, 1]``,
+    finite probabilities whose rows sum to 1) read tensor values, which costs a host
+    synchronisation on an accelerator. They are on by default and are skipped
+    automatically inside ``torch.compile``.
+
+    Args:
+        enabled: ``True`` to check values, ``False`` to trust the inputs.
+    """
+    global _VALUE_CHECKS
+    _VALUE_CHECKS = bool(enabled)
+
+
+def value_checks_enabled() -> bool:
+    """Whether value checks run now (on, and not inside a ``torch.compile`` trace)."""
+    return _VALUE_CHECKS and not torch.compiler.is_compiling()
+
+
+def shape_str(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ShapeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_ndim(name: str, t: torch.Tensor, ndim: int, layout: str) -> None:
+    check_tensor(name, t)
+    if t.ndim != ndim:
+        raise ShapeError(
+            f"{name}: expected {ndim} dimension(s) {layout}, got {t.ndim} with shape {shape_str(t)}"
+        )
+
+
+def check_floating(name: str, t: torch.Tensor) -> None:
+    if not t.is_floating_point():
+        raise ShapeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+
+
+def check_integer(name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ShapeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
+
+
+def check_size(name: str, t: torch.Tensor, dim: int, size: int, what: str) -> None:
+    if t.shape[dim] != size:
+        raise ShapeError(
+            f"{name}: expected size {size} in dimension {dim} ({what}), got shape {shape_str(t)}"
+        )
+
+
+def check_same_shape(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    first = tensors[0]
+    for name, t in zip(names[1:], tensors[1:]):
+        if t.shape != first.shape:
+            raise ShapeError(
+                f"{names[0]} and {name} must have the same shape, got {shape_str(first)} and {shape_str(t)}"
+            )
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise InputValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if value_checks_enabled() and not bool(torch.isfinite(t).all()):
+        raise InputValueError(f"{name}: expected finite values, got NaN or infinity")
+
+
+def check_probabilities(name: str, probs: torch.Tensor) -> None:
+    """Check a ``(N, C)`` tensor of probability rows: floating, finite, >= 0, rows sum to 1."""
+    check_ndim(name, probs, 2, "(N, C) of class probabilities")
+    check_floating(name, probs)
+    if probs.shape[1] < 1:
+        raise ShapeError(f"{name}: expected at least one class, got shape {shape_str(probs)}")
+    if not value_checks_enabled():
+        return
+    check_finite(name, probs)
+    if bool((probs < 0).any()):
+        raise InputValueError(f"{name}: expected non-negative probabilities, got a negative value")
+    tol = SUM_TOLERANCE.get(probs.dtype, 1e-4)
+    sums = probs.sum(dim=1, dtype=torch.float64)
+    worst = (sums - 1).abs().max() if sums.numel() else sums.new_zeros(())
+    if float(worst) > tol:
+        row = int((sums - 1).abs().argmax())
+        raise InputValueError(
+            f"{name}: expected rows that sum to 1 (tolerance {tol:g} for {probs.dtype}), "
+            f"row {row} sums to {float(sums[row]):.6g}"
+        )
+
+
+def check_weight(name: str, weight: torch.Tensor, n: int) -> None:
+    """Check a ``(N,)`` information weight with values in ``[0, 1]``."""
+    check_ndim(name, weight, 1, "(N,) of information weights")
+    check_floating(name, weight)
+    check_size(name, weight, 0, n, "N, the batch size")
+    if value_checks_enabled():
+        check_finite(name, weight)
+        if weight.numel() and bool(((weight < 0) | (weight > 1)).any()):
+            raise InputValueError(
+                f"{name}: expected values in [0, 1], got min {float(weight.min()):.6g} "
+                f"and max {float(weight.max()):.6g}"
+            )
+
+
+def check_labels(name: str, labels: torch.Tensor, n: int, num_classes: int) -> None:
+    """Check ``(N,)`` integer class ids in ``[0, num_classes)``."""
+    check_ndim(name, labels, 1, "(N,) of class ids")
+    check_integer(name, labels)
+    check_size(name, labels, 0, n, "N, the batch size")
+    if value_checks_enabled() and labels.numel():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise InputValueError(
+                f"{name}: expected class ids in [0, {num_classes}), got min {lo} and max {hi}"
+            )
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32 for half inputs, float64 for float64: the dtype reductions run in."""
+    return torch.promote_types(t.dtype, torch.float32)

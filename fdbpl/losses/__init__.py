@@ -1,0 +1,23 @@
+"""The FDBPL losses: information weight (Eq. 6), RADP (Eq. 9-10), PCD (Eq. 11-16), total (Eq. 17).
+
+Every module here holds hyper-parameters only; its ``forward`` is one call to the
+function of the same name in :mod:`fdbpl.losses.functional`. This subpackage imports
+neither open_clip nor torchvision.
+"""
+
+from fdbpl.losses.functional import FDBPLLossOutput, information_weight
+from fdbpl.losses.pcd import FirstOrderDifferenceLoss, PCDLoss, SecondOrderDifferenceLoss
+from fdbpl.losses.radp import NegativeUniformLoss, PositiveDistillationLoss, RADPLoss
+from fdbpl.losses.total import FDBPLLoss
+
+__all__ = [
+    "FDBPLLoss",
+    "FDBPLLossOutput",
+    "FirstOrderDifferenceLoss",
+    "NegativeUniformLoss",
+    "PCDLoss",
+    "PositiveDistillationLoss",
+    "RADPLoss",
+    "SecondOrderDifferenceLoss",
+    "information_weight",
+]

@@ -1,0 +1,21 @@
+"""Top-K soft labels: marginal smoothing (MS, Eq. 4), marginal re-norm (MR, Eq. 5).
+
+:class:`SparseSoftLabels` holds N rows of Top-K teacher labels; the losses of
+:mod:`fdbpl.losses` consume it without building the dense ``(N, C)`` tensor.
+This subpackage imports neither open_clip nor torchvision.
+"""
+
+from fdbpl.sparsify.entropy import entropy
+from fdbpl.sparsify.labels import SparseSoftLabels
+from fdbpl.sparsify.storage import class_id_dtype
+from fdbpl.sparsify.topk import Strategy, sparsify, topk_mr, topk_ms
+
+__all__ = [
+    "SparseSoftLabels",
+    "Strategy",
+    "class_id_dtype",
+    "entropy",
+    "sparsify",
+    "topk_mr",
+    "topk_ms",
+]

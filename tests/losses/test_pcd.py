@@ -1,0 +1,274 @@
+"""Eq. 11-16 against literal double loops; the fused second-order form's numerics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import pcd_batches
+
+from fdbpl.errors import FDBPLError
+from fdbpl.losses import FirstOrderDifferenceLoss, PCDLoss, SecondOrderDifferenceLoss
+from fdbpl.losses.functional import (
+    first_order_difference_loss,
+    pcd_loss,
+    second_order_difference_loss,
+)
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum() / (a.norm() * b.norm())
+
+
+def literal_first(f, pos, neg, labels, w, alpha):
+    """Eq. 11-13 sample by sample: -1/N sum_i [(1 - w_i) S_i + alpha w_i (1 - S_i)]."""
+    n = f.shape[0]
+    d1 = [pos[c] - neg[c] for c in range(pos.shape[0])]
+    total = f.new_zeros(())
+    for i in range(n):
+        s = cos(f[i], d1[int(labels[i])])
+        total = total + (1 - w[i]) * s + alpha * w[i] * (1 - s)
+    return -total / n
+
+
+def literal_second(f, pos, neg, labels, w, delta):
+    """Eq. 14-16 as the double loop over i, j with the (D,) vector D1[y_i] - D1[y_j] built each time."""
+    n = f.shape[0]
+    d1 = [pos[c] - neg[c] for c in range(pos.shape[0])]
+    total = f.new_zeros(())
+    for i in range(n):
+        for j in range(n):
+            if int(labels[i]) == int(labels[j]):
+                continue
+            d2 = d1[int(labels[i])] - d1[int(labels[j])]
+            total = total + w[i] * w[j] * torch.clamp(cos(f[i], d2) + delta, min=0)
+    return total / (n * (n - 1)) if n > 1 else total
+
+
+def naive_broadcast_second(f, pos, neg, labels, w, delta):
+    """The obvious vectorised form: builds the (N, N, D) tensor. Reference for precision."""
+    d1 = (pos - neg)[labels]
+    d2 = d1[:, None, :] - d1[None, :, :]
+    s = (f[:, None, :] * d2).sum(-1) / (f.norm(dim=1)[:, None] * d2.norm(dim=-1).clamp_min(1e-8))
+    mask = labels[:, None] != labels[None, :]
+    terms = torch.where(mask, w[:, None] * w[None, :] * torch.relu(s + delta), 0.0)
+    n = f.shape[0]
+    return terms.sum() / max(n * (n - 1), 1)
+
+
+def grads(value, tensors):
+    return torch.autograd.grad(value, tensors, allow_unused=True)
+
+
+def requires_grad(batch):
+    f, pos, neg, labels, w = batch
+    return f.clone().requires_grad_(), pos.clone().requires_grad_(), neg.clone().requires_grad_(), labels, w
+
+
+@given(pcd_batches(), st.floats(0.0, 2.0))
+def test_first_order_equals_literal_eq13(batch, alpha):
+    f, pos, neg, labels, w = requires_grad(batch)
+    got = first_order_difference_loss(f, pos, neg, labels, w, alpha=alpha)
+    want = literal_first(f, pos, neg, labels, w, alpha)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    for a, b in zip(grads(got, (f, pos, neg)), grads(want, (f, pos, neg))):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@given(pcd_batches(), st.sampled_from([0.0, 0.1, 0.5, -0.2]))
+def test_second_order_fused_equals_literal_double_loop(batch, delta):
+    f, pos, neg, labels, w = requires_grad(batch)
+    got = second_order_difference_loss(f, pos, neg, labels, w, delta=delta)
+    want = literal_second(f, pos, neg, labels, w, delta)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    if not want.requires_grad:  # no pair with different labels: the loss is a constant 0
+        assert float(got.detach()) == 0.0
+        return
+    for a, b in zip(grads(got, (f, pos, neg)), grads(want, (f, pos, neg))):
+        b = torch.zeros_like(a) if b is None else b
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@given(pcd_batches())
+def test_reductions(batch):
+    f, pos, neg, labels, w = batch
+    n = f.shape[0]
+    for fn in (first_order_difference_loss, second_order_difference_loss):
+        none = fn(f, pos, neg, labels, w, reduction="none")
+        assert none.shape == (n,)
+        torch.testing.assert_close(fn(f, pos, neg, labels, w, reduction="mean"), none.mean())
+    torch.testing.assert_close(
+        first_order_difference_loss(f, pos, neg, labels, w, reduction="sum"),
+        first_order_difference_loss(f, pos, neg, labels, w, reduction="none").sum(),
+    )
+    # "sum" is the double sum without Eq. 16's 1 / (N (N - 1))
+    torch.testing.assert_close(
+        second_order_difference_loss(f, pos, neg, labels, w, reduction="sum"),
+        second_order_difference_loss(f, pos, neg, labels, w, reduction="mean") * max(n * (n - 1), 1),
+    )
+
+
+@given(pcd_batches(), st.data())
+def test_invariant_to_permuting_the_batch_and_relabelling_classes(batch, data):
+    f, pos, neg, labels, w = batch
+    n, c = f.shape[0], pos.shape[0]
+    rows = torch.tensor(data.draw(st.permutations(range(n))))
+    perm = torch.tensor(data.draw(st.permutations(range(c))))  # new id of old class k is perm[k]
+    inv = torch.argsort(perm)
+    for fn in (first_order_difference_loss, second_order_difference_loss):
+        base = fn(f, pos, neg, labels, w, reduction="none")
+        moved = fn(f[rows], pos[inv], neg[inv], perm[labels][rows], w[rows], reduction="none")
+        torch.testing.assert_close(moved, base[rows], rtol=0, atol=1e-12)
+
+
+@given(pcd_batches())
+def test_one_class_batch_is_exactly_zero(batch):
+    f, pos, neg, labels, w = batch
+    labels = torch.zeros_like(labels)
+    f.requires_grad_()
+    loss = second_order_difference_loss(f, pos, neg, labels, w)
+    assert float(loss.detach()) == 0.0
+    (g,) = torch.autograd.grad(loss, f)
+    assert bool((g == 0).all())
+
+
+def test_single_sample_is_finite():
+    f, pos, neg = torch.randn(1, 4), torch.randn(3, 4), torch.randn(3, 4)
+    for fn in (first_order_difference_loss, second_order_difference_loss):
+        loss = fn(f, pos, neg, torch.tensor([2]), torch.tensor([0.5]))
+        assert bool(torch.isfinite(loss))
+    assert float(second_order_difference_loss(f, pos, neg, torch.tensor([2]), torch.tensor([0.5]))) == 0.0
+
+
+@pytest.mark.parametrize("delta", [0.1, -0.1])
+def test_zero_norm_difference_stays_finite(delta):
+    """Two classes with identical difference vectors: the guarded cosine is 0."""
+    torch.manual_seed(3)
+    neg = torch.randn(3, 5, dtype=torch.float64)
+    pos = neg + torch.randn(1, 5, dtype=torch.float64)  # D1 identical for every class
+    f = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    pos.requires_grad_()
+    labels, w = torch.tensor([0, 1, 2, 0]), torch.ones(4, dtype=torch.float64)
+    loss = second_order_difference_loss(f, pos, neg, labels, w, delta=delta)
+    pairs = sum(int(a != b) for a in labels for b in labels)
+    torch.testing.assert_close(loss, torch.tensor(max(delta, 0.0) * pairs / 12, dtype=torch.float64))
+    for g in torch.autograd.grad(loss, (f, pos)):
+        assert bool(torch.isfinite(g).all())
+    zero_f = torch.zeros(4, 5, dtype=torch.float64, requires_grad=True)
+    for fn in (first_order_difference_loss, second_order_difference_loss):
+        out = fn(zero_f, pos, neg, labels, w)
+        (g,) = torch.autograd.grad(out, zero_f)
+        assert bool(torch.isfinite(out)) and bool(torch.isfinite(g).all())
+
+
+def shared_component_batch(n=64, c=20, d=64, common=30.0, seed=0):
+    """Prompts that differ by one word: difference vectors = big shared part + small per-class part."""
+    rng = np.random.default_rng(seed)
+    neg = rng.normal(size=(c, d))
+    pos = neg + common * rng.normal(size=(1, d)) + 0.05 * rng.normal(size=(c, d))
+    f = rng.normal(size=(n, d))
+    labels = rng.integers(0, c, size=n)
+    w = rng.uniform(size=n)
+    return tuple(torch.from_numpy(x) for x in (f, pos, neg, labels, w))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_float32_is_as_accurate_as_naive_float32_with_a_shared_component(seed):
+    f, pos, neg, labels, w = shared_component_batch(seed=seed)
+
+    def value_and_grads(fn, dtype):
+        args = [t.to(dtype).requires_grad_() for t in (f, pos, neg)]
+        out = fn(*args, labels, w.to(dtype), 0.1)
+        return [out.detach().double()] + [g.double() for g in torch.autograd.grad(out, args)]
+
+    def fused(*a):
+        return second_order_difference_loss(*a[:5], delta=a[5])
+
+    ref = value_and_grads(naive_broadcast_second, torch.float64)
+    torch.testing.assert_close(value_and_grads(fused, torch.float64)[0], ref[0], rtol=0, atol=1e-12)
+    naive32 = value_and_grads(naive_broadcast_second, torch.float32)
+    fused32 = value_and_grads(fused, torch.float32)
+    for got, naive, want in zip(fused32, naive32, ref):
+        err_fused = float((got - want).abs().max())
+        err_naive = float((naive - want).abs().max())
+        scale = float(want.abs().max())
+        assert err_fused <= max(4 * err_naive, 1e-6 * scale), (err_fused, err_naive, scale)
+
+
+def test_gradcheck():
+    torch.manual_seed(4)
+    f = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    pos = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    neg = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    labels, w = torch.tensor([0, 1, 2, 1, 0]), torch.rand(5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda *a: first_order_difference_loss(*a, labels, w, alpha=0.7), (f, pos, neg)
+    )
+    assert torch.autograd.gradcheck(
+        lambda *a: second_order_difference_loss(*a, labels, w, delta=0.3), (f, pos, neg)
+    )
+
+
+def test_modules_equal_functions():
+    f, pos, neg, labels, w = shared_component_batch(n=9, c=4, d=8, common=1.0)
+    for reduction in ("mean", "sum", "none"):
+        torch.testing.assert_close(
+            FirstOrderDifferenceLoss(0.5, reduction)(f, pos, neg, labels, w),
+            first_order_difference_loss(f, pos, neg, labels, w, 0.5, reduction),
+        )
+        torch.testing.assert_close(
+            SecondOrderDifferenceLoss(0.2, reduction)(f, pos, neg, labels, w),
+            second_order_difference_loss(f, pos, neg, labels, w, 0.2, reduction),
+        )
+        torch.testing.assert_close(
+            PCDLoss(0.3, 0.7, 0.5, 0.2, reduction)(f, pos, neg, labels, w),
+            0.3 * first_order_difference_loss(f, pos, neg, labels, w, 0.5, reduction)
+            + 0.7 * second_order_difference_loss(f, pos, neg, labels, w, 0.2, reduction),
+        )
+        torch.testing.assert_close(
+            PCDLoss(0.3, 0.7, 0.5, 0.2, reduction)(f, pos, neg, labels, w),
+            pcd_loss(f, pos, neg, labels, w, 0.3, 0.7, 0.5, 0.2, reduction),
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_reduce_in_float32(dtype):
+    f, pos, neg, labels, w = shared_component_batch(n=16, c=5, d=8, common=1.0)
+    for fn in (first_order_difference_loss, second_order_difference_loss):
+        got = fn(f.to(dtype), pos.to(dtype), neg.to(dtype), labels, w.to(dtype))
+        assert got.dtype == torch.float32 and bool(torch.isfinite(got))
+        want = fn(*(t.to(dtype).double() for t in (f, pos, neg)), labels, w.to(dtype).double())
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+_F, _T = torch.randn(4, 8), torch.randn(3, 8)
+_L, _W = torch.tensor([0, 1, 2, 0]), torch.rand(4)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((_F[:, :6], _T, _T, _L, _W), r"must share D, got \(4, 6\) and \(3, 8\)"),
+        (
+            (_F, _T, _T[:2], _L, _W),
+            r"positive_text_features and negative_text_features must have the same shape .* got \(3, 8\) and \(2, 8\)",
+        ),
+        ((_F, _T, _T, _L[:3], _W), r"labels: expected size 4 in dimension 0 .* got shape \(3\)"),
+        (
+            (_F, _T, _T, torch.tensor([0, 1, 3, 0]), _W),
+            r"labels: expected class ids in \[0, 3\), got min 0 and max 3",
+        ),
+        ((_F, _T, _T, _L.float(), _W), r"labels: expected an integer tensor"),
+        ((_F, _T, _T, _L, _W[:2]), r"weight: expected size 4 in dimension 0"),
+        ((_F, _T, _T, _L, _W - 1), r"weight: expected values in \[0, 1\]"),
+        ((_F[0], _T, _T, _L, _W), r"image_features: expected 2 dimension\(s\) \(N, D\), got 1"),
+    ],
+)
+@pytest.mark.parametrize("fn", [first_order_difference_loss, second_order_difference_loss])
+def test_errors_name_the_argument_and_shapes(fn, args, match):
+    with pytest.raises(FDBPLError, match=match):
+        fn(*args)
+    with pytest.raises(FDBPLError, match="reduction"):
+        fn(_F, _T, _T, _L, _W, reduction="avg")

@@ -1,0 +1,87 @@
+"""Eq. 7-8 logits and Eq. 17, the FDBPL objective."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import pcd_batches
+
+from fdbpl.losses import FDBPLLoss, FDBPLLossOutput
+from fdbpl.losses.functional import (
+    clip_logits,
+    fdbpl_loss,
+    first_order_difference_loss,
+    negative_uniform_loss,
+    positive_distillation_loss,
+    second_order_difference_loss,
+)
+from fdbpl.sparsify import sparsify
+
+
+def literal_logits(f, t, scale):
+    """Eq. 7-8: scale * cos(f_i, t_c), element by element."""
+    out = torch.empty(f.shape[0], t.shape[0], dtype=f.dtype)
+    for i in range(f.shape[0]):
+        for c in range(t.shape[0]):
+            out[i, c] = scale * (f[i] @ t[c]) / (f[i].norm() * t[c].norm())
+    return out
+
+
+@given(pcd_batches(), st.floats(1.0, 100.0))
+def test_clip_logits_equal_literal_eq7(batch, scale):
+    f, pos, _, _, _ = batch
+    torch.testing.assert_close(clip_logits(f, pos, scale), literal_logits(f, pos, scale), rtol=0, atol=1e-10)
+
+
+@given(pcd_batches(), st.sampled_from(["mr", "ms"]), st.sampled_from(["mean", "sum", "none"]))
+def test_total_is_eq17_over_the_parts(batch, strategy, reduction):
+    f, pos, neg, _, w = batch
+    gen = torch.Generator().manual_seed(f.shape[0])
+    teacher = sparsify(
+        torch.softmax(3 * torch.randn(f.shape[0], pos.shape[0], generator=gen, dtype=f.dtype), 1),
+        max(1, pos.shape[0] // 2),
+        strategy,
+    )
+    lam = dict(lambda_neg=0.7, lambda_diff1=0.3, lambda_diff2=2.0)
+    out = fdbpl_loss(f, pos, neg, teacher, w, 50.0, alpha=0.4, delta=0.05, reduction=reduction, **lam)
+    assert isinstance(out, FDBPLLossOutput)
+    labels = teacher.top1
+    parts = FDBPLLossOutput(
+        total=None,
+        positive=positive_distillation_loss(literal_logits(f, pos, 50.0), teacher, w, reduction),
+        negative=negative_uniform_loss(literal_logits(f, neg, 50.0), w, reduction),
+        first_order=first_order_difference_loss(f, pos, neg, labels, w, 0.4, reduction),
+        second_order=second_order_difference_loss(f, pos, neg, labels, w, 0.05, reduction),
+    )
+    for name in ("positive", "negative", "first_order", "second_order"):
+        torch.testing.assert_close(getattr(out, name), getattr(parts, name), rtol=0, atol=1e-10)
+    want = parts.positive + 0.7 * parts.negative + 0.3 * parts.first_order + 2.0 * parts.second_order
+    torch.testing.assert_close(out.total, want, rtol=0, atol=1e-10)
+    module = FDBPLLoss(alpha=0.4, delta=0.05, reduction=reduction, **lam)(f, pos, neg, teacher, w, 50.0)
+    for a, b in zip(module, out):
+        torch.testing.assert_close(a, b)
+
+
+def test_dense_teacher_takes_labels_from_its_argmax():
+    torch.manual_seed(5)
+    f, pos, neg = torch.randn(6, 8), torch.randn(4, 8), torch.randn(4, 8)
+    probs = torch.softmax(2 * torch.randn(6, 4), 1)
+    w = torch.rand(6)
+    dense = FDBPLLoss()(f, pos, neg, probs, w)
+    sparse = FDBPLLoss()(f, pos, neg, sparsify(probs, 4, "mr"), w)
+    for a, b in zip(dense, sparse):
+        torch.testing.assert_close(a, b)
+
+
+def test_backward_reaches_both_prompt_spaces_and_a_learnable_scale():
+    torch.manual_seed(6)
+    f = torch.randn(8, 16)
+    pos = torch.randn(5, 16, requires_grad=True)
+    neg = torch.randn(5, 16, requires_grad=True)
+    scale = torch.tensor(4.6, requires_grad=True)
+    teacher = sparsify(torch.softmax(3 * torch.randn(8, 5), 1), 2, "ms")
+    out = FDBPLLoss()(f, pos, neg, teacher, torch.rand(8), logit_scale=scale.exp())
+    out.total.backward()
+    for t in (pos, neg, scale):
+        assert t.grad is not None and bool(torch.isfinite(t.grad).all()) and bool(t.grad.abs().sum() > 0)
