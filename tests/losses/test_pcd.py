@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from references import naive_broadcast_second
 from strategies import pcd_batches
 
 from fdbpl.errors import FDBPLError
@@ -45,17 +46,6 @@ def literal_second(f, pos, neg, labels, w, delta):
             d2 = d1[int(labels[i])] - d1[int(labels[j])]
             total = total + w[i] * w[j] * torch.clamp(cos(f[i], d2) + delta, min=0)
     return total / (n * (n - 1)) if n > 1 else total
-
-
-def naive_broadcast_second(f, pos, neg, labels, w, delta):
-    """The obvious vectorised form: builds the (N, N, D) tensor. Reference for precision."""
-    d1 = (pos - neg)[labels]
-    d2 = d1[:, None, :] - d1[None, :, :]
-    s = (f[:, None, :] * d2).sum(-1) / (f.norm(dim=1)[:, None] * d2.norm(dim=-1).clamp_min(1e-8))
-    mask = labels[:, None] != labels[None, :]
-    terms = torch.where(mask, w[:, None] * w[None, :] * torch.relu(s + delta), 0.0)
-    n = f.shape[0]
-    return terms.sum() / max(n * (n - 1), 1)
 
 
 def grads(value, tensors):

@@ -6,6 +6,7 @@ Each :mod:`fdbpl.losses` module's ``forward`` is one call to a function here.
 from fdbpl.losses.functional.information import information_weight
 from fdbpl.losses.functional.pcd import (
     NORM_EPS,
+    RESOLUTION,
     first_order_difference_loss,
     second_order_difference_loss,
 )
@@ -26,6 +27,7 @@ from fdbpl.losses.functional.total import (
 __all__ = [
     "CLIP_LOGIT_SCALE",
     "NORM_EPS",
+    "RESOLUTION",
     "FDBPLLossOutput",
     "Reduction",
     "clip_logits",

@@ -1,0 +1,106 @@
+"""Fused vs naive second-order difference loss (Eq. 16): forward+backward time and peak memory.
+
+    python benchmarks/bench_pcd_second_order.py [--device cuda] [--repeats 5]
+
+For N in {32, 128, 512}, C in {100, 1000} and D = 512 it measures, in one process:
+- naive: the broadcast form that builds the (N, N, D) tensor of difference vectors;
+- fused: fdbpl.losses.functional.second_order_difference_loss;
+- floor: forward+backward of the one product f @ D1ᵀ that any implementation needs.
+Printed: naive/fused time and memory ratios (targets at N=512, C=1000: >= 5x and >= 10x)
+and fused/floor time (target <= 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _measure import malloc_env_active, median_times, mib, peak_bytes, run_with_malloc_env
+from references import naive_broadcast_second
+
+from fdbpl import set_value_checks
+from fdbpl.losses.functional import second_order_difference_loss
+
+
+def make_inputs(n: int, c: int, d: int, device: torch.device, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    neg = torch.randn(c, d, generator=gen)
+    pos = neg + 3.0 * torch.randn(1, d, generator=gen) + 0.1 * torch.randn(c, d, generator=gen)
+    f = torch.randn(n, d, generator=gen)
+    labels = torch.randint(0, c, (n,), generator=gen)
+    w = torch.rand(n, generator=gen)
+    pos, neg = (t.to(device).requires_grad_() for t in (pos, neg))
+    return f.to(device), pos, neg, labels.to(device), w.to(device)
+
+
+def variants(f, pos, neg, labels, w):
+    def step(loss_fn):
+        def run():
+            loss = loss_fn()
+            loss.backward()
+            pos.grad = neg.grad = None
+
+        return run
+
+    return {
+        "naive": step(lambda: naive_broadcast_second(f, pos, neg, labels, w, 0.1)),
+        "fused": step(lambda: second_order_difference_loss(f, pos, neg, labels, w, delta=0.1)),
+        "floor": step(lambda: (f @ (pos - neg).T).sum()),
+    }
+
+
+SIZES = [(n, c) for c in (100, 1000) for n in (32, 128, 512)]
+
+
+def measure_memory(device: torch.device, dim: int) -> dict[str, dict[str, int]]:
+    out = {}
+    for n, c in SIZES:
+        fns = variants(*make_inputs(n, c, dim, device))
+        for fn in fns.values():
+            fn()  # warm up: first calls allocate lazily-initialised buffers
+        out[f"{n},{c}"] = {name: max(peak_bytes(fn, device), 1) for name, fn in fns.items()}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--memory-json", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    set_value_checks(False)  # measure the maths, not the input checks' host syncs
+    if args.memory_json:
+        print(json.dumps(measure_memory(device, args.dim)))
+        return
+    if device.type == "cpu" and not malloc_env_active():
+        argv = [__file__, "--memory-json", "--device", args.device, "--dim", str(args.dim)]
+        memory = json.loads(run_with_malloc_env(argv))
+    else:
+        memory = measure_memory(device, args.dim)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, D = {args.dim}")
+    header = (
+        f"{'N':>5} {'C':>5} | {'naive/fused time':>16} {'naive/fused mem':>15} {'fused/floor time':>16} | "
+        f"{'fused mem':>12} {'naive mem':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n, c in SIZES:
+        times = median_times(variants(*make_inputs(n, c, args.dim, device)), args.repeats, device)
+        mem = memory[f"{n},{c}"]
+        print(
+            f"{n:>5} {c:>5} | {times['naive'] / times['fused']:>15.1f}x {mem['naive'] / mem['fused']:>14.1f}x "
+            f"{times['fused'] / times['floor']:>15.2f}x | {mib(mem['fused'])} {mib(mem['naive'])}"
+        )
+
+
+if __name__ == "__main__":
+    main()
