@@ -8,7 +8,9 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["fdbpl", "fdbpl.sparsify", "fdbpl.losses", "fdbpl.losses.functional"])
+@pytest.mark.parametrize(
+    "module", ["fdbpl", "fdbpl.sparsify", "fdbpl.losses", "fdbpl.losses.functional", "fdbpl.prompts"]
+)
 def test_import_stays_light(module):
     code = (
         f"import sys, {module}\n"

@@ -1,0 +1,379 @@
+"""The dual positive/negative CoOp-style prompt learner (Section 3.3 of the paper)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fdbpl.errors import InputValueError
+from fdbpl.losses.functional import CLIP_LOGIT_SCALE, clip_logits
+from fdbpl.prompts.text_tower import TextTower, Tokenizer
+
+__all__ = ["SPACES", "DualPromptLearner"]
+
+ClassTokenPosition = Literal["end", "middle", "front"]
+ClassSelection = Sequence[int] | Sequence[str] | torch.Tensor | None
+
+#: The two prompt spaces, in the order :meth:`DualPromptLearner.forward` returns them.
+SPACES = ("positive", "negative")
+
+_RANDOM_N_CTX = 16  # CoOp's default context length without an init phrase
+_PLACEHOLDER = "X"
+
+
+def _token_counts(tokenizer: Tokenizer, texts: list[str], context_length: int) -> torch.Tensor:
+    """Tokens per text including start and end markers, counted without truncation where possible."""
+    try:
+        ids = tokenizer(texts, context_length=4 * context_length)
+    except TypeError:  # a tokenizer without a context_length argument
+        ids = tokenizer(texts)
+        full = ids[:, -1] != 0
+        counts = (ids != 0).sum(dim=1)
+        return torch.where(full, torch.full_like(counts, context_length + 1), counts)
+    return (ids != 0).sum(dim=1)
+
+
+class DualPromptLearner(nn.Module):
+    r"""Learnable positive and negative prompt contexts over a frozen CLIP text encoder.
+
+    CoOp's prompt learner, twice: one context for the positive space :math:`V` (initialised
+    from ``"a photo of a"``) and one for the negative space :math:`\bar V` (``"a photo of
+    no"``). The prompt of class :math:`c` in a space is ``"{init} {classname}."`` with the
+    init phrase's token embeddings replaced by learnable vectors. :meth:`forward` returns
+    :math:`g(V)` and :math:`g(\bar V)`, the text features of every class in both spaces,
+    computed in one batched text pass over sequences cut to the longest tokenized prompt
+    (causal attention and end-of-text pooling make the padded tail irrelevant).
+
+    At initialisation the features equal the model's ``encode_text`` of the tokenized
+    prompts (to float round-off). Only the two contexts are parameters of this module: the
+    CLIP model is not registered (it is neither saved in :meth:`state_dict` nor moved by
+    :meth:`to`), and the text tower's parameters are set to ``requires_grad=False``.
+    Contexts are kept in float32 (or float64 for a float64 model) and cast to the model's
+    compute dtype in the forward pass, so float16 models train with float32 master weights.
+
+    Args:
+        clip_model: an open_clip ``CLIP`` or ``CustomTextCLIP``, or an OpenAI-``clip`` model.
+        classnames: the C class names, distinct and non-empty.
+        tokenizer: maps a list of strings to :math:`(B, L)` token ids. Default: open_clip's
+            tokenizer for open_clip models; OpenAI-clip models need ``clip.tokenize``.
+        n_ctx: the number of context tokens. With an init phrase it is the phrase's token
+            count (passing another value is an error); without one it defaults to 16.
+        positive_init: the positive space's init phrase, or ``None`` for random
+            initialisation (normal, std 0.02).
+        negative_init: the negative space's init phrase, or ``None``.
+        class_specific: one context per class (CoOp's CSC) instead of one shared context.
+        class_token_position: where the class name goes relative to the context,
+            ``"end"`` (default), ``"middle"`` or ``"front"``, as in CoOp.
+        truncate: cut sequences to the longest tokenized prompt (default). ``False`` runs
+            the full context length, which gives the same features more slowly.
+
+    Raises:
+        InputValueError: an empty or duplicated class list, a class whose prompt does not
+            fit the context length, an unknown ``class_token_position``, an ``n_ctx`` that
+            contradicts an init phrase.
+        UnsupportedModelError: a model without a recognisable text tower.
+
+    Example:
+        >>> import open_clip, torch
+        >>> from fdbpl.prompts import DualPromptLearner
+        >>> model = open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=64,
+        ...     layers=1), text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+        >>> learner = DualPromptLearner(model, ["cat", "dog", "school bus"])
+        >>> positive, negative = learner()
+        >>> positive.shape, negative.shape
+        (torch.Size([3, 32]), torch.Size([3, 32]))
+        >>> [name for name, p in learner.named_parameters()]
+        ['positive_context', 'negative_context']
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        classnames: Sequence[str],
+        tokenizer: Tokenizer | None = None,
+        n_ctx: int | None = None,
+        positive_init: str | None = "a photo of a",
+        negative_init: str | None = "a photo of no",
+        class_specific: bool = False,
+        class_token_position: ClassTokenPosition = "end",
+        truncate: bool = True,
+    ) -> None:
+        super().__init__()
+        classnames = self._check_classnames(classnames)
+        if class_token_position not in ("end", "middle", "front"):
+            raise InputValueError(
+                f"class_token_position: expected 'end', 'middle' or 'front', got {class_token_position!r}"
+            )
+        tower = TextTower.from_model(clip_model)
+        tokenizer = tokenizer if tokenizer is not None else tower.default_tokenizer()
+        for p in tower.parameters():
+            p.requires_grad_(False)
+        self._tower = tower
+        self.classnames = list(classnames)
+        self.class_specific = bool(class_specific)
+        self.class_token_position = class_token_position
+        self.inits = {"positive": positive_init, "negative": negative_init}
+        self.n_ctx: dict[str, int] = {}
+
+        param_dtype = torch.promote_types(tower.cast_dtype, torch.float32)
+        ids: dict[str, torch.Tensor] = {}
+        contexts: dict[str, torch.Tensor] = {}
+        for space, init in self.inits.items():
+            n, ctx = self._init_context(tower, tokenizer, init, n_ctx, space)
+            self.n_ctx[space] = n
+            prefix = init if init is not None else " ".join([_PLACEHOLDER] * n)
+            prompts = [f"{prefix} {name}." for name in classnames]
+            self._check_fit(tokenizer, prompts, classnames, tower.context_length, space)
+            ids[space] = tokenizer(prompts).to(tower.device)
+            if self.class_specific:
+                ctx = ctx.expand(len(classnames), -1, -1)
+            contexts[space] = ctx.to(param_dtype).clone()
+
+        pools = {space: tower.pool_index(t) for space, t in ids.items()}
+        length = ids["positive"].shape[1]
+        if truncate and tower.can_truncate:
+            length = int(max(p.max() for p in pools.values())) + 1
+        self.sequence_length = length
+
+        self.positive_context = nn.Parameter(contexts["positive"])
+        self.negative_context = nn.Parameter(contexts["negative"])
+        name_lens = None
+        if class_token_position != "end":
+            name_lens = _token_counts(tokenizer, list(classnames), tower.context_length) - 2
+        for space in SPACES:
+            self.register_buffer(
+                f"_{space}_template", tower.embed_tokens(ids[space][:, :length]), persistent=False
+            )
+            self.register_buffer(f"_{space}_pool", pools[space], persistent=False)
+            order = self._order(self.n_ctx[space], name_lens, length, tower.device)
+            self.register_buffer(f"_{space}_order", order, persistent=False)
+
+    # -- construction helpers -----------------------------------------------------------
+
+    @staticmethod
+    def _check_classnames(classnames: Sequence[str]) -> list[str]:
+        if isinstance(classnames, str) or not isinstance(classnames, Sequence):
+            raise InputValueError(f"classnames: expected a list of strings, got {type(classnames).__name__}")
+        names = list(classnames)
+        if not names:
+            raise InputValueError("classnames: expected at least one class name, got an empty list")
+        bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+        if bad:
+            raise InputValueError(f"classnames: expected non-empty strings, got {bad[:5]!r}")
+        seen: set[str] = set()
+        repeated = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+        if repeated:
+            raise InputValueError(f"classnames: expected distinct names, repeated: {repeated[:10]!r}")
+        return names
+
+    @staticmethod
+    def _init_context(
+        tower: TextTower, tokenizer: Tokenizer, init: str | None, n_ctx: int | None, space: str
+    ) -> tuple[int, torch.Tensor]:
+        if init is None:
+            n = _RANDOM_N_CTX if n_ctx is None else int(n_ctx)
+            if n < 1:
+                raise InputValueError(f"n_ctx: expected a positive integer, got {n_ctx!r}")
+            ctx = torch.empty(n, tower.width, device=tower.device, dtype=torch.float32)
+            nn.init.normal_(ctx, std=0.02)
+            return n, ctx
+        ids = tokenizer([init]).to(tower.device)
+        n = int((ids != 0).sum()) - 2
+        if n < 1:
+            raise InputValueError(f"{space}_init: expected a phrase with at least one token, got {init!r}")
+        if n_ctx is not None and n_ctx != n:
+            raise InputValueError(
+                f"n_ctx: the {space} init phrase {init!r} has {n} tokens, which fixes n_ctx; got "
+                f"n_ctx={n_ctx} (pass n_ctx=None, or {space}_init=None for random contexts)"
+            )
+        return n, tower.embed_tokens(ids)[0, 1 : 1 + n]
+
+    @staticmethod
+    def _check_fit(
+        tokenizer: Tokenizer, prompts: list[str], names: list[str], length: int, space: str
+    ) -> None:
+        counts = _token_counts(tokenizer, prompts, length)
+        too_long = (counts > length).nonzero().flatten().tolist()
+        if too_long:
+            i = too_long[0]
+            raise InputValueError(
+                f"classnames: the {space} prompt of class {names[i]!r} ({prompts[i]!r}) needs "
+                f"{int(counts[i])} tokens, more than the model's context length {length}"
+                + (f"; {len(too_long) - 1} more class(es) too" if len(too_long) > 1 else "")
+            )
+
+    def _order(
+        self, n: int, name_lens: torch.Tensor | None, length: int, device: torch.device
+    ) -> torch.Tensor:
+        """(C, L') positions into ``[prefix, context, suffix]`` that place the class name."""
+        num_classes = len(self.classnames)
+        base = torch.arange(length, device=device)
+        if name_lens is None:
+            return base.expand(num_classes, -1).clone()
+        rows = []
+        half = n // 2
+        for k in name_lens.tolist():
+            name = list(range(1 + n, 1 + n + k))
+            rest = list(range(1 + n + k, length))
+            if self.class_token_position == "front":
+                row = [0, *name, *range(1, 1 + n), *rest]
+            else:
+                row = [0, *range(1, 1 + half), *name, *range(1 + half, 1 + n), *rest]
+            rows.append(row[:length])
+        return torch.tensor(rows, device=device)
+
+    # -- selection ----------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def tower(self) -> TextTower:
+        """The wrapped text tower (not registered as a submodule)."""
+        return self._tower
+
+    def class_indices(self, classes: ClassSelection = None) -> torch.Tensor:
+        """Class ids :math:`(C',)` for a selection given as ids, names, or ``None`` (all)."""
+        device = self._positive_pool.device
+        if classes is None:
+            return torch.arange(self.num_classes, device=device)
+        if isinstance(classes, torch.Tensor):
+            idx = classes.to(device=device, dtype=torch.long).flatten()
+        else:
+            items = list(classes)
+            if items and all(isinstance(c, str) for c in items):
+                lookup = {n: i for i, n in enumerate(self.classnames)}
+                unknown = [c for c in items if c not in lookup]
+                if unknown:
+                    raise InputValueError(f"classes: unknown class names {unknown[:10]!r}")
+                items = [lookup[c] for c in items]
+            idx = torch.tensor(items, dtype=torch.long, device=device)
+        if idx.numel() == 0:
+            raise InputValueError("classes: expected at least one class, got none")
+        if int(idx.min()) < 0 or int(idx.max()) >= self.num_classes:
+            raise InputValueError(
+                f"classes: expected ids in [0, {self.num_classes}), got min {int(idx.min())} and max {int(idx.max())}"
+            )
+        return idx
+
+    # -- the forward pass ---------------------------------------------------------------
+
+    def prompt_embeddings(
+        self, space: str, classes: ClassSelection = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token embeddings of one space's prompts and their pooling positions.
+
+        Args:
+            space: ``"positive"`` or ``"negative"``.
+            classes: a class selection (see :meth:`class_indices`).
+
+        Returns:
+            ``(embeddings, pool_index)``: :math:`(C', L', W)` in the model's compute dtype
+            and :math:`(C',)`.
+        """
+        if space not in SPACES:
+            raise InputValueError(f"space: expected 'positive' or 'negative', got {space!r}")
+        idx = self.class_indices(classes)
+        template = getattr(self, f"_{space}_template")
+        if template.device != self._tower.device:
+            raise InputValueError(
+                f"the learner is on {template.device} but the CLIP model is on {self._tower.device}: "
+                "move both (learner.to(device) and model.to(device))"
+            )
+        template = template.index_select(0, idx)
+        ctx = getattr(self, f"{space}_context").to(template.dtype)
+        ctx = ctx.index_select(0, idx) if self.class_specific else ctx.expand(len(idx), -1, -1)
+        n = self.n_ctx[space]
+        x = torch.cat([template[:, :1], ctx, template[:, 1 + n :]], dim=1)
+        if self.class_token_position != "end":
+            order = getattr(self, f"_{space}_order").index_select(0, idx)
+            x = x.gather(1, order[:, :, None].expand(-1, -1, x.shape[2]))
+        return x, getattr(self, f"_{space}_pool").index_select(0, idx)
+
+    def forward(self, classes: ClassSelection = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text features of both spaces, :math:`g(V)` and :math:`g(\\bar V)`, in one text pass.
+
+        Args:
+            classes: ``None`` for all classes, or a subset as ids or names (e.g. the base
+                classes of a base-to-new split); features come in that order.
+
+        Returns:
+            ``(positive_text_features, negative_text_features)``, each :math:`(C', D)`, as
+            ``encode_text`` returns them (not normalised).
+        """
+        pos, pos_pool = self.prompt_embeddings("positive", classes)
+        neg, neg_pool = self.prompt_embeddings("negative", classes)
+        features = self._tower.encode_embeddings(torch.cat([pos, neg]), torch.cat([pos_pool, neg_pool]))
+        return features[: len(pos)], features[len(pos) :]
+
+    def normalized_features(self, classes: ClassSelection = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s features, L2-normalised along D."""
+        pos, neg = self(classes)
+        return F.normalize(pos, dim=-1), F.normalize(neg, dim=-1)
+
+    def logits(
+        self,
+        image_features: torch.Tensor,
+        classes: ClassSelection = None,
+        logit_scale: float | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive and negative logits, Eq. 7-8: ``logit_scale * cos(image, text)``.
+
+        Args:
+            image_features: :math:`(N, D)` image features (normalised or not).
+            classes: a class selection (see :meth:`class_indices`).
+            logit_scale: the multiplier :math:`1/\\tau`; default: the model's
+                ``logit_scale.exp()``, or 100 when it has none.
+
+        Returns:
+            ``(positive_logits, negative_logits)``, each :math:`(N, C')`.
+        """
+        if logit_scale is None:
+            scale = getattr(self._tower.module, "logit_scale", None)
+            logit_scale = scale.exp().detach() if isinstance(scale, torch.Tensor) else CLIP_LOGIT_SCALE
+        pos, neg = self(classes)
+        return clip_logits(image_features, pos, logit_scale), clip_logits(image_features, neg, logit_scale)
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "classnames": list(self.classnames),
+            "n_ctx": dict(self.n_ctx),
+            "class_specific": self.class_specific,
+            "class_token_position": self.class_token_position,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or "classnames" not in state:
+            raise InputValueError("state_dict: not a DualPromptLearner checkpoint (no class names in it)")
+        mine = self.get_extra_state()
+        if state["classnames"] != mine["classnames"]:
+            theirs = state["classnames"]
+            first = next(
+                (i for i, (a, b) in enumerate(zip(theirs, mine["classnames"])) if a != b),
+                min(len(theirs), len(mine["classnames"])),
+            )
+            raise InputValueError(
+                f"state_dict: the checkpoint was made for {len(theirs)} class names, this learner has "
+                f"{len(mine['classnames'])}; they first differ at index {first}: "
+                f"{theirs[first] if first < len(theirs) else '<end>'!r} in the checkpoint vs "
+                f"{mine['classnames'][first] if first < len(mine['classnames']) else '<end>'!r} here"
+            )
+        for key in ("n_ctx", "class_specific", "class_token_position"):
+            if state.get(key) != mine[key]:
+                raise InputValueError(
+                    f"state_dict: the checkpoint has {key}={state.get(key)!r}, this learner {key}={mine[key]!r}"
+                )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, n_ctx={self.n_ctx}, class_specific={self.class_specific}, "
+            f"class_token_position={self.class_token_position!r}, sequence_length={self.sequence_length}, "
+            f"text_tower={self._tower.kind!r}"
+        )

@@ -1,0 +1,263 @@
+"""A uniform view of the text encoder of open_clip and OpenAI-``clip`` models.
+
+A prompt learner must reproduce ``encode_text`` from token *embeddings* rather than
+token ids: token embedding, cast, + positional embedding, causal transformer,
+``ln_final``, pooling at the end-of-text token, projection. :class:`TextTower` finds
+those pieces on the three model layouts in use and runs that sequence on any prefix of
+the context (causal attention and end-of-text pooling make the padded tail irrelevant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from fdbpl.errors import FDBPLError
+
+__all__ = ["TextTower", "UnsupportedModelError"]
+
+Tokenizer = Callable[..., torch.Tensor]
+
+_LOOKED_FOR = (
+    "an open_clip CLIP (token_embedding, positional_embedding, transformer, ln_final, "
+    "text_projection, attn_mask on the model), an open_clip CustomTextCLIP (the same under "
+    "model.text) or an OpenAI-clip CLIP (the same plus transformer.resblocks and model.dtype)"
+)
+
+
+class UnsupportedModelError(FDBPLError):
+    """The model has no text tower that fdbpl knows how to drive."""
+
+
+class TextTower:
+    """The pieces of a CLIP text encoder, and ``encode_text`` from token embeddings.
+
+    Build one with :meth:`from_model`. It holds references to the model's modules (it is
+    not an ``nn.Module`` itself, so a learner that holds it does not register, save or
+    move the CLIP model).
+
+    Attributes:
+        kind: ``"open_clip"``, ``"open_clip_custom"`` or ``"openai_clip"``.
+        context_length: the model's full context length L.
+        pool_type: ``"argmax"`` (the end-of-text token has the largest id), ``"eos"``,
+            ``"first"`` or ``"last"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        module: nn.Module,
+        token_embedding: nn.Embedding,
+        positional_embedding: torch.Tensor,
+        transformer: nn.Module,
+        ln_final: nn.Module,
+        text_projection: torch.Tensor | nn.Module | None,
+        attn_mask: torch.Tensor | None,
+        pool_type: str,
+        eos_id: int | None,
+        cast_dtype: torch.dtype,
+    ) -> None:
+        self.kind = kind
+        self.module = module
+        self.token_embedding = token_embedding
+        self.positional_embedding = positional_embedding
+        self.transformer = transformer
+        self.ln_final = ln_final
+        self.text_projection = text_projection
+        self.attn_mask = attn_mask
+        self.pool_type = pool_type
+        self.eos_id = eos_id
+        self.cast_dtype = cast_dtype
+        self.context_length = positional_embedding.shape[0]
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> TextTower:
+        """Find the text tower of an open_clip ``CLIP``, ``CustomTextCLIP`` or OpenAI-clip model.
+
+        Raises:
+            UnsupportedModelError: when no known layout matches; the message lists the
+                attributes looked for.
+        """
+        required = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+        if all(hasattr(model, a) for a in required):
+            if hasattr(model.transformer, "resblocks") and not hasattr(model, "attn_mask"):
+                return cls._openai(model)
+            return cls._open_clip(model, model, "open_clip")
+        text = getattr(model, "text", None)
+        if isinstance(text, nn.Module) and all(hasattr(text, a) for a in required):
+            if getattr(text, "cls_emb", None) is not None:
+                raise UnsupportedModelError(
+                    "model.text appends a class token (a CoCa-style text tower): its pooled "
+                    "output is not the end-of-text token, so prompt learning on it is not supported"
+                )
+            return cls._open_clip(text, model, "open_clip_custom")
+        found = sorted(
+            n
+            for n in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text")
+            if hasattr(model, n)
+        )
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no recognisable text tower: looked for {_LOOKED_FOR}; "
+            f"found only {found or 'none of them'}"
+        )
+
+    @classmethod
+    def _open_clip(cls, tower: nn.Module, model: nn.Module, kind: str) -> TextTower:
+        attn_mask = getattr(tower, "attn_mask", None)
+        if attn_mask is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__}'s text transformer has no causal attention mask "
+                "(a bidirectional text tower): prompts cannot be cut to their real length"
+            )
+        pool_type = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")
+        eos_id = (
+            getattr(tower, "text_eos_id", None) if kind == "open_clip" else getattr(tower, "eos_id", None)
+        )
+        get_cast = getattr(tower.transformer, "get_cast_dtype", None)
+        cast_dtype = get_cast() if callable(get_cast) else tower.token_embedding.weight.dtype
+        return cls(
+            kind=kind,
+            module=model,
+            token_embedding=tower.token_embedding,
+            positional_embedding=tower.positional_embedding,
+            transformer=tower.transformer,
+            ln_final=tower.ln_final,
+            text_projection=getattr(tower, "text_projection", None),
+            attn_mask=attn_mask,
+            pool_type=pool_type,
+            eos_id=eos_id,
+            cast_dtype=cast_dtype,
+        )
+
+    @classmethod
+    def _openai(cls, model: nn.Module) -> TextTower:
+        blocks = model.transformer.resblocks
+        mask = getattr(blocks[0], "attn_mask", None) if len(blocks) else None
+        dtype = (
+            model.dtype
+            if isinstance(getattr(model, "dtype", None), torch.dtype)
+            else model.token_embedding.weight.dtype
+        )
+        return cls(
+            kind="openai_clip",
+            module=model,
+            token_embedding=model.token_embedding,
+            positional_embedding=model.positional_embedding,
+            transformer=model.transformer,
+            ln_final=model.ln_final,
+            text_projection=model.text_projection,
+            attn_mask=mask,
+            pool_type="argmax",
+            eos_id=None,
+            cast_dtype=dtype,
+        )
+
+    # -- facts --------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.token_embedding.weight.device
+
+    @property
+    def width(self) -> int:
+        return self.token_embedding.weight.shape[1]
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter of the text tower's modules (for freezing and checks)."""
+        modules: list[Any] = [self.token_embedding, self.transformer, self.ln_final, self.text_projection]
+        params: list[nn.Parameter] = []
+        for m in modules:
+            if isinstance(m, nn.Module):
+                params.extend(m.parameters())
+            elif isinstance(m, nn.Parameter):
+                params.append(m)
+        if isinstance(self.positional_embedding, nn.Parameter):
+            params.append(self.positional_embedding)
+        return params
+
+    def default_tokenizer(self) -> Tokenizer:
+        """open_clip's tokenizer at this model's context length (OpenAI-clip models need ``clip.tokenize``)."""
+        if self.kind == "openai_clip":
+            raise UnsupportedModelError(
+                "an OpenAI-clip model needs its own tokenizer: pass tokenizer=clip.tokenize"
+            )
+        import open_clip
+
+        context_length = self.context_length
+
+        def tokenize(texts: list[str], context_length: int = context_length) -> torch.Tensor:
+            return open_clip.tokenize(texts, context_length=context_length)
+
+        return tokenize
+
+    def pool_index(self, ids: torch.Tensor) -> torch.Tensor:
+        """:math:`(B,)` the position each tokenized prompt is pooled at."""
+        if self.pool_type == "argmax":
+            return ids.argmax(dim=-1)
+        if self.pool_type == "eos":
+            if self.eos_id is None:
+                raise UnsupportedModelError("the text tower pools at 'eos' but names no eos id")
+            return (ids == self.eos_id).int().argmax(dim=-1)
+        if self.pool_type == "first":
+            return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        if self.pool_type == "last":
+            return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+        raise UnsupportedModelError(f"text pool type {self.pool_type!r} is not supported")
+
+    @property
+    def can_truncate(self) -> bool:
+        """Whether outputs depend only on the tokens up to the pooled one (not for ``"last"``)."""
+        return self.pool_type != "last"
+
+    # -- the encoder --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings :math:`(B, L, W)` in the tower's compute dtype, as ``encode_text`` makes them."""
+        return self.token_embedding(ids.to(self.device)).to(self.cast_dtype)
+
+    def encode_embeddings(self, x: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
+        """``encode_text`` from token embeddings.
+
+        Args:
+            x: :math:`(B, L', W)` token embeddings in the compute dtype, :math:`L' \\le L`.
+            pool_index: :math:`(B,)` the position to pool each sequence at (< L').
+
+        Returns:
+            :math:`(B, D)` text features, not normalised.
+        """
+        length = x.shape[1]
+        x = x + self.positional_embedding[:length].to(self.cast_dtype)
+        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        if self.kind == "openai_clip":
+            x = self._openai_blocks(x.permute(1, 0, 2), mask).permute(1, 0, 2)
+            x = self.ln_final(x).type(self.cast_dtype)
+        else:
+            if hasattr(self.transformer, "batch_first"):  # open_clip >= 2.25 takes (B, L, W)
+                x = self.transformer(x, attn_mask=mask)
+            else:  # older open_clip runs sequence-first
+                x = self.transformer(x.permute(1, 0, 2), attn_mask=mask).permute(1, 0, 2)
+            x = self.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), pool_index]
+        proj = self.text_projection
+        if proj is None:
+            return pooled
+        if isinstance(proj, nn.Module):
+            return proj(pooled)
+        return pooled @ proj
+
+    def _openai_blocks(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        # OpenAI-clip blocks keep a fixed (L, L) mask inside; run them with the cut one.
+        if mask is not None:
+            mask = mask.to(dtype=x.dtype, device=x.device)
+        for blk in self.transformer.resblocks:
+            h = blk.ln_1(x)
+            x = x + blk.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+            x = x + blk.mlp(blk.ln_2(x))
+        return x

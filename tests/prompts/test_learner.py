@@ -1,0 +1,212 @@
+"""DualPromptLearner: exactness against encode_text, truncation, freezing, checkpoints, subsets."""
+
+from __future__ import annotations
+
+import io
+import string
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from models import tiny_open_clip
+
+from fdbpl.errors import FDBPLError
+from fdbpl.losses.functional import clip_logits
+from fdbpl.prompts import DualPromptLearner, UnsupportedModelError
+
+KINDS = ["clip", "eos", "custom", "openai"]
+NAMES = ["cat", "dog", "school bus", "african bush elephant", "red panda"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def model_and_tokenizer(request):
+    return tiny_open_clip(request.param)
+
+
+@pytest.fixture(scope="module")
+def open_clip_model():
+    return tiny_open_clip("clip")
+
+
+def encode(model, tokenizer, texts):
+    with torch.no_grad():
+        return model.encode_text(tokenizer(texts))
+
+
+def test_features_equal_encode_text_at_initialisation(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    learner = DualPromptLearner(model, NAMES, tokenizer=tok)
+    pos, neg = learner()
+    assert learner.sequence_length < 77
+    torch.testing.assert_close(
+        pos, encode(model, tok, [f"a photo of a {c}." for c in NAMES]), rtol=0, atol=1e-5
+    )
+    torch.testing.assert_close(
+        neg, encode(model, tok, [f"a photo of no {c}." for c in NAMES]), rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("position", "text"),
+    [("front", "{c} {init}."), ("middle", "a photo {c} of a.")],
+)
+def test_class_token_positions_equal_the_rearranged_prompt(open_clip_model, position, text):
+    model, tok = open_clip_model
+    learner = DualPromptLearner(model, NAMES, class_token_position=position, negative_init="a photo of a")
+    pos, _ = learner()
+    want = encode(model, tok, [text.format(c=c, init="a photo of a") for c in NAMES])
+    torch.testing.assert_close(pos, want, rtol=0, atol=1e-5)
+
+
+words = st.text(alphabet=string.ascii_lowercase + " -", min_size=1, max_size=18).filter(lambda s: s.strip())
+
+
+@given(
+    names=st.lists(words, min_size=1, max_size=6, unique_by=lambda s: s),
+    n_ctx=st.integers(1, 6),
+    random_init=st.booleans(),
+    position=st.sampled_from(["end", "middle", "front"]),
+    class_specific=st.booleans(),
+)
+def test_truncation_never_changes_outputs(
+    open_clip_model, names, n_ctx, random_init, position, class_specific
+):
+    model, _ = open_clip_model
+    inits = dict(positive_init=None, negative_init=None, n_ctx=n_ctx) if random_init else {}
+    kwargs = dict(class_token_position=position, class_specific=class_specific, **inits)
+    torch.manual_seed(1)
+    short = DualPromptLearner(model, names, truncate=True, **kwargs)
+    full = DualPromptLearner(model, names, truncate=False, **kwargs)
+    full.load_state_dict(short.state_dict())
+    assert full.sequence_length == 77 and short.sequence_length <= 77
+    for a, b in zip(short(), full()):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+
+
+def test_gradients_reach_only_the_contexts_and_the_model_is_untouched(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    learner = DualPromptLearner(model, NAMES, tokenizer=tok)
+    assert [n for n, _ in learner.named_parameters()] == ["positive_context", "negative_context"]
+    opt = torch.optim.SGD(learner.parameters(), lr=10.0)
+    pos, neg = learner()
+    (pos.pow(2).sum() + neg.sum()).backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert learner.positive_context.grad.abs().sum() > 0 and learner.negative_context.grad.abs().sum() > 0
+    opt.step()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(learner()[0], pos)
+
+
+def test_state_dict_round_trip(open_clip_model):
+    model, _ = open_clip_model
+    learner = DualPromptLearner(model, NAMES, class_specific=True)
+    with torch.no_grad():
+        learner.positive_context.add_(torch.randn_like(learner.positive_context))
+        learner.negative_context.mul_(-1)
+    buf = io.BytesIO()
+    torch.save(learner.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert set(state) == {"positive_context", "negative_context", "_extra_state"}
+    fresh = DualPromptLearner(model, NAMES, class_specific=True)
+    fresh.load_state_dict(state)
+    for a, b in zip(fresh(), learner()):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_refuses_other_classes_or_n_ctx(open_clip_model):
+    model, _ = open_clip_model
+    state = DualPromptLearner(model, NAMES).state_dict()
+    with pytest.raises(
+        FDBPLError,
+        match=r"made for 5 class names, this learner has 5; they first differ at index 1: 'dog' in the checkpoint vs 'wolf'",
+    ):
+        DualPromptLearner(model, ["cat", "wolf", *NAMES[2:]]).load_state_dict(state)
+    with pytest.raises(
+        FDBPLError,
+        match=r"the checkpoint has n_ctx=\{.positive.: 4, .negative.: 4\}, this learner n_ctx=\{.positive.: 6",
+    ):
+        DualPromptLearner(model, NAMES, positive_init=None, negative_init=None, n_ctx=6).load_state_dict(
+            state
+        )
+
+
+@given(st.lists(st.sampled_from(range(len(NAMES))), min_size=1, max_size=5, unique=True))
+def test_class_subset_equals_a_learner_built_on_the_subset(open_clip_model, subset):
+    model, _ = open_clip_model
+    full = DualPromptLearner(model, NAMES)
+    names = [NAMES[i] for i in subset]
+    small = DualPromptLearner(model, names)
+    for a, b in zip(full(subset), small()):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+    for a, b in zip(full(names), full(torch.tensor(subset))):
+        assert torch.equal(a, b)
+
+
+def test_logits_and_normalized_features(open_clip_model):
+    model, _ = open_clip_model
+    learner = DualPromptLearner(model, NAMES)
+    image = torch.randn(3, 64)
+    pos_logits, neg_logits = learner.logits(image)
+    pos, neg = learner()
+    scale = model.logit_scale.exp().detach()
+    torch.testing.assert_close(pos_logits, clip_logits(image, pos, scale))
+    torch.testing.assert_close(neg_logits, clip_logits(image, neg, scale))
+    for t in learner.normalized_features():
+        torch.testing.assert_close(t.norm(dim=1), torch.ones(len(NAMES)))
+
+
+def test_float16_model():
+    model, tok = tiny_open_clip("clip")
+    model = model.half()
+    learner = DualPromptLearner(model, NAMES)
+    assert learner.positive_context.dtype == torch.float32
+    pos, neg = learner()
+    assert pos.dtype == torch.float16 and bool(torch.isfinite(pos).all())
+    # float16 rounds differently over 10 tokens than over 77: a few ulps apart
+    torch.testing.assert_close(
+        pos, encode(model, tok, [f"a photo of a {c}." for c in NAMES]), rtol=1e-2, atol=5e-3
+    )
+    (pos.float().sum() + neg.float().sum()).backward()
+    assert learner.positive_context.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("names", "kwargs", "match"),
+    [
+        ([], {}, "classnames: expected at least one class name, got an empty list"),
+        (["cat", "dog", "cat"], {}, r"classnames: expected distinct names, repeated: \['cat'\]"),
+        (
+            ["cat", "word " * 80],
+            {},
+            r"classnames: the positive prompt of class 'word word .* needs \d+ tokens, more than the model's context length 77",
+        ),
+        (
+            ["cat"],
+            dict(class_token_position="left"),
+            r"class_token_position: expected 'end', 'middle' or 'front', got 'left'",
+        ),
+        (["cat"], dict(n_ctx=7), r"n_ctx: the positive init phrase 'a photo of a' has 4 tokens"),
+        ("cat", {}, "classnames: expected a list of strings, got str"),
+    ],
+)
+def test_bad_input(open_clip_model, names, kwargs, match):
+    model, _ = open_clip_model
+    with pytest.raises(FDBPLError, match=match):
+        DualPromptLearner(model, names, **kwargs)
+
+
+def test_model_without_a_text_tower():
+    with pytest.raises(
+        UnsupportedModelError, match=r"Linear has no recognisable text tower: looked for .*token_embedding"
+    ):
+        DualPromptLearner(torch.nn.Linear(2, 2), NAMES)
+
+
+def test_openai_clip_needs_its_tokenizer():
+    model, _ = tiny_open_clip("openai")
+    with pytest.raises(UnsupportedModelError, match=r"pass tokenizer=clip\.tokenize"):
+        DualPromptLearner(model, NAMES)
