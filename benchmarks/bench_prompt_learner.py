@@ -27,6 +27,14 @@ from _measure import median_times
 from fdbpl.prompts import DualPromptLearner
 
 
+def imagenet_names(c: int) -> list[str]:
+    """The first C ImageNet class names; its two repeated names ('missile', 'sunglasses') get a suffix."""
+    names: list[str] = []
+    for name in IMAGENET_CLASSNAMES[:c]:
+        names.append(f"{name} 2" if name in names else name)
+    return names
+
+
 def text_only_model(name: str) -> torch.nn.Module:
     cfg = open_clip.get_model_config(name)
     cfg["vision_cfg"] = dict(image_size=32, patch_size=16, width=64, layers=1)  # the image tower is not timed
@@ -46,7 +54,7 @@ def main() -> None:
     )
     print(f"{'C':>5} {'tokens fdbpl':>12} {'coop s/step':>12} {'fdbpl s/step':>12} {'coop/fdbpl':>11}")
     for c in args.classes:
-        names = list(IMAGENET_CLASSNAMES[:c])
+        names = imagenet_names(c)
         learner = DualPromptLearner(model, names)
         full = DualPromptLearner(model, names, truncate=False)
         full.load_state_dict(learner.state_dict())
