@@ -1,0 +1,111 @@
+"""Random crops: sampling boxes (recorded), and rendering a crop from its box and flip.
+
+The same :func:`render_crop` makes the teacher's crops at build time and the student's
+crops at replay time, so a replayed crop is the crop the teacher saw (resized to the
+student's input size).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["CropSampler", "render_crop"]
+
+#: The resampling recorded in the manifest: torchvision's BICUBIC with antialiasing.
+INTERPOLATION = "bicubic"
+
+
+@dataclass(frozen=True)
+class CropSampler:
+    """RandomResizedCrop-style boxes plus a horizontal flip with probability 0.5.
+
+    Every image draws its crops from its own generator, seeded by ``(seed, image_index)``,
+    so a crop depends only on the seed and the image, never on the process, the shard or
+    the order of work.
+
+    Args:
+        scale: range of the crop's area as a fraction of the image's.
+        ratio: range of the crop's aspect ratio (width / height).
+        seed: the table's seed.
+    """
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    seed: int = 0
+
+    def generator(self, image_index: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([int(self.seed), int(image_index)]))
+
+    def sample(self, image_index: int, height: int, width: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` boxes ``(top, left, height, width)`` and flips for one image.
+
+        Returns:
+            ``boxes`` (count, 4) int64 and ``flips`` (count,) bool.
+        """
+        rng = self.generator(image_index)
+        boxes = np.empty((count, 4), dtype=np.int64)
+        flips = np.empty(count, dtype=bool)
+        for m in range(count):
+            boxes[m] = self._box(rng, height, width)
+            flips[m] = rng.random() < 0.5
+        return boxes, flips
+
+    def _box(self, rng: np.random.Generator, height: int, width: int) -> tuple[int, int, int, int]:
+        # torchvision's RandomResizedCrop.get_params, with a numpy generator.
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(self.scale[0], self.scale[1])
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                return top, left, h, w
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            h, w = height, int(round(height * max(self.ratio)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+
+def render_crop(
+    image: torch.Tensor,
+    box: tuple[int, int, int, int] | torch.Tensor | np.ndarray,
+    flip: bool,
+    size: int,
+    mean: tuple[float, float, float] | torch.Tensor,
+    std: tuple[float, float, float] | torch.Tensor,
+) -> torch.Tensor:
+    """Cut, resize (bicubic, antialiased, on uint8), flip and normalise one crop.
+
+    Args:
+        image: ``(3, H, W)`` uint8 RGB.
+        box: ``(top, left, height, width)`` in source pixels.
+        flip: mirror left-right after resizing.
+        size: output side S.
+        mean, std: per-channel normalisation of ``[0, 1]`` pixel values.
+
+    Returns:
+        ``(3, S, S)`` float32.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    top, left, height, width = (int(v) for v in box)
+    crop = TF.resized_crop(
+        image, top, left, height, width, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True
+    )
+    if flip:
+        crop = crop.flip(-1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (crop.float() / 255.0 - mean_t) / std_t

@@ -1,0 +1,119 @@
+"""Replaying the table's crops for training: the image region and its stored teacher labels."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fdbpl.cache.crops import render_crop
+from fdbpl.cache.images import decode_image
+from fdbpl.cache.table import RILTable
+from fdbpl.errors import InputValueError
+
+__all__ = ["OPENAI_MEAN", "OPENAI_STD", "RegionDataset"]
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class RegionDataset(torch.utils.data.Dataset):
+    """Training items replayed from a :class:`RILTable`.
+
+    Item ``i`` is image ``i % num_images`` with one of its stored regions, drawn afresh
+    each epoch (seeded by ``(seed, epoch, i)``; call :meth:`set_epoch`). The crop is
+    rendered from its stored box and flip with the table's recipe (bicubic, antialiased
+    resize on uint8, flip, normalise) at the student's ``image_size``.
+
+    Items are dicts of tensors: ``image`` :math:`(3, S, S)` float32, ``indices``
+    :math:`(K,)` int64, ``values`` :math:`(K,)` float16, ``fill`` :math:`()` float32,
+    ``weight`` :math:`()` float32 (Eq. 6 of the teacher's full distribution), ``region``
+    :math:`()` int64, ``label`` :math:`()` int64 (the image's class folder). With
+    ``crops_per_image = n > 1`` the image is decoded once and every tensor gains a
+    leading dimension n (n distinct regions). A default ``DataLoader`` collates them;
+    :meth:`fdbpl.sparsify.SparseSoftLabels.from_batch` turns a batch into labels.
+
+    Args:
+        table: the opened table.
+        root: the image folder the table was built on.
+        image_size: the student's input side S.
+        mean, std: the student's normalisation.
+        crops_per_image: regions per item.
+        length: items per epoch (default: the number of images); item ``i`` uses image
+            ``i % num_images``.
+        seed: the region draw's seed.
+    """
+
+    def __init__(
+        self,
+        table: RILTable,
+        root: str | os.PathLike[str],
+        image_size: int = 224,
+        mean: Sequence[float] = OPENAI_MEAN,
+        std: Sequence[float] = OPENAI_STD,
+        crops_per_image: int = 1,
+        length: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 1 <= crops_per_image <= table.crops_per_image:
+            raise InputValueError(
+                f"crops_per_image: expected 1 <= n <= {table.crops_per_image} (the table's regions per image), "
+                f"got {crops_per_image}"
+            )
+        self.table = table
+        self.root = Path(root)
+        missing = [p for p in table.image_paths if not (self.root / p).is_file()]
+        if missing:
+            raise InputValueError(
+                f"root: {len(missing)} of the table's {table.num_images} images are not under {self.root}, "
+                f"e.g. {missing[0]}"
+            )
+        self.image_size = int(image_size)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.crops_per_image = crops_per_image
+        self.length = table.num_images if length is None else int(length)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._labels = table.image_labels
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw other regions: call once per epoch, before iterating."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def region_ids(self, i: int) -> np.ndarray:
+        """The region ids item ``i`` replays in the current epoch."""
+        image = i % self.table.num_images
+        m = self.table.crops_per_image
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, i]))
+        return image * m + rng.choice(m, size=self.crops_per_image, replace=False)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < self.length:
+            raise IndexError(f"item {i} outside [0, {self.length})")
+        ids = self.region_ids(i)
+        image_index = i % self.table.num_images
+        image = decode_image(self.root / self.table.image_paths[image_index])
+        boxes, flips = self.table.boxes(ids)
+        crops = torch.stack(
+            [render_crop(image, b, bool(f), self.image_size, self.mean, self.std) for b, f in zip(boxes, flips)]
+        )
+        labels = self.table.labels(ids)
+        item = {
+            "image": crops,
+            "indices": labels.indices,
+            "values": labels.values.half(),
+            "fill": labels.fill,
+            "weight": self.table.weights(ids),
+            "region": torch.from_numpy(ids),
+            "label": torch.full((len(ids),), self._labels[image_index], dtype=torch.long),
+        }
+        if self.crops_per_image == 1:
+            item = {k: v[0] for k, v in item.items()}
+        return item

@@ -1,0 +1,97 @@
+"""Teachers: anything that maps crops to class probabilities, with the crop recipe it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fdbpl.errors import InputValueError
+
+__all__ = ["Teacher", "clip_teacher"]
+
+
+class Teacher:
+    """A callable teacher: ``(B, 3, S, S)`` normalised crops -> ``(B, C)`` probabilities.
+
+    Wraps any callable (one CLIP, an ensemble, another classifier) together with the
+    input size and normalisation its crops are rendered with, and a JSON-able description
+    recorded in the table's manifest.
+
+    Args:
+        fn: the model; called under ``torch.no_grad()``.
+        image_size: S, the side of the crops it takes.
+        mean, std: per-channel normalisation of ``[0, 1]`` pixels.
+        description: what to record about it (name, weights, template, ...).
+        device: where crops are sent before calling ``fn``.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        description: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if len(mean) != 3 or len(std) != 3:
+            raise InputValueError(f"mean and std: expected 3 values each, got {list(mean)} and {list(std)}")
+        self.fn = fn
+        self.image_size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.description = dict(description or {})
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.fn(crops.to(self.device))
+
+
+def clip_teacher(
+    model: torch.nn.Module,
+    classnames: Sequence[str],
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    template: str = "a photo of a {}.",
+    temperature: float | None = None,
+    description: dict[str, Any] | None = None,
+) -> Teacher:
+    """A CLIP zero-shot teacher: ``softmax(logit_scale * cos(image, text))`` over the classes.
+
+    The text features of ``template`` for every class are computed once, here.
+
+    Args:
+        model: a CLIP with ``encode_image`` and ``encode_text`` (open_clip or OpenAI-clip).
+        classnames: the C class names.
+        tokenizer: the model's tokenizer.
+        image_size, mean, std: the model's input recipe.
+        template: the prompt, with ``{}`` for the class name (the paper: "a photo of a {}.").
+        temperature: :math:`\\tau`; default: the model's own, ``1 / logit_scale.exp()``.
+        description: recorded in the manifest (the template and temperature are added).
+    """
+    if "{}" not in template:
+        raise InputValueError(f"template: expected a '{{}}' for the class name, got {template!r}")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        text = model.encode_text(tokenizer([template.format(c) for c in classnames]).to(device))
+        text = F.normalize(text.float(), dim=-1)
+        if temperature is None:
+            scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
+        else:
+            if temperature <= 0:
+                raise InputValueError(f"temperature: expected a positive number, got {temperature}")
+            scale = 1.0 / temperature
+
+    def probabilities(crops: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(model.encode_image(crops).float(), dim=-1)
+        return torch.softmax(scale * image @ text.T, dim=-1)
+
+    info = dict(description or {})
+    info.update(template=template, temperature=1.0 / scale)
+    return Teacher(probabilities, image_size, mean, std, info, device)
