@@ -81,7 +81,9 @@ def draw_image_folder(
             for _ in range(int(rng.integers(0, 3))):  # grey clutter
                 x, y = rng.integers(0, width), rng.integers(0, height)
                 g = int(rng.integers(90, 200))
-                draw.rectangle([x, y, x + int(rng.integers(4, 12)), y + int(rng.integers(4, 12))], fill=(g, g, g))
+                draw.rectangle(
+                    [x, y, x + int(rng.integers(4, 12)), y + int(rng.integers(4, 12))], fill=(g, g, g)
+                )
             r = float(rng.uniform(0.2, 0.4)) * min(width, height)
             cx = float(rng.uniform(r, width - r))
             cy = float(rng.uniform(r, height - r))

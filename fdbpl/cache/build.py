@@ -47,7 +47,6 @@ from fdbpl.sparsify import class_id_dtype, sparsify
 __all__ = ["BuildSummary", "build_table"]
 
 
-
 @dataclass
 class BuildSummary:
     """What a build did; :meth:`__str__` is the closing summary the command prints."""
@@ -57,6 +56,8 @@ class BuildSummary:
     bytes_per_region: int
     seconds: float
     regions_computed: int
+    rank: int = 0
+    world_size: int = 1
     skipped: list[tuple[str, str]] = field(default_factory=list)
     converted: list[str] = field(default_factory=list)
 
@@ -65,12 +66,15 @@ class BuildSummary:
         lines = [
             f"table {self.path}: {self.regions} regions, {self.bytes_per_region} bytes per region "
             f"({self.regions * self.bytes_per_region / 2**20:.1f} MiB of columns)",
-            f"computed {self.regions_computed} regions in {self.seconds:.1f} s ({rate:.1f} regions/s)",
+            f"computed {self.regions_computed} regions in {self.seconds:.1f} s ({rate:.1f} regions/s)"
+            + (f" on rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""),
         ]
         if self.converted:
             lines.append(f"converted to RGB: {len(self.converted)} image(s), e.g. {self.converted[0]}")
         if self.skipped:
-            lines.append(f"skipped (unreadable): {len(self.skipped)} file(s), e.g. {self.skipped[0][0]}: {self.skipped[0][1]}")
+            lines.append(
+                f"skipped (unreadable): {len(self.skipped)} file(s), e.g. {self.skipped[0][0]}: {self.skipped[0][1]}"
+            )
         return "\n".join(lines)
 
 
@@ -86,8 +90,13 @@ def _barrier() -> None:
 
 
 def _settings(
-    scan: ScanResult, teacher: Teacher, topk: int, strategy: str, crops_per_image: int,
-    sampler: CropSampler, shard_size: int,
+    scan: ScanResult,
+    teacher: Teacher,
+    topk: int,
+    strategy: str,
+    crops_per_image: int,
+    sampler: CropSampler,
+    shard_size: int,
 ) -> dict[str, Any]:
     c = len(scan.classnames)
     largest = max(max(r.width, r.height) for r in scan.images)
@@ -160,7 +169,9 @@ def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> bool:
             )
         _clear(out)
     elif out.exists() and any(out.iterdir()):
-        raise TableFormatError(f"out: {out} is not empty and holds no fdbpl table; choose an empty or new folder")
+        raise TableFormatError(
+            f"out: {out} is not empty and holds no fdbpl table; choose an empty or new folder"
+        )
     write_json_atomic(settings_path, settings)
     return False
 
@@ -180,8 +191,15 @@ def _shard_name(s: int) -> str:
 class _PendingGroups(torch.utils.data.Dataset):
     """Decoded and rendered crops of the groups of one shard that are still to do."""
 
-    def __init__(self, root: Path, scan: ScanResult, groups: list[range], crops_per_image: int,
-                 sampler: CropSampler, teacher: Teacher) -> None:
+    def __init__(
+        self,
+        root: Path,
+        scan: ScanResult,
+        groups: list[range],
+        crops_per_image: int,
+        sampler: CropSampler,
+        teacher: Teacher,
+    ) -> None:
         self.root, self.scan, self.groups = root, scan, groups
         self.m, self.sampler = crops_per_image, sampler
         # the crop recipe only: the teacher itself stays in the main process
@@ -216,7 +234,9 @@ def _open_partial(out: Path, s: int, n_images: int, settings: dict[str, Any]) ->
     if partial.is_dir():
         try:
             cols = {n: np.lib.format.open_memmap(partial / f"{n}.npy", mode="r+") for n in specs}
-            if all(cols[n].shape == shape and cols[n].dtype == np.dtype(dt) for n, (shape, dt) in specs.items()):
+            if all(
+                cols[n].shape == shape and cols[n].dtype == np.dtype(dt) for n, (shape, dt) in specs.items()
+            ):
                 return cols
         except (OSError, ValueError):
             pass
@@ -300,7 +320,11 @@ def build_table(
     root, out = Path(images), Path(out)
     if strategy not in ("mr", "ms"):
         raise InputValueError(f"strategy: expected 'mr' or 'ms', got {strategy!r}")
-    for name, v in (("crops_per_image", crops_per_image), ("batch_size", batch_size), ("shard_size", shard_size)):
+    for name, v in (
+        ("crops_per_image", crops_per_image),
+        ("batch_size", batch_size),
+        ("shard_size", shard_size),
+    ):
         if int(v) != v or v < 1:
             raise InputValueError(f"{name}: expected a positive integer, got {v!r}")
     scan = scan if scan is not None else scan_image_folder(root, classnames)
@@ -322,7 +346,9 @@ def build_table(
     n = len(scan.images)
     num_shards = math.ceil(n / shard_size)
     total = n * crops_per_image
-    summary = BuildSummary(out, total, bytes_per_region(settings), 0.0, 0, scan.skipped, scan.converted)
+    summary = BuildSummary(
+        out, total, bytes_per_region(settings), 0.0, 0, rank, world, scan.skipped, scan.converted
+    )
     if complete:
         summary.seconds = time.perf_counter() - start
         return summary

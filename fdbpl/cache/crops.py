@@ -61,17 +61,17 @@ class CropSampler:
         for _ in range(10):
             target_area = area * rng.uniform(self.scale[0], self.scale[1])
             aspect = math.exp(rng.uniform(*log_ratio))
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
             if 0 < w <= width and 0 < h <= height:
                 top = int(rng.integers(0, height - h + 1))
                 left = int(rng.integers(0, width - w + 1))
                 return top, left, h, w
         in_ratio = width / height
         if in_ratio < min(self.ratio):
-            w, h = width, int(round(width / min(self.ratio)))
+            w, h = width, round(width / min(self.ratio))
         elif in_ratio > max(self.ratio):
-            h, w = height, int(round(height * max(self.ratio)))
+            h, w = height, round(height * max(self.ratio))
         else:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w

@@ -100,17 +100,19 @@ class RegionDataset(torch.utils.data.Dataset):
         ids = self.region_ids(i)
         image_index = i % self.table.num_images
         image = decode_image(self.root / self.table.image_paths[image_index])
-        boxes, flips = self.table.boxes(ids)
+        rows = [self.table.read(int(r)) for r in ids]
         crops = torch.stack(
-            [render_crop(image, b, bool(f), self.image_size, self.mean, self.std) for b, f in zip(boxes, flips)]
+            [
+                render_crop(image, r["box"], bool(r["flip"]), self.image_size, self.mean, self.std)
+                for r in rows
+            ]
         )
-        labels = self.table.labels(ids)
         item = {
             "image": crops,
-            "indices": labels.indices,
-            "values": labels.values.half(),
-            "fill": labels.fill,
-            "weight": self.table.weights(ids),
+            "indices": torch.from_numpy(np.stack([r["indices"] for r in rows]).astype(np.int64)),
+            "values": torch.from_numpy(np.stack([r["values"] for r in rows])),
+            "fill": torch.tensor([float(r["fill"]) for r in rows], dtype=torch.float32),
+            "weight": torch.tensor([float(r["weight"]) for r in rows], dtype=torch.float32),
             "region": torch.from_numpy(ids),
             "label": torch.full((len(ids),), self._labels[image_index], dtype=torch.long),
         }

@@ -97,7 +97,9 @@ def scan_image_folder(
             p for p in (root / folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not files:
-            raise InputValueError(f"images: class folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise InputValueError(
+                f"images: class folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         for p in files:
             rel = p.relative_to(root).as_posix()
             try:

@@ -107,5 +107,7 @@ def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
     if not 1 <= manifest["topk"] <= manifest["num_classes"]:
         raise TableFormatError(f"{where}: topk {manifest['topk']} outside [1, {manifest['num_classes']}]")
     if len(manifest["classnames"]) != manifest["num_classes"]:
-        raise TableFormatError(f"{where}: {len(manifest['classnames'])} class names for num_classes {manifest['num_classes']}")
+        raise TableFormatError(
+            f"{where}: {len(manifest['classnames'])} class names for num_classes {manifest['num_classes']}"
+        )
     return manifest

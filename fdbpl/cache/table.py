@@ -77,7 +77,11 @@ class RILTable:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            hint = " (a build is in progress or was interrupted: run it again to finish)" if (path / "build.json").exists() else ""
+            hint = (
+                " (a build is in progress or was interrupted: run it again to finish)"
+                if (path / "build.json").exists()
+                else ""
+            )
             raise TableFormatError(f"table: {manifest_path} does not exist{hint}")
         manifest = validate_manifest(read_json(manifest_path), str(manifest_path))
         if classnames is not None and list(classnames) != manifest["classnames"]:
@@ -92,7 +96,9 @@ class RILTable:
             )
         m, k = manifest["crops_per_image"], manifest["topk"]
         dtypes = manifest["dtypes"]
-        columns = ["box", "flip", "indices", "values", "weight"] + (["fill"] if manifest["strategy"] == "ms" else [])
+        columns = ["box", "flip", "indices", "values", "weight"] + (
+            ["fill"] if manifest["strategy"] == "ms" else []
+        )
         widths = {"box": (4,), "indices": (k,), "values": (k,)}
         shards = []
         for entry in manifest.get("shards", []):
@@ -106,7 +112,9 @@ class RILTable:
                 except FileNotFoundError:
                     raise TableFormatError(f"table: column file {file} is missing") from None
                 except ValueError as e:
-                    raise TableFormatError(f"table: column file {file} is unreadable or truncated ({e})") from None
+                    raise TableFormatError(
+                        f"table: column file {file} is unreadable or truncated ({e})"
+                    ) from None
                 want = (rows, *widths.get(name, ()))
                 if col.shape != want or col.dtype != np.dtype(dtypes[name]):
                     raise TableFormatError(
@@ -115,7 +123,9 @@ class RILTable:
                 cols[name] = col
             shards.append(cols)
         if sum(e["num_images"] for e in manifest.get("shards", [])) != len(manifest["images"]):
-            raise TableFormatError(f"table: the shards of {manifest_path} do not cover its {len(manifest['images'])} images")
+            raise TableFormatError(
+                f"table: the shards of {manifest_path} do not cover its {len(manifest['images'])} images"
+            )
         return cls(path, manifest, shards)
 
     # -- facts --------------------------------------------------------------------------
@@ -180,10 +190,14 @@ class RILTable:
         return out
 
     def _ids(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
-        ids = np.asarray(region_ids.cpu() if isinstance(region_ids, torch.Tensor) else region_ids, dtype=np.int64)
+        ids = np.asarray(
+            region_ids.cpu() if isinstance(region_ids, torch.Tensor) else region_ids, dtype=np.int64
+        )
         ids = ids.reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
-            raise InputValueError(f"region_ids: expected ids in [0, {len(self)}), got min {ids.min()} and max {ids.max()}")
+            raise InputValueError(
+                f"region_ids: expected ids in [0, {len(self)}), got min {ids.min()} and max {ids.max()}"
+            )
         return ids
 
     def labels(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> SparseSoftLabels:
@@ -206,6 +220,27 @@ class RILTable:
         """Crop boxes ``(N, 4)`` (top, left, height, width) and flips ``(N,)`` bool."""
         ids = self._ids(region_ids)
         return self._gather("box", ids).astype(np.int64), self._gather("flip", ids).astype(bool)
+
+    def read(self, i: int) -> dict[str, np.ndarray]:
+        """One region's stored columns as they are on disk (the fast path for per-item reads).
+
+        Returns:
+            ``box`` (4,), ``flip`` (), ``indices`` (K,), ``values`` (K,) float16, ``fill``
+            () float32 (0 for MR) and ``weight`` () float32, as numpy arrays.
+        """
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise InputValueError(f"region: expected an id in [0, {len(self)}), got {i}")
+        shard, row = divmod(i, self._rows_per_shard)
+        cols = self._shards[shard]
+        return {
+            "box": cols["box"][row],
+            "flip": cols["flip"][row],
+            "indices": cols["indices"][row],
+            "values": cols["values"][row],
+            "fill": cols["fill"][row] if "fill" in cols else np.float32(0),
+            "weight": np.float32(cols["weight"][row]) / np.float32(WEIGHT_SCALE),
+        }
 
     def region(self, i: int) -> RegionRecord:
         """One region's record."""

@@ -1,0 +1,56 @@
+"""``fdbpl inspect --plot``: what low- and high-information regions look like (needs matplotlib)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from fdbpl.cache.crops import render_crop
+from fdbpl.cache.images import decode_image
+from fdbpl.cache.table import RILTable
+from fdbpl.errors import InputValueError
+
+__all__ = ["plot_table"]
+
+
+def plot_table(
+    table: RILTable, images: str | os.PathLike[str] | None, path: str | os.PathLike[str], per_row: int = 8
+) -> None:
+    """Save a histogram of ``w`` and the ``per_row`` lowest- and highest-``w`` crops to ``path``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("Please install matplotlib to plot tables (pip install 'fdbpl[plot]')") from e
+    if images is None:
+        raise InputValueError("images: --plot needs the image folder the table was built on (--images DIR)")
+    w = table.weights(np.arange(len(table))).numpy()
+    order = np.argsort(w, kind="stable")
+    picks = {"lowest w": order[:per_row], "highest w": order[::-1][:per_row]}
+    fig = plt.figure(figsize=(per_row * 1.4, 6.2))
+    grid = fig.add_gridspec(3, per_row, height_ratios=[1.6, 1, 1])
+    ax = fig.add_subplot(grid[0, :])
+    ax.hist(w, bins=40, range=(0, 1), color="#4a7bb7")
+    ax.set_xlabel("information weight w (Eq. 6)")
+    ax.set_ylabel("regions")
+    ax.set_title(f"{table.path.name}: {len(table)} regions, Top-{table.topk} {table.strategy.upper()}")
+    decoded: dict[int, object] = {}
+    for row, (title, ids) in enumerate(picks.items(), start=1):
+        boxes, flips = table.boxes(ids)
+        for col, (rid, box, flip) in enumerate(zip(ids, boxes, flips)):
+            image_index = int(rid) // table.crops_per_image
+            if image_index not in decoded:
+                decoded[image_index] = decode_image(os.path.join(images, table.image_paths[image_index]))
+            crop = render_crop(decoded[image_index], box, bool(flip), 96, (0, 0, 0), (1, 1, 1))  # type: ignore[arg-type]
+            ax = fig.add_subplot(grid[row, col])
+            ax.imshow(crop.permute(1, 2, 0).clamp(0, 1).numpy())
+            top = table.labels([rid]).top1.item()
+            ax.set_title(f"w={w[rid]:.2f}\n{table.classnames[top][:14]}", fontsize=7)
+            ax.axis("off")
+        fig.text(0.005, 1 - (row + 0.6) / 3.6, title, rotation=90, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,42 @@
+"""Fixtures for the table tests: drawn images and a tiny teacher written as config + checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from models import EMBED_DIM, TEXT_CFG, VISION_CFG
+
+from fdbpl.synthetic import draw_image_folder
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory):
+    return draw_image_folder(tmp_path_factory.mktemp("images") / "img", per_class=3, size=(72, 60))
+
+
+@pytest.fixture(scope="session")
+def teacher_files(tmp_path_factory):
+    """(config JSON path, checkpoint path) of a tiny random CLIP, saved the way real weights are."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("teacher")
+    config = folder / "fdbpl-tiny-teacher.json"
+    config.write_text(json.dumps({"embed_dim": EMBED_DIM, "vision_cfg": VISION_CFG, "text_cfg": TEXT_CFG}))
+    open_clip.add_model_config(config)
+    torch.manual_seed(123)
+    model = open_clip.create_model("fdbpl-tiny-teacher")
+    with torch.no_grad():  # a sharper teacher than random init, so Top-K and w vary
+        model.logit_scale.fill_(5.0)
+    checkpoint = folder / "teacher.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return config, checkpoint
+
+
+@pytest.fixture(scope="session")
+def loaded_teacher(teacher_files):
+    from fdbpl.models import load_open_clip
+
+    config, checkpoint = teacher_files
+    return load_open_clip(str(config), str(checkpoint))

@@ -1,0 +1,412 @@
+"""Building and reading the RIL table: round trip, replay, 2 ranks == 1, kill + resume, no pickle, errors."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fdbpl.cache import (
+    CropSampler,
+    RegionDataset,
+    RILTable,
+    TableFormatError,
+    Teacher,
+    build_table,
+    clip_teacher,
+    render_crop,
+    scan_image_folder,
+)
+from fdbpl.cache.images import decode_image
+from fdbpl.errors import FDBPLError
+from fdbpl.losses import information_weight
+from fdbpl.sparsify import sparsify
+
+
+def make_teacher(loaded, classnames):
+    return clip_teacher(
+        loaded.model,
+        classnames,
+        loaded.tokenizer,
+        loaded.image_size,
+        loaded.mean,
+        loaded.std,
+        description={"name": loaded.name, "pretrained": "test-checkpoint"},
+    )
+
+
+BUILD = dict(crops_per_image=6, topk=3, batch_size=12, shard_size=5, progress=False)
+
+
+@pytest.fixture(scope="module", params=["mr", "ms"])
+def built(request, tmp_path_factory, image_root, loaded_teacher):
+    scan = scan_image_folder(image_root)
+    teacher = make_teacher(loaded_teacher, scan.classnames)
+    out = tmp_path_factory.mktemp("table") / request.param
+    summary = build_table(image_root, out, teacher, strategy=request.param, **BUILD)
+    return out, teacher, summary, request.param
+
+
+def test_loaded_checkpoint_is_the_saved_one(teacher_files, loaded_teacher):
+    _, checkpoint = teacher_files
+    saved = torch.load(checkpoint, weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in loaded_teacher.model.state_dict().items())
+
+
+def test_round_trip_equals_the_teacher_on_the_recorded_crops(built, image_root):
+    """Every stored region equals: crop from its box and flip -> teacher -> Eq. 6 and sparsify -> storage dtypes."""
+    out, teacher, summary, strategy = built
+    table = RILTable.open(out)
+    assert len(table) == summary.regions == table.num_images * 6
+    sampler = CropSampler(seed=0)
+    for image_index in range(table.num_images):
+        image = decode_image(image_root / table.image_paths[image_index])
+        boxes, flips = sampler.sample(image_index, image.shape[1], image.shape[2], 6)
+        ids = np.arange(image_index * 6, image_index * 6 + 6)
+        stored_boxes, stored_flips = table.boxes(ids)
+        np.testing.assert_array_equal(stored_boxes, boxes)
+        np.testing.assert_array_equal(stored_flips, flips)
+        crops = torch.stack(
+            [
+                render_crop(image, b, bool(f), teacher.image_size, teacher.mean, teacher.std)
+                for b, f in zip(boxes, flips)
+            ]
+        )
+        probs = teacher(crops)
+        want = sparsify(probs, 3, strategy)
+        got = table.labels(ids)
+        assert torch.equal(got.indices, want.indices)
+        torch.testing.assert_close(got.values, want.values.half().float(), rtol=0, atol=0)
+        torch.testing.assert_close(got.fill, want.fill.float(), rtol=0, atol=0)
+        w = torch.round(information_weight(probs).double() * 65535) / 65535
+        torch.testing.assert_close(table.weights(ids).double(), w, rtol=0, atol=1e-7)
+
+
+def test_replayed_crops_give_the_stored_labels_back(built, image_root):
+    out, teacher, _, strategy = built
+    table = RILTable.open(out)
+    data = RegionDataset(
+        table,
+        image_root,
+        image_size=teacher.image_size,
+        mean=teacher.mean,
+        std=teacher.std,
+        crops_per_image=3,
+    )
+    for i in range(0, len(data), 5):
+        item = data[i]
+        again = sparsify(teacher(item["image"]), 3, strategy)
+        assert torch.equal(again.indices, item["indices"])
+        torch.testing.assert_close(again.values.half(), item["values"], rtol=0, atol=0)
+
+
+def test_region_record(built):
+    out, _, _, _ = built
+    table = RILTable.open(out)
+    rec = table.region(13)
+    assert rec.image_index == 2 and len(rec.labels) == 1
+    box, flip = table.boxes([13])
+    assert rec.box == tuple(box[0]) and rec.flip == bool(flip[0])
+    assert 0 <= rec.weight <= 1
+
+
+def test_bytes_per_region_meets_the_budget(built):
+    out, _, _, _strategy = built
+    table = RILTable.open(out)
+    k = table.topk
+    assert table.bytes_per_region <= 4 * k + 16
+    on_disk = sum(np.load(p, mmap_mode="r").nbytes for p in out.glob("shard-*/*.npy") if p.name != "done.npy")
+    assert on_disk == len(table) * table.bytes_per_region
+
+
+def test_nothing_needs_pickle(built):
+    out, _, _, _ = built
+    for path in out.rglob("*"):
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            assert arr.dtype != object
+        elif path.is_file():
+            assert path.suffix == ".json", path
+
+
+def test_table_refuses_object_arrays_and_truncation(built, tmp_path):
+    import shutil
+
+    out, _, _, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    column = copy / "shard-00000" / "weight.npy"
+    np.save(column, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(TableFormatError, match=r"weight.npy is unreadable or truncated"):
+        RILTable.open(copy)
+    shutil.copy(out / "shard-00000" / "weight.npy", column)
+    data = column.read_bytes()
+    column.write_bytes(data[: len(data) - 10])
+    with pytest.raises(TableFormatError, match=r"weight.npy is unreadable or truncated"):
+        RILTable.open(copy)
+    (copy / "shard-00001" / "values.npy").unlink()
+    shutil.copy(out / "shard-00000" / "weight.npy", column)
+    with pytest.raises(TableFormatError, match=r"values.npy is missing"):
+        RILTable.open(copy)
+
+
+def test_open_checks_classnames_and_images(built):
+    out, _, _, _ = built
+    table = RILTable.open(out)
+    RILTable.open(out, classnames=table.classnames, images=table.image_paths)
+    wrong = table.classnames.copy()
+    wrong[2] = "zebra"
+    with pytest.raises(
+        TableFormatError, match=r"first difference at index 2: 'cyan cross' in the table vs 'zebra' given"
+    ):
+        RILTable.open(out, classnames=wrong)
+    with pytest.raises(TableFormatError, match=r"images: the table was built on other images"):
+        RILTable.open(out, images=table.image_paths[1:])
+
+
+def test_missing_manifest_says_the_build_is_unfinished(tmp_path):
+    (tmp_path / "build.json").write_text("{}")
+    with pytest.raises(
+        TableFormatError, match=r"manifest.json does not exist \(a build is in progress or was interrupted"
+    ):
+        RILTable.open(tmp_path)
+
+
+def test_rebuild_is_a_no_op_and_other_settings_are_refused(built, image_root, loaded_teacher, tmp_path):
+    out, teacher, _, strategy = built
+    again = build_table(image_root, out, teacher, strategy=strategy, **BUILD)
+    assert again.regions_computed == 0
+    other = dict(BUILD, topk=2)
+    with pytest.raises(
+        TableFormatError, match=r"holds a table built with other settings \(topk differ\).*--overwrite"
+    ):
+        build_table(image_root, out, teacher, strategy=strategy, **other)
+    import shutil
+
+    copy = tmp_path / "t"
+    shutil.copytree(out, copy)
+    summary = build_table(image_root, copy, teacher, strategy=strategy, overwrite=True, **other)
+    assert summary.regions_computed == summary.regions and RILTable.open(copy).topk == 2
+
+
+def test_bad_inputs(image_root, loaded_teacher, tmp_path):
+    scan = scan_image_folder(image_root)
+    teacher = make_teacher(loaded_teacher, scan.classnames)
+    with pytest.raises(FDBPLError, match=r"topk: expected 1 <= K <= C=8 \(the number of classes\), got 9"):
+        build_table(image_root, tmp_path / "a", teacher, **dict(BUILD, topk=9))
+    wrong = Teacher(lambda x: torch.full((x.shape[0], 5), 0.2), 32, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(
+        FDBPLError, match=r"teacher: expected probabilities of shape \(B, 8\) for 8 classes, got \(\d+, 5\)"
+    ):
+        build_table(image_root, tmp_path / "b", wrong, **BUILD)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    with pytest.raises(TableFormatError, match="is not empty and holds no fdbpl table"):
+        build_table(image_root, tmp_path / "c", teacher, **BUILD)
+
+
+def test_scan_reports_converted_and_skipped_images_and_refuses_empty_classes(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    (root / "dog").mkdir()
+    Image.new("RGB", (20, 10), (1, 2, 3)).save(root / "cat" / "a.png")
+    Image.new("L", (20, 10), 7).save(root / "cat" / "b.png")
+    (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGBA", (8, 8)).save(root / "dog" / "c.png")
+    scan = scan_image_folder(root)
+    assert scan.classnames == ["cat", "dog"]
+    assert [r.path for r in scan.images] == ["cat/a.png", "cat/b.png", "dog/c.png"]
+    assert scan.converted == ["cat/b.png", "dog/c.png"]
+    assert scan.skipped[0][0] == "dog/broken.jpg"
+    assert decode_image(root / "cat" / "b.png").shape == (3, 10, 20)
+    (root / "empty_class").mkdir()
+    with pytest.raises(FDBPLError, match=r"class folder 'empty_class' holds no images"):
+        scan_image_folder(root)
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    index=st.integers(0, 10**6),
+    height=st.integers(1, 400),
+    width=st.integers(1, 400),
+    scale_lo=st.floats(0.01, 1.0),
+)
+def test_crop_boxes_lie_inside_the_image_and_depend_only_on_seed_and_image(
+    seed, index, height, width, scale_lo
+):
+    sampler = CropSampler(scale=(scale_lo, 1.0), seed=seed)
+    boxes, flips = sampler.sample(index, height, width, 8)
+    top, left, h, w = boxes.T
+    assert (h >= 1).all() and (w >= 1).all()
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+    again, again_flips = CropSampler(scale=(scale_lo, 1.0), seed=seed).sample(index, height, width, 8)
+    np.testing.assert_array_equal(boxes, again)
+    np.testing.assert_array_equal(flips, again_flips)
+
+
+def _cli_args(image_root, out, teacher_files, **extra):
+    config, checkpoint = teacher_files
+    args = [
+        image_root,
+        out,
+        "--teacher",
+        config,
+        "--pretrained",
+        checkpoint,
+        "--crops-per-image",
+        extra.get("m", 6),
+        "--topk",
+        3,
+        "--batch-size",
+        extra.get("batch", 12),
+        "--shard-size",
+        extra.get("shard", 5),
+        "--no-progress",
+    ]
+    return [str(a) for a in args]
+
+
+def _single_thread_env():
+    # torchrun gives each process one thread; the reference build must use the same
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _same_tables(a: Path, b: Path) -> None:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b
+    for rel in files_a:
+        assert filecmp.cmp(a / rel, b / rel, shallow=False), rel
+
+
+def test_two_ranks_build_the_same_table_as_one(image_root, teacher_files, tmp_path):
+    env = _single_thread_env()
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fdbpl",
+            "build-cache",
+            *_cli_args(image_root, tmp_path / "one", teacher_files),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "fdbpl",
+            "build-cache",
+            *_cli_args(image_root, tmp_path / "two", teacher_files),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    _same_tables(tmp_path / "one", tmp_path / "two")
+
+
+def test_killed_build_resumes_to_the_uninterrupted_table(image_root, teacher_files, tmp_path):
+    env = _single_thread_env()
+    args = dict(m=20, batch=20, shard=12)  # one image per group: many resume points
+    ref = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fdbpl",
+            "build-cache",
+            *_cli_args(image_root, tmp_path / "ref", teacher_files, **args),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "fdbpl", "build-cache", *_cli_args(image_root, out, teacher_files, **args)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    killed_partial = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = list(out.glob("shard-*.partial/done.npy"))
+        if done:
+            try:
+                flags = np.load(done[0])
+            except (ValueError, OSError):
+                flags = np.zeros(1)
+            if 0 < flags.sum() < len(flags):
+                proc.send_signal(signal.SIGKILL)
+                killed_partial = True
+                break
+        time.sleep(0.002)
+    proc.wait()
+    assert killed_partial, "the build finished before it could be killed mid-shard"
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(TableFormatError, match="was interrupted"):
+        RILTable.open(out)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    _same_tables(tmp_path / "ref", out)
+
+
+def test_cli_reports_errors_without_a_traceback(image_root, teacher_files, tmp_path):
+    config, checkpoint = teacher_files
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fdbpl",
+            "build-cache",
+            str(image_root),
+            str(tmp_path / "x"),
+            "--teacher",
+            str(config),
+            "--pretrained",
+            str(checkpoint),
+            "--topk",
+            "50",
+            "--crops-per-image",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert "fdbpl build-cache: error: topk: expected 1 <= K <= C=8" in r.stderr
+    assert "Traceback" not in r.stderr
