@@ -50,7 +50,8 @@ def plot_table(
             top = table.labels([rid]).top1.item()
             ax.set_title(f"w={w[rid]:.2f}\n{table.classnames[top][:14]}", fontsize=7)
             ax.axis("off")
-        fig.text(0.005, 1 - (row + 0.6) / 3.6, title, rotation=90, fontsize=9)
+            if col == 0:
+                ax.text(-0.12, 0.5, title, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -410,3 +410,17 @@ def test_cli_reports_errors_without_a_traceback(image_root, teacher_files, tmp_p
     assert r.returncode == 2
     assert "fdbpl build-cache: error: topk: expected 1 <= K <= C=8" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_inspect_prints_a_summary_and_plots(built, image_root, tmp_path, capsys):
+    from fdbpl.cli import main
+
+    out, _, _, strategy = built
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"Top-3, {strategy.upper()}" in text and "regions     144 = 24 x 6 crops, 5 shard(s)" in text
+    assert sum(line.startswith("  [") for line in text.splitlines()) == 10  # ten histogram bins
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "w.png"
+    assert main(["inspect", str(out), "--plot", str(png), "--images", str(image_root)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
