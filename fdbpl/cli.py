@@ -50,6 +50,13 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=64, help="images per shard (default: 64)")
     p.add_argument("--num-workers", type=int, default=0, help="crop-rendering worker processes (default: 0)")
     p.add_argument("--device", default="auto", help="teacher device: auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--shots", type=int, help="N images per class, drawn with --seed (default: all)")
+    p.add_argument(
+        "--subset",
+        choices=["base", "new", "all"],
+        default="all",
+        help="classes kept: CoOp's base half (first half of the sorted classes), new half, or all",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace a table in OUT built with other settings"
     )
@@ -67,6 +74,114 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_inspect)
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from fdbpl.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="train the dual prompts of a frozen student CLIP from a RIL table",
+        description=(
+            "Train positive and negative prompt contexts of a frozen student CLIP with the FDBPL loss "
+            "(Eq. 17) on crops replayed from TABLE. Writes RUN/config.json, RUN/log.jsonl (every step's "
+            "loss parts) and RUN/checkpoint.pt after each epoch; an interrupted run resumes from its last "
+            "checkpoint. Run under torchrun for data-parallel training."
+        ),
+    )
+    p.add_argument("table", help="the RIL table (fdbpl build-cache)")
+    p.add_argument("images", help="the image folder the table was built on")
+    p.add_argument("--student", required=True, help="open_clip model name or path of a model-config JSON")
+    p.add_argument(
+        "--pretrained", default="none", help="open_clip tag, checkpoint path, or 'none' (default: none)"
+    )
+    p.add_argument("--out", required=True, help="the run's folder")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs}, as in the paper)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"images per step per process (default: {d.batch_size})",
+    )
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help=f"SGD learning rate, cosine schedule (default: {d.lr})"
+    )
+    p.add_argument("--lambda-neg", type=float, default=d.lambda_neg, help="weight of Eq. 10 (default: 1)")
+    p.add_argument("--lambda-diff1", type=float, default=d.lambda_diff1, help="weight of Eq. 13 (default: 1)")
+    p.add_argument("--lambda-diff2", type=float, default=d.lambda_diff2, help="weight of Eq. 16 (default: 1)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="alpha of Eq. 13 (default: 1)")
+    p.add_argument("--delta", type=float, default=d.delta, help="delta of Eq. 16 (default: 0.1)")
+    p.add_argument(
+        "--n-ctx",
+        type=int,
+        help="context tokens, randomly initialised (default: the init phrases 'a photo of a' / 'a photo of no')",
+    )
+    p.add_argument("--class-specific", action="store_true", help="one context per class (CoOp's CSC)")
+    p.add_argument(
+        "--crops-per-image",
+        type=int,
+        default=d.crops_per_image,
+        help="regions per image per step (default: 1)",
+    )
+    p.add_argument(
+        "--classnames",
+        help="file of the class names the student's split must have (checked against the table)",
+    )
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="zero-shot top-1 accuracy of a run's learned prompts (base-to-new)",
+        description=(
+            "Top-1 accuracy of the student with the learned positive prompts on an image folder "
+            "(centre crops). Classes are sorted; CoOp's split makes the first half base and the rest new. "
+            "'base-new' evaluates both and prints Base, New and their harmonic mean, as in the paper's Table 2."
+        ),
+    )
+    p.add_argument("run", help="a run folder (fdbpl train)")
+    p.add_argument("images", help="image folder to evaluate on (one sub-folder per class, all classes)")
+    p.add_argument("--classes", choices=["base", "new", "all", "base-new"], default="base-new")
+    p.add_argument("--classnames", help="file with one class name per folder, in sorted order")
+    p.add_argument("--student", help="override the run's student model")
+    p.add_argument("--pretrained", help="override the run's student weights")
+    p.add_argument("--initial", action="store_true", help="also evaluate the initial prompts")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_evaluate)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from fdbpl.demo import DemoConfig
+
+    d = DemoConfig()
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on drawn images with tiny models (no downloads, ~1 minute)",
+        description=(
+            "Draw a small image-folder dataset, fit a tiny random-initialised teacher to it briefly, build "
+            "its RIL table, train the dual prompts of a smaller random-initialised student, and report the "
+            "student's top-1 agreement with the teacher on held-out crops before and after training. "
+            "Every part can be replaced: real models (--teacher/--student with --*-pretrained) and data (--images)."
+        ),
+    )
+    p.add_argument("--out", default=str(d.out), help=f"working folder (default: ./{d.out})")
+    p.add_argument("--images", help="an image folder to use instead of drawn images")
+    p.add_argument("--teacher", help="open_clip name or config JSON (default: a tiny config)")
+    p.add_argument("--teacher-pretrained", help="tag or checkpoint for the teacher (default: random)")
+    p.add_argument("--student", help="open_clip name or config JSON (default: a smaller tiny config)")
+    p.add_argument("--student-pretrained", help="tag or checkpoint for the student (default: random)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--crops-per-image", type=int, default=d.crops_per_image)
+    p.add_argument("--topk", type=int, default=d.topk)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.set_defaults(handler=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdbpl",
@@ -76,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     _add_build_cache(sub)
     _add_inspect(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -103,13 +221,12 @@ def _build_cache(args: argparse.Namespace) -> int:
 
     from fdbpl.cache import build_table, clip_teacher, scan_image_folder
     from fdbpl.models import load_open_clip
+    from fdbpl.split import select_images
 
     local_rank, kind = _init_distributed()
-    device = args.device
-    if device == "auto":
-        device = f"cuda:{local_rank}" if kind == "cuda" else "cpu"
+    device = _device(args.device, local_rank, kind)
     classnames = _read_classnames(args.classnames) if args.classnames else None
-    scan = scan_image_folder(args.images, classnames)
+    scan = select_images(scan_image_folder(args.images, classnames), args.subset, args.shots, args.seed)
     loaded = load_open_clip(args.teacher, args.pretrained, device=device)
     teacher = clip_teacher(
         loaded.model,
@@ -189,6 +306,136 @@ def _inspect(args: argparse.Namespace) -> int:
 
         plot_table(table, args.images, args.plot)
         print(f"plot        {args.plot}")
+    return 0
+
+
+def _device(arg: str, local_rank: int, kind: str) -> str:
+    if arg == "auto":
+        return f"cuda:{local_rank}" if kind == "cuda" else "cpu"
+    return arg
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from fdbpl.cache import RILTable
+    from fdbpl.models import load_open_clip
+    from fdbpl.train import TrainConfig, train
+
+    local_rank, kind = _init_distributed()
+    device = _device(args.device, local_rank, kind)
+    classnames = _read_classnames(args.classnames) if args.classnames else None
+    table = RILTable.open(args.table, classnames=classnames)
+    student = load_open_clip(args.student, args.pretrained, device=device)
+    random_ctx = args.n_ctx is not None
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lambda_neg=args.lambda_neg,
+        lambda_diff1=args.lambda_diff1,
+        lambda_diff2=args.lambda_diff2,
+        alpha=args.alpha,
+        delta=args.delta,
+        n_ctx=args.n_ctx,
+        positive_init=None if random_ctx else "a photo of a",
+        negative_init=None if random_ctx else "a photo of no",
+        class_specific=args.class_specific,
+        crops_per_image=args.crops_per_image,
+        num_workers=args.num_workers,
+        seed=args.seed,
+    )
+    result = train(
+        table,
+        args.images,
+        student.model,
+        args.out,
+        config=config,
+        tokenizer=student.tokenizer,
+        image_size=student.image_size,
+        mean=student.mean,
+        std=student.std,
+        student_description=student.describe(),
+        device=device,
+        progress=not args.no_progress,
+    )
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        parts = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
+        print(
+            f"run {result.run}: {result.epochs_done} epochs, {result.steps} steps, {result.seconds:.1f} s; last: {parts}"
+        )
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from fdbpl.evaluate import evaluate_prompts, harmonic_mean
+    from fdbpl.models import load_open_clip
+    from fdbpl.train import CONFIG, load_run
+
+    state = load_run(args.run)
+    recorded = state.get("student", {})
+    config_path = Path(args.run) / CONFIG
+    if not recorded and config_path.is_file():
+        recorded = json.loads(config_path.read_text()).get("student", {})
+    name = args.student or recorded.get("source") or recorded.get("name")
+    if not name:
+        from fdbpl.errors import InputValueError
+
+        raise InputValueError("student: the run does not record its student model; pass --student")
+    local_rank, kind = _init_distributed()
+    device = _device(args.device, local_rank, kind)
+    student = load_open_clip(name, args.pretrained or recorded.get("pretrained"), device=device)
+    classnames = _read_classnames(args.classnames) if args.classnames else None
+    subsets = ["base", "new"] if args.classes == "base-new" else [args.classes]
+    rows = [("learned", state)] + ([("initial", None)] if args.initial else [])
+    print(
+        f"{'prompts':<9}"
+        + "".join(f"{s.capitalize():>9}" for s in subsets)
+        + ("       HM" if len(subsets) == 2 else "")
+    )
+    for label, st in rows:
+        accs = [
+            evaluate_prompts(
+                student.model,
+                args.images,
+                st,
+                s,
+                classnames=classnames,
+                tokenizer=student.tokenizer,
+                image_size=student.image_size,
+                mean=student.mean,
+                std=student.std,
+                batch_size=args.batch_size,
+                device=device,
+            ).percent
+            for s in subsets
+        ]
+        hm = f"{harmonic_mean(*accs):9.2f}" if len(accs) == 2 else ""
+        print(f"{label:<9}" + "".join(f"{a:9.2f}" for a in accs) + hm)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fdbpl.demo import DemoConfig, run_demo
+
+    run_demo(
+        DemoConfig(
+            out=Path(args.out),
+            images=Path(args.images) if args.images else None,
+            teacher=args.teacher,
+            teacher_pretrained=args.teacher_pretrained,
+            student=args.student,
+            student_pretrained=args.student_pretrained,
+            epochs=args.epochs,
+            crops_per_image=args.crops_per_image,
+            topk=args.topk,
+            seed=args.seed,
+        )
+    )
     return 0
 
 

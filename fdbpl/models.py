@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class LoadedCLIP:
     model: torch.nn.Module
     name: str
     pretrained: str
+    source: str  # what was asked for: a model name or a config file path
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -32,6 +34,7 @@ class LoadedCLIP:
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "source": self.source,
             "pretrained": self.pretrained,
             "image_size": self.image_size,
             "mean": list(self.mean),
@@ -84,7 +87,13 @@ def load_open_clip(
             UserWarning,
             stacklevel=2,
         )
-        clip = open_clip.create_model(name, pretrained=None, device=device)
+        quiet = logging.getLogger()
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # open_clip logs its own "initialized randomly" warning
+        try:
+            clip = open_clip.create_model(name, pretrained=None, device=device)
+        finally:
+            quiet.setLevel(level)
     else:
         clip = open_clip.create_model(name, pretrained=tag, device=device)
     clip.eval()
@@ -93,4 +102,5 @@ def load_open_clip(
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    return LoadedCLIP(clip, name, tag, size, mean, std, open_clip.get_tokenizer(name))  # type: ignore[arg-type]
+    source = str(Path(model).resolve()) if str(model).endswith(".json") else str(model)
+    return LoadedCLIP(clip, name, tag, source, size, mean, std, open_clip.get_tokenizer(name))  # type: ignore[arg-type]

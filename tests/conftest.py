@@ -1,10 +1,16 @@
-"""Shared test configuration: the hypothesis profiles."""
+"""Shared test configuration: hypothesis profiles; drawn images and a tiny teacher on disk."""
 
 from __future__ import annotations
 
+import json
 import os
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
+from models import EMBED_DIM, TEXT_CFG, VISION_CFG
+
+from fdbpl.synthetic import draw_image_folder
 
 settings.register_profile(
     "ci",
@@ -18,3 +24,34 @@ settings.register_profile(
 settings.register_profile("dev", deadline=None, max_examples=300)
 settings.register_profile("fast", deadline=None, max_examples=15)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory):
+    return draw_image_folder(tmp_path_factory.mktemp("images") / "img", per_class=3, size=(72, 60))
+
+
+@pytest.fixture(scope="session")
+def teacher_files(tmp_path_factory):
+    """(config JSON path, checkpoint path) of a tiny random CLIP, saved the way real weights are."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("teacher")
+    config = folder / "fdbpl-tiny-teacher.json"
+    config.write_text(json.dumps({"embed_dim": EMBED_DIM, "vision_cfg": VISION_CFG, "text_cfg": TEXT_CFG}))
+    open_clip.add_model_config(config)
+    torch.manual_seed(123)
+    model = open_clip.create_model("fdbpl-tiny-teacher")
+    with torch.no_grad():  # a sharper teacher than random init, so Top-K and w vary
+        model.logit_scale.fill_(5.0)
+    checkpoint = folder / "teacher.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return config, checkpoint
+
+
+@pytest.fixture(scope="session")
+def loaded_teacher(teacher_files):
+    from fdbpl.models import load_open_clip
+
+    config, checkpoint = teacher_files
+    return load_open_clip(str(config), str(checkpoint))

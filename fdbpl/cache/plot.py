@@ -51,7 +51,16 @@ def plot_table(
             ax.set_title(f"w={w[rid]:.2f}\n{table.classnames[top][:14]}", fontsize=7)
             ax.axis("off")
             if col == 0:
-                ax.text(-0.12, 0.5, title, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=9)
+                ax.text(
+                    -0.12,
+                    0.5,
+                    title,
+                    transform=ax.transAxes,
+                    rotation=90,
+                    va="center",
+                    ha="right",
+                    fontsize=9,
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,119 @@
+"""Zero-shot evaluation of learned prompts: top-1 accuracy on an image folder, base-to-new."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fdbpl.cache.images import decode_image, scan_image_folder
+from fdbpl.errors import InputValueError
+from fdbpl.prompts import DualPromptLearner
+from fdbpl.split import Subset, select_images
+
+__all__ = ["Accuracy", "evaluate_prompts", "harmonic_mean", "learner_for", "preprocess"]
+
+
+@dataclass
+class Accuracy:
+    subset: str
+    correct: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.correct / max(self.total, 1)
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """The paper's HM of base and new accuracy."""
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def preprocess(image: torch.Tensor, size: int, mean: Any, std: Any) -> torch.Tensor:
+    """CLIP's test transform on a uint8 image: resize the short side (bicubic), centre-crop, normalise."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    x = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    x = TF.center_crop(x, [size, size])
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x.float() / 255.0 - mean_t) / std_t
+
+
+def learner_for(
+    student: torch.nn.Module, classnames: list[str], state: dict[str, Any] | None, tokenizer: Any = None
+) -> DualPromptLearner:
+    """A learner over ``classnames`` carrying a checkpoint's contexts (``None``: the initial prompts).
+
+    Shared contexts transfer to any class names (that is how new classes are evaluated);
+    class-specific ones only to the classes they were trained on.
+    """
+    if state is None:
+        return DualPromptLearner(student, classnames, tokenizer=tokenizer)
+    inits = state.get("inits", {})
+    n_ctx = state["n_ctx"]["positive"]
+    random_init = inits.get("positive") is None
+    learner = DualPromptLearner(
+        student,
+        classnames,
+        tokenizer=tokenizer,
+        n_ctx=n_ctx if random_init else None,
+        positive_init=inits.get("positive"),
+        negative_init=inits.get("negative"),
+        class_specific=bool(state.get("class_specific")),
+    )
+    contexts = {k: v for k, v in state["learner"].items() if k.endswith("_context")}
+    if learner.class_specific:
+        learner.load_state_dict(state["learner"])  # refuses other class names
+    else:
+        learner.load_state_dict({**contexts, "_extra_state": learner.get_extra_state()})
+    return learner
+
+
+@torch.no_grad()
+def evaluate_prompts(
+    student: torch.nn.Module,
+    images: str | os.PathLike[str],
+    state: dict[str, Any] | None,
+    subset: Subset = "all",
+    *,
+    classnames: list[str] | None = None,
+    tokenizer: Any = None,
+    image_size: int = 224,
+    mean: Any = None,
+    std: Any = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> Accuracy:
+    """Top-1 accuracy of the student with the (learned) positive prompts on an image folder.
+
+    Classes are the folder's (sorted; ``subset`` picks CoOp's base half, new half or all)
+    and the candidates are that subset's class names only.
+    """
+    from fdbpl.cache import OPENAI_MEAN, OPENAI_STD
+
+    scan = select_images(scan_image_folder(images, classnames, check=False), subset)
+    if not scan.images:
+        raise InputValueError(f"images: no image of the {subset} classes under {images}")
+    student = student.to(device).eval()
+    learner = learner_for(student, scan.classnames, state, tokenizer).to(device)
+    text, _ = learner.normalized_features()
+    correct = 0
+    root = Path(images)
+    for start in range(0, len(scan.images), batch_size):
+        recs = scan.images[start : start + batch_size]
+        x = torch.stack(
+            [
+                preprocess(decode_image(root / r.path), image_size, mean or OPENAI_MEAN, std or OPENAI_STD)
+                for r in recs
+            ]
+        )
+        feats = torch.nn.functional.normalize(student.encode_image(x.to(device)).float(), dim=-1)
+        pred = (feats @ text.float().T).argmax(dim=1).cpu()
+        correct += int((pred == torch.tensor([r.label for r in recs])).sum())
+    return Accuracy(subset, correct, len(scan.images))

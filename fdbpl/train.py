@@ -1,0 +1,339 @@
+"""FDBPL training of the dual prompts from a RIL table (the CoOp-style loop, as a function).
+
+The student CLIP stays frozen; only :class:`~fdbpl.prompts.DualPromptLearner`'s two
+contexts train, with :class:`~fdbpl.losses.FDBPLLoss` on :class:`~fdbpl.cache.RegionDataset`
+batches. Under ``torchrun`` the learner is wrapped in ``DistributedDataParallel``: every
+rank sees a disjoint share of each epoch and all ranks end with the same prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fdbpl.cache import RegionDataset, RILTable
+from fdbpl.cache.manifest import MANIFEST
+from fdbpl.cache.storage import write_json_atomic
+from fdbpl.errors import InputValueError
+from fdbpl.losses import FDBPLLoss
+from fdbpl.prompts import DualPromptLearner
+from fdbpl.sparsify import SparseSoftLabels
+
+__all__ = ["CHECKPOINT", "TrainConfig", "TrainResult", "load_run", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+CONFIG = "config.json"
+
+
+@dataclass
+class TrainConfig:
+    """The hyper-parameters of a run. Defaults follow the paper where it gives them.
+
+    The paper trains 50 epochs with SGD at learning rate 0.1, cosine annealing, batch 128;
+    it gives no values for the loss weights, :math:`\\alpha` or :math:`\\delta` (ours: 1, 1,
+    1, 1, 0.1). Momentum 0.9 and weight decay 5e-4 are CoOp's.
+    """
+
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lambda_neg: float = 1.0
+    lambda_diff1: float = 1.0
+    lambda_diff2: float = 1.0
+    alpha: float = 1.0
+    delta: float = 0.1
+    n_ctx: int | None = None
+    positive_init: str | None = "a photo of a"
+    negative_init: str | None = "a photo of no"
+    class_specific: bool = False
+    crops_per_image: int = 1
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    epochs_done: int
+    steps: int
+    seconds: float
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def table_hash(table: RILTable) -> str:
+    """SHA-256 of the table's manifest file: a checkpoint names the exact table it was trained on."""
+    return hashlib.sha256((table.path / MANIFEST).read_bytes()).hexdigest()
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class _ShareSampler(torch.utils.data.Sampler[int]):
+    """Each epoch, a seeded permutation of the items, dealt out to the ranks without padding.
+
+    Unlike ``DistributedSampler`` it never repeats or drops an item to even out the ranks:
+    every item is seen exactly once per epoch (ranks may differ by one batch; training
+    uses DDP's ``join`` for that).
+    """
+
+    def __init__(self, n: int, rank: int, world: int, seed: int) -> None:
+        self.n, self.rank, self.world, self.seed, self.epoch = n, rank, world, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+def _flatten_crops(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """(B, n, ...) items with several crops per image -> (B * n, ...)."""
+    if batch["image"].ndim == 5:
+        return {k: v.flatten(0, 1) for k, v in batch.items()}
+    return batch
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_run(run: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a run's checkpoint (``weights_only``: no arbitrary code)."""
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        raise InputValueError(f"run: {path} does not exist (no finished epoch in {run})")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train(
+    table: RILTable,
+    images: str | os.PathLike[str],
+    student: torch.nn.Module,
+    run: str | os.PathLike[str],
+    *,
+    config: TrainConfig | None = None,
+    tokenizer: Any = None,
+    image_size: int = 224,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    student_description: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> TrainResult:
+    """Train the dual prompts of ``student`` on the table's regions (Eq. 17).
+
+    Writes ``RUN/config.json`` (the settings), ``RUN/log.jsonl`` (one line per step with
+    every loss part, and one per epoch) and ``RUN/checkpoint.pt`` after every epoch
+    (both prompt spaces, the class names, the table's manifest hash, optimizer and
+    schedule). A run whose checkpoint exists resumes after its last finished epoch.
+
+    Args:
+        table: the opened table (its class names are the classes trained).
+        images: the image folder the table was built on.
+        student: the student CLIP (frozen; an open_clip or OpenAI-clip model).
+        run: the run's folder.
+        config: hyper-parameters (:class:`TrainConfig`).
+        tokenizer: the student's tokenizer (default: open_clip's).
+        image_size, mean, std: the student's input recipe.
+        student_description: what to record about the student.
+        device: where to train.
+        progress: show a progress bar (rank 0).
+
+    Raises:
+        InputValueError: a checkpoint in ``run`` made for other class names, another
+            table or another prompt shape.
+    """
+    from fdbpl.cache import OPENAI_MEAN, OPENAI_STD
+
+    cfg = config or TrainConfig()
+    rank, world = _dist()
+    run = Path(run)
+    device = torch.device(device)
+    student = student.to(device).eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    learner = DualPromptLearner(
+        student,
+        table.classnames,
+        tokenizer=tokenizer,
+        n_ctx=cfg.n_ctx,
+        positive_init=cfg.positive_init,
+        negative_init=cfg.negative_init,
+        class_specific=cfg.class_specific,
+    ).to(device)
+    model: torch.nn.Module = learner
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            learner, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    dataset = RegionDataset(
+        table,
+        images,
+        image_size=image_size,
+        mean=mean or OPENAI_MEAN,
+        std=std or OPENAI_STD,
+        crops_per_image=cfg.crops_per_image,
+        seed=cfg.seed,
+    )
+    sampler = _ShareSampler(len(dataset), rank, world, cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=False
+    )
+    steps_per_epoch = math.ceil(len(dataset) / world / cfg.batch_size)
+    optimizer = torch.optim.SGD(
+        learner.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, cfg.epochs * steps_per_epoch)
+    )
+    loss_fn = FDBPLLoss(cfg.lambda_neg, cfg.lambda_diff1, cfg.lambda_diff2, cfg.alpha, cfg.delta)
+    logit_scale = student.logit_scale.exp().detach() if hasattr(student, "logit_scale") else 100.0
+
+    digest = table_hash(table)
+    start_epoch, step = 0, 0
+    if (run / CHECKPOINT).is_file():
+        state = load_run(run)
+        if state["table_sha256"] != digest:
+            raise InputValueError(
+                f"run: {run} was trained on another table (manifest sha256 {state['table_sha256'][:12]}, "
+                f"this table {digest[:12]}); choose a new run folder"
+            )
+        learner.load_state_dict(state["learner"])  # refuses other class names or n_ctx
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scheduler.T_max = max(1, cfg.epochs * steps_per_epoch)  # a resumed run may ask for more epochs
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+    elif rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            run / CONFIG,
+            {
+                "config": asdict(cfg),
+                "table": str(table.path),
+                "table_sha256": digest,
+                "images": str(images),
+                "student": student_description or {},
+                "image_size": image_size,
+                "world_size": world,
+            },
+        )
+
+    log = open(run / LOG, "a", encoding="utf-8") if rank == 0 else None
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=(cfg.epochs - start_epoch) * steps_per_epoch, unit="step", dynamic_ncols=True)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            seen = torch.zeros(3, dtype=torch.float64)  # items, sum of ids, sum of squared ids
+            context = model.join() if world > 1 else contextlib.nullcontext()
+            with context:
+                for batch in loader:
+                    # the item of a region is its image (one item per image and epoch)
+                    ids = (
+                        batch["region"].reshape(len(batch["region"]), -1)[:, 0] // table.crops_per_image
+                    ).double()
+                    batch = _flatten_crops(batch)
+                    labels = SparseSoftLabels.from_batch(batch, table.num_classes).to(device)
+                    with torch.no_grad():
+                        image_features = student.encode_image(batch["image"].to(device))
+                    positive, negative = model()
+                    out = loss_fn(
+                        image_features, positive, negative, labels, batch["weight"].to(device), logit_scale
+                    )
+                    optimizer.zero_grad(set_to_none=True)
+                    out.total.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    seen += torch.stack([torch.tensor(float(len(ids))), ids.sum(), (ids**2).sum()])
+                    last = {k: float(v.detach()) for k, v in out._asdict().items()}
+                    if log is not None:
+                        log.write(
+                            json.dumps(
+                                {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], **last}
+                            )
+                            + "\n"
+                        )
+                    if bar is not None:
+                        bar.set_postfix({k[:5]: f"{v:.3f}" for k, v in last.items()}, refresh=False)
+                        bar.update(1)
+            if world > 1:
+                torch.distributed.all_reduce(seen)
+            if rank == 0:
+                assert log is not None
+                log.write(
+                    json.dumps(
+                        {
+                            "epoch": epoch,
+                            "epoch_done": True,
+                            "items": int(seen[0]),
+                            "item_id_sum": int(seen[1]),
+                            "item_id_square_sum": int(seen[2]),
+                        }
+                    )
+                    + "\n"
+                )
+                log.flush()
+                _save_checkpoint(
+                    run / CHECKPOINT,
+                    {
+                        "learner": learner.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "classnames": table.classnames,
+                        "table_sha256": digest,
+                        "n_ctx": dict(learner.n_ctx),
+                        "inits": dict(learner.inits),
+                        "class_specific": learner.class_specific,
+                        "student": student_description or {},
+                    },
+                )
+            if world > 1:
+                torch.distributed.barrier()
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    if world > 1:
+        _check_same_prompts(learner)
+    return TrainResult(run, cfg.epochs, step, time.perf_counter() - started, last)
+
+
+def _check_same_prompts(learner: DualPromptLearner) -> None:
+    """After DDP training every rank must hold the same contexts; fail loudly if not."""
+    for p in learner.parameters():
+        reference = p.detach().clone()
+        torch.distributed.broadcast(reference, src=0)
+        if not torch.equal(reference, p.detach()):
+            raise RuntimeError("distributed training ended with different prompts on different ranks")

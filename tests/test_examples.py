@@ -1,0 +1,46 @@
+"""The example script and the demo run from start to end."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_coop_loop_example_runs(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "coop_loop.py"), "--out", str(tmp_path), "--epochs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"epoch 1: total -?\d", r.stdout)
+    state = torch.load(tmp_path / "prompts.pt", weights_only=True)
+    assert {"positive_context", "negative_context"} <= set(state)
+
+
+def test_demo_prints_the_agreement_line(tmp_path, capsys):
+    from fdbpl.demo import DemoConfig, run_demo
+
+    result = run_demo(
+        DemoConfig(
+            out=tmp_path / "demo",
+            images_per_class=3,
+            held_out_per_class=2,
+            fit_teacher_steps=5,
+            crops_per_image=8,
+            held_out_crops=4,
+            epochs=2,
+        )
+    )
+    text = capsys.readouterr().out
+    assert "RANDOM-INITIALISED" in text and "--teacher-pretrained openai" in text
+    line = text.strip().splitlines()[-1]
+    assert re.fullmatch(r"agreement with teacher: before \d+\.\d% -> after \d+\.\d%", line), line
+    assert 0 <= result["before"] <= 100 and 0 <= result["after"] <= 100
