@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import filecmp
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from processes import fdbpl_command, run_fdbpl, single_thread_env
 
 from fdbpl.cache import (
     CropSampler,
@@ -278,19 +278,6 @@ def _cli_args(image_root, out, teacher_files, **extra):
     return [str(a) for a in args]
 
 
-def _single_thread_env():
-    # torchrun gives each process one thread; the reference build must use the same
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _same_tables(a: Path, b: Path) -> None:
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
@@ -300,66 +287,19 @@ def _same_tables(a: Path, b: Path) -> None:
 
 
 def test_two_ranks_build_the_same_table_as_one(image_root, teacher_files, tmp_path):
-    env = _single_thread_env()
-    one = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fdbpl",
-            "build-cache",
-            *_cli_args(image_root, tmp_path / "one", teacher_files),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "fdbpl",
-            "build-cache",
-            *_cli_args(image_root, tmp_path / "two", teacher_files),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stderr[:4000] + "\n...\n" + two.stderr[-2000:]
+    run_fdbpl("build-cache", *_cli_args(image_root, tmp_path / "one", teacher_files))
+    run_fdbpl("build-cache", *_cli_args(image_root, tmp_path / "two", teacher_files), nproc=2)
     _same_tables(tmp_path / "one", tmp_path / "two")
 
 
 def test_killed_build_resumes_to_the_uninterrupted_table(image_root, teacher_files, tmp_path):
-    env = _single_thread_env()
     args = dict(m=20, batch=20, shard=12)  # one image per group: many resume points
-    ref = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fdbpl",
-            "build-cache",
-            *_cli_args(image_root, tmp_path / "ref", teacher_files, **args),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ref.returncode == 0, ref.stderr
+    run_fdbpl("build-cache", *_cli_args(image_root, tmp_path / "ref", teacher_files, **args))
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "fdbpl", "build-cache", *_cli_args(image_root, out, teacher_files, **args)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = fdbpl_command("build-cache", *_cli_args(image_root, out, teacher_files, **args))
+    proc = subprocess.Popen(
+        cmd, env=single_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     killed_partial = False
     while time.monotonic() < deadline and proc.poll() is None:
@@ -379,8 +319,7 @@ def test_killed_build_resumes_to_the_uninterrupted_table(image_root, teacher_fil
     assert not (out / "manifest.json").exists()
     with pytest.raises(TableFormatError, match="was interrupted"):
         RILTable.open(out)
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
+    run_fdbpl("build-cache", *_cli_args(image_root, out, teacher_files, **args))
     _same_tables(tmp_path / "ref", out)
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from models import tiny_open_clip
+from processes import run_fdbpl
 
 import fdbpl.train as train_module
 from fdbpl.cache import RILTable, build_table, clip_teacher, scan_image_folder
@@ -145,46 +142,27 @@ def _openai():
     return OPENAI_MEAN, OPENAI_STD
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_training_sees_each_image_once_and_ends_with_one_set_of_prompts(
     table, image_root, teacher_files, tmp_path
 ):
     config, checkpoint = teacher_files
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        "-m",
-        "fdbpl",
+    run_fdbpl(
         "train",
-        str(table.path),
-        str(image_root),
+        table.path,
+        image_root,
         "--student",
-        str(config),
+        config,
         "--pretrained",
-        str(checkpoint),
+        checkpoint,
         "--out",
-        str(tmp_path / "ddp"),
+        tmp_path / "ddp",
         "--epochs",
-        "2",
+        2,
         "--batch-size",
-        "4",
+        4,
         "--no-progress",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[:4000] + "\n...\n" + r.stderr[-2000:]
+        nproc=2,
+    )
     lines = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     n = table.num_images
     epochs = [e for e in lines if e.get("epoch_done")]
