@@ -119,6 +119,16 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _trim_log(path: Path, epochs_kept: int) -> None:
+    """Drop log lines of the epoch a crash interrupted: the resumed run writes them again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["epoch"] < epochs_kept]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def load_run(run: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a run's checkpoint (``weights_only``: no arbitrary code)."""
     path = Path(run) / CHECKPOINT
@@ -225,6 +235,8 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         scheduler.T_max = max(1, cfg.epochs * steps_per_epoch)  # a resumed run may ask for more epochs
         start_epoch, step = int(state["epoch"]), int(state["step"])
+        if rank == 0:
+            _trim_log(run / LOG, start_epoch)
     elif rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         write_json_atomic(

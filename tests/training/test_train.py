@@ -62,24 +62,34 @@ def test_training_logs_every_part_and_checkpoints_both_spaces(table, image_root,
 
 def test_interrupted_training_resumes_to_the_same_prompts(table, image_root, tmp_path, monkeypatch):
     run_train(table, image_root, tmp_path / "straight")
-    saves = {"n": 0}
-    real_save = train_module._save_checkpoint
+    saves = {"n": 0, "steps_after": 0}
+    real_save, real_loss = train_module._save_checkpoint, train_module.FDBPLLoss
 
-    def crash_after_two(path, state):
+    def count_saves(path, state):
         real_save(path, state)
         saves["n"] += 1
-        if saves["n"] == 2:
-            raise KeyboardInterrupt("simulated crash after epoch 2")
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", crash_after_two)
+    class CrashingLoss(real_loss):
+        def forward(self, *args, **kwargs):
+            if saves["n"] == 2:  # one step into epoch 3, then the machine dies
+                saves["steps_after"] += 1
+                if saves["steps_after"] == 2:
+                    raise KeyboardInterrupt("simulated crash in epoch 3")
+            return super().forward(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", count_saves)
+    monkeypatch.setattr(train_module, "FDBPLLoss", CrashingLoss)
     with pytest.raises(KeyboardInterrupt):
         run_train(table, image_root, tmp_path / "resumed")
+    monkeypatch.setattr(train_module, "FDBPLLoss", real_loss)
     monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
     assert load_run(tmp_path / "resumed")["epoch"] == 2
     run_train(table, image_root, tmp_path / "resumed")
     a, b = load_run(tmp_path / "straight"), load_run(tmp_path / "resumed")
     for key in ("positive_context", "negative_context"):
         assert torch.equal(a["learner"][key], b["learner"][key])
+    logs = [(tmp_path / run / "log.jsonl").read_text().splitlines() for run in ("straight", "resumed")]
+    assert [json.loads(x)["step"] for x in logs[0] if "step" in x] == [json.loads(x)["step"] for x in logs[1] if "step" in x]
 
 
 def test_a_run_refuses_another_table(table, image_root, tmp_path, loaded_teacher):
