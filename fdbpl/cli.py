@@ -1,4 +1,9 @@
-"""The ``fdbpl`` command: build and inspect RIL tables."""
+"""The ``fdbpl`` command: ``build-cache``, ``inspect``, ``train``, ``evaluate`` and ``demo``.
+
+Errors about the user's input print one line (``fdbpl COMMAND: error: ...``) and exit
+with status 2; the parser's defaults come from :class:`fdbpl.train.TrainConfig` and
+:class:`fdbpl.demo.DemoConfig`, so the help text and the Python API cannot disagree.
+"""
 
 from __future__ import annotations
 
@@ -70,7 +75,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--plot", metavar="FILE.png", help="also draw a histogram of w and the lowest/highest-w crops"
     )
-    p.add_argument("--images", help="the image folder (for --plot; default: from the manifest's build)")
+    p.add_argument("--images", help="the image folder the table was built on (needed by --plot)")
     p.set_defaults(handler=_inspect)
 
 
@@ -351,11 +356,8 @@ def _train(args: argparse.Namespace) -> int:
         student.model,
         args.out,
         config=config,
-        tokenizer=student.tokenizer,
-        image_size=student.image_size,
-        mean=student.mean,
-        std=student.std,
         student_description=student.describe(),
+        **student.recipe(),
         device=device,
         progress=not args.no_progress,
     )
@@ -405,12 +407,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                 st,
                 s,
                 classnames=classnames,
-                tokenizer=student.tokenizer,
-                image_size=student.image_size,
-                mean=student.mean,
-                std=student.std,
                 batch_size=args.batch_size,
                 device=device,
+                **student.recipe(),
             ).percent
             for s in subsets
         ]

@@ -229,11 +229,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, float]:
         s.model,
         run,
         config=config,
-        tokenizer=s.tokenizer,
-        image_size=s.image_size,
-        mean=s.mean,
-        std=s.std,
         student_description=s.describe(),
+        **s.recipe(),
         progress=False,
     )
     _say(

@@ -31,6 +31,15 @@ class LoadedCLIP:
     std: tuple[float, float, float]
     tokenizer: Any
 
+    def recipe(self) -> dict[str, Any]:
+        """The keyword arguments :func:`fdbpl.train.train` and evaluation take from a loaded model."""
+        return {
+            "tokenizer": self.tokenizer,
+            "image_size": self.image_size,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

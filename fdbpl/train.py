@@ -123,7 +123,11 @@ def _trim_log(path: Path, epochs_kept: int) -> None:
     """Drop log lines of the epoch a crash interrupted: the resumed run writes them again."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["epoch"] < epochs_kept]
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if json.loads(line)["epoch"] < epochs_kept
+    ]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)

@@ -89,7 +89,9 @@ def test_interrupted_training_resumes_to_the_same_prompts(table, image_root, tmp
     for key in ("positive_context", "negative_context"):
         assert torch.equal(a["learner"][key], b["learner"][key])
     logs = [(tmp_path / run / "log.jsonl").read_text().splitlines() for run in ("straight", "resumed")]
-    assert [json.loads(x)["step"] for x in logs[0] if "step" in x] == [json.loads(x)["step"] for x in logs[1] if "step" in x]
+    assert [json.loads(x)["step"] for x in logs[0] if "step" in x] == [
+        json.loads(x)["step"] for x in logs[1] if "step" in x
+    ]
 
 
 def test_a_run_refuses_another_table(table, image_root, tmp_path, loaded_teacher):
