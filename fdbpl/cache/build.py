@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import fdbpl
+from fdbpl._checks import check_probabilities
 from fdbpl.cache.crops import INTERPOLATION, CropSampler, render_crop
 from fdbpl.cache.images import ScanResult, decode_image, list_hash, scan_image_folder
 from fdbpl.cache.manifest import (
@@ -258,7 +259,8 @@ def _labels_rows(probs: torch.Tensor, num_classes: int, topk: int, strategy: str
             f"teacher: expected probabilities of shape (B, {num_classes}) for {num_classes} classes, "
             f"got {tuple(probs.shape)}"
         )
-    probs = probs.detach().float().cpu()
+    probs = probs.detach().cpu()  # half-precision teachers are checked at their own tolerance
+    check_probabilities("teacher", probs)
     w = information_weight(probs)  # Eq. 6 on the teacher's full distribution
     labels = sparsify(probs, topk, strategy)  # type: ignore[arg-type]
     rows = {

@@ -209,6 +209,10 @@ def test_bad_inputs(image_root, loaded_teacher, tmp_path):
         FDBPLError, match=r"teacher: expected probabilities of shape \(B, 8\) for 8 classes, got \(\d+, 5\)"
     ):
         build_table(image_root, tmp_path / "b", wrong, **BUILD)
+    row = torch.tensor([1.5, -0.5, 0, 0, 0, 0, 0, 0])
+    negative = Teacher(lambda x: row.expand(x.shape[0], -1), 32, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(FDBPLError, match=r"teacher: expected non-negative probabilities"):
+        build_table(image_root, tmp_path / "n", negative, **BUILD)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "notes.txt").write_text("mine")
     with pytest.raises(TableFormatError, match="is not empty and holds no fdbpl table"):
@@ -363,3 +367,17 @@ def test_inspect_prints_a_summary_and_plots(built, image_root, tmp_path, capsys)
     png = tmp_path / "w.png"
     assert main(["inspect", str(out), "--plot", str(png), "--images", str(image_root)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_half_precision_teacher_is_accepted(image_root, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+
+    def half_probs(crops):
+        return torch.softmax(3 * torch.randn(crops.shape[0], 8, generator=gen), dim=1).half()
+
+    teacher = Teacher(half_probs, 16, (0.5,) * 3, (0.5,) * 3, {"name": "fp16"})
+    build_table(image_root, tmp_path / "t", teacher, **dict(BUILD, topk=2))
+    table = RILTable.open(tmp_path / "t")
+    torch.testing.assert_close(
+        table.labels(range(len(table))).to_dense().sum(1), torch.ones(len(table)), atol=1e-2, rtol=0
+    )
