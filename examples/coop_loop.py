@@ -19,16 +19,13 @@ import open_clip
 import torch
 
 from fdbpl.cache import RegionDataset, RILTable, build_table, clip_teacher, scan_image_folder
+from fdbpl.demo import TINY_STUDENT
 from fdbpl.losses import FDBPLLoss
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.sparsify import SparseSoftLabels
 from fdbpl.synthetic import draw_image_folder
 
-TINY = dict(
-    embed_dim=64,
-    vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
-    text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=4, layers=2),
-)
+TINY = TINY_STUDENT  # the demo's tiny CLIP config: 32 px, 2 layers of width 64
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 
 

@@ -8,8 +8,6 @@ host synchronisation. :func:`fdbpl.set_value_checks` turns them off for a hot lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from fdbpl.errors import InputValueError, ShapeError
@@ -80,15 +78,6 @@ def check_size(name: str, t: torch.Tensor, dim: int, size: int, what: str) -> No
         raise ShapeError(
             f"{name}: expected size {size} in dimension {dim} ({what}), got shape {shape_str(t)}"
         )
-
-
-def check_same_shape(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
-    first = tensors[0]
-    for name, t in zip(names[1:], tensors[1:]):
-        if t.shape != first.shape:
-            raise ShapeError(
-                f"{names[0]} and {name} must have the same shape, got {shape_str(first)} and {shape_str(t)}"
-            )
 
 
 def check_reduction(reduction: str) -> None:

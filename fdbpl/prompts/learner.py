@@ -59,7 +59,9 @@ class DualPromptLearner(nn.Module):
         clip_model: an open_clip ``CLIP`` or ``CustomTextCLIP``, or an OpenAI-``clip`` model.
         classnames: the C class names, distinct and non-empty.
         tokenizer: maps a list of strings to :math:`(B, L)` token ids. Default: open_clip's
-            tokenizer for open_clip models; OpenAI-clip models need ``clip.tokenize``.
+            CLIP tokenizer (``open_clip.tokenize``) at the model's context length; pass
+            ``open_clip.get_tokenizer(name)`` for models trained with another tokenizer
+            (SigLIP, ...). OpenAI-clip models need ``clip.tokenize``.
         n_ctx: the number of context tokens. With an init phrase it is the phrase's token
             count (passing another value is an error); without one it defaults to 16.
         positive_init: the positive space's init phrase, or ``None`` for random
