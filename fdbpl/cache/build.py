@@ -338,13 +338,21 @@ def build_table(
     sampler = CropSampler(tuple(scale), tuple(ratio), int(seed))  # type: ignore[arg-type]
     settings = _settings(scan, teacher, topk, strategy, crops_per_image, sampler, shard_size)
     rank, world = _dist()
-    complete = False
+    # Rank 0 checks or prepares OUT; every rank learns the outcome, so a refusal stops all
+    # of them instead of leaving the others waiting at a barrier.
+    status: list[Any] = [None]
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        complete = _prepare_out(out, settings, overwrite)
-    _barrier()
-    if rank != 0:
-        complete = (out / MANIFEST).exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            status = [("complete", _prepare_out(out, settings, overwrite))]
+        except TableFormatError as e:
+            status = [("refused", str(e))]
+    if world > 1:
+        torch.distributed.broadcast_object_list(status, src=0)
+    outcome, value = status[0]
+    if outcome == "refused":
+        raise TableFormatError(value)
+    complete = bool(value)
     n = len(scan.images)
     num_shards = math.ceil(n / shard_size)
     total = n * crops_per_image

@@ -381,3 +381,17 @@ def test_a_half_precision_teacher_is_accepted(image_root, tmp_path):
     torch.testing.assert_close(
         table.labels(range(len(table))).to_dense().sum(1), torch.ones(len(table)), atol=1e-2, rtol=0
     )
+
+
+def test_a_refused_distributed_build_stops_every_rank(image_root, teacher_files, tmp_path):
+    run_fdbpl("build-cache", *_cli_args(image_root, tmp_path / "t", teacher_files))
+    other = _cli_args(image_root, tmp_path / "t", teacher_files, m=4)
+    r = subprocess.run(
+        fdbpl_command("build-cache", *other, nproc=2),
+        env=single_thread_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0
+    assert r.stderr.count("holds a table built with other settings") == 2  # both ranks say why
