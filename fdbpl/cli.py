@@ -388,8 +388,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         from fdbpl.errors import InputValueError
 
         raise InputValueError("student: the run does not record its student model; pass --student")
-    local_rank, kind = _init_distributed()
-    device = _device(args.device, local_rank, kind)
+    import torch
+
+    # evaluation runs in one process: no process group, even when started under torchrun
+    device = _device(args.device, 0, "cuda" if torch.cuda.is_available() else "cpu")
     student = load_open_clip(name, args.pretrained or recorded.get("pretrained"), device=device)
     classnames = _read_classnames(args.classnames) if args.classnames else None
     subsets = ["base", "new"] if args.classes == "base-new" else [args.classes]

@@ -67,11 +67,7 @@ def learner_for(
         negative_init=inits.get("negative"),
         class_specific=bool(state.get("class_specific")),
     )
-    contexts = {k: v for k, v in state["learner"].items() if k.endswith("_context")}
-    if learner.class_specific:
-        learner.load_state_dict(state["learner"])  # refuses other class names
-    else:
-        learner.load_state_dict({**contexts, "_extra_state": learner.get_extra_state()})
+    learner.load_contexts(state["learner"])
     return learner
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -372,6 +372,36 @@ class DualPromptLearner(nn.Module):
                 raise InputValueError(
                     f"state_dict: the checkpoint has {key}={state.get(key)!r}, this learner {key}={mine[key]!r}"
                 )
+
+    def load_contexts(self, state_dict: Mapping[str, Any]) -> None:
+        """Take the trained contexts of another learner's ``state_dict``, for other class names.
+
+        Shared contexts transfer to any class list: that is how prompts learned on base
+        classes are evaluated on new ones. Class-specific contexts belong to their classes,
+        so for them this is :meth:`load_state_dict`, which refuses other class names.
+
+        Raises:
+            InputValueError: a state without both contexts, or contexts of another shape
+                (another ``n_ctx`` or width).
+        """
+        if self.class_specific:
+            self.load_state_dict(dict(state_dict))
+            return
+        for space in SPACES:
+            name = f"{space}_context"
+            mine = getattr(self, name)
+            theirs = state_dict.get(name)
+            if not isinstance(theirs, torch.Tensor):
+                raise InputValueError(f"state_dict: no {name!r} in it (not a DualPromptLearner state)")
+            if theirs.shape != mine.shape:
+                raise InputValueError(
+                    f"state_dict: {name} has shape {tuple(theirs.shape)}, this learner's is {tuple(mine.shape)} "
+                    "(another n_ctx, model width, or class-specific contexts)"
+                )
+        with torch.no_grad():
+            for space in SPACES:
+                name = f"{space}_context"
+                getattr(self, name).copy_(state_dict[name])
 
     def extra_repr(self) -> str:
         return (

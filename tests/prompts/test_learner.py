@@ -210,3 +210,25 @@ def test_openai_clip_needs_its_tokenizer():
     model, _ = tiny_open_clip("openai")
     with pytest.raises(UnsupportedModelError, match=r"pass tokenizer=clip\.tokenize"):
         DualPromptLearner(model, NAMES)
+
+
+def test_shared_contexts_transfer_to_other_classes_and_class_specific_ones_do_not(open_clip_model):
+    model, _ = open_clip_model
+    trained = DualPromptLearner(model, NAMES[:3])
+    with torch.no_grad():
+        trained.positive_context.add_(1.0)
+    other = DualPromptLearner(model, NAMES[3:])
+    other.load_contexts(trained.state_dict())
+    assert torch.equal(other.positive_context, trained.positive_context)
+    assert torch.equal(other.negative_context, trained.negative_context)
+    with pytest.raises(
+        FDBPLError, match=r"positive_context has shape \(6, 64\), this learner's is \(4, 64\)"
+    ):
+        DualPromptLearner(model, NAMES, positive_init=None, negative_init=None, n_ctx=4).load_contexts(
+            DualPromptLearner(model, NAMES, positive_init=None, negative_init=None, n_ctx=6).state_dict()
+        )
+    specific = DualPromptLearner(model, NAMES[:3], class_specific=True)
+    with pytest.raises(FDBPLError, match="first differ at index 0"):
+        DualPromptLearner(model, [*NAMES[3:], "owl"], class_specific=True).load_contexts(
+            specific.state_dict()
+        )

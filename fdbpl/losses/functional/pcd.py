@@ -162,12 +162,12 @@ def second_order_difference_loss(
     Zero norms: when two classes have identical difference vectors, the cosine is
     defined as 0 (the term is :math:`\max(0, \delta)\, w_i w_j`) and the pair passes no
     gradient. In the fused form "identical" means indistinguishable in the dtype: the
-    Gram expansion rounds at :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine epsilons) times
-    :math:`\|E_i\|^2 + \|E_j\|^2`, so a pair whose squared distance is below that (or
-    below :data:`~fdbpl.losses.functional.pcd.NORM_EPS` squared) is treated as zero rather than given a cosine made of
-    round-off. A zero image feature
-    is clamped to norm :data:`~fdbpl.losses.functional.pcd.NORM_EPS` and gives cosines of 0. Values and gradients
-    stay finite. A batch with a single class gives exactly 0, and so does :math:`N = 1`.
+    Gram expansion rounds at :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine
+    epsilons) times :math:`\|E_i\|^2 + \|E_j\|^2`, so a pair whose squared distance is
+    below that (or below :data:`~fdbpl.losses.functional.pcd.NORM_EPS` squared) is treated
+    as zero rather than given a cosine made of round-off. A zero image feature is clamped
+    to norm ``NORM_EPS`` and gives cosines of 0. Values and gradients stay finite. A batch
+    with a single class gives exactly 0, and so does :math:`N = 1`.
 
     Args:
         image_features: :math:`(N, D)` image features :math:`f(x_i)`.
@@ -217,9 +217,9 @@ class _SecondOrderHinge(torch.autograd.Function):
     (three when ``f`` needs a gradient); autograd's generic chain made about twice as many
     (N, N) passes and one product more.
 
-    A pair whose squared distance is below :data:`~fdbpl.losses.functional.pcd.RESOLUTION` times
-    ``|E_i|^2 + |E_j|^2`` (the scale at which the Gram expansion rounds) plus
-    ``NORM_EPS ** 2`` cannot be told from zero: its cosine is 0 and it passes no gradient.
+    A pair whose squared distance is below ``RESOLUTION`` times ``|E_i|^2 + |E_j|^2`` (the
+    scale at which the Gram expansion rounds) plus ``NORM_EPS ** 2`` cannot be told from
+    zero: its cosine is 0 and it passes no gradient.
     """
 
     @staticmethod
