@@ -13,7 +13,9 @@ from strategies import pcd_batches
 from fdbpl.errors import FDBPLError
 from fdbpl.losses import FirstOrderDifferenceLoss, PCDLoss, SecondOrderDifferenceLoss
 from fdbpl.losses.functional import (
+    NORM_EPS,
     first_order_difference_loss,
+    pcd,
     pcd_loss,
     second_order_difference_loss,
 )
@@ -67,16 +69,21 @@ def test_first_order_equals_literal_eq13(batch, alpha):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
-@given(pcd_batches(), st.sampled_from([0.0, 0.1, 0.5, -0.2]))
-def test_second_order_fused_equals_literal_double_loop(batch, delta):
+@pytest.mark.parametrize("exact_neighbours", [0, 1, pcd.EXACT_NEIGHBOURS])
+@given(pcd_batches(max_n=12, max_c=9), st.sampled_from([0.0, 0.1, 0.5, -0.2]))
+def test_second_order_fused_equals_literal_double_loop(exact_neighbours, batch, delta):
+    """Both paths of the fused form, the Gram expansion and the directly built nearest classes."""
     f, pos, neg, labels, w = requires_grad(batch)
-    got = second_order_difference_loss(f, pos, neg, labels, w, delta=delta)
+    w = w.clone().requires_grad_()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pcd, "EXACT_NEIGHBOURS", exact_neighbours)
+        got = second_order_difference_loss(f, pos, neg, labels, w, delta=delta)
     want = literal_second(f, pos, neg, labels, w, delta)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
     if not want.requires_grad:  # no pair with different labels: the loss is a constant 0
         assert float(got.detach()) == 0.0
         return
-    for a, b in zip(grads(got, (f, pos, neg)), grads(want, (f, pos, neg))):
+    for a, b in zip(grads(got, (f, pos, neg, w)), grads(want, (f, pos, neg, w))):
         b = torch.zeros_like(a) if b is None else b
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
@@ -185,6 +192,92 @@ def test_fused_float32_is_as_accurate_as_naive_float32_with_a_shared_component(s
         err_naive = float((naive - want).abs().max())
         scale = float(want.abs().max())
         assert err_fused <= max(4 * err_naive, 1e-6 * scale), (err_fused, err_naive, scale)
+
+
+def near_tie_batch(seed, gap, near, far, clusters=1, n=48, d=64, common=30.0):
+    """``clusters`` groups of ``near`` classes whose difference vectors differ by ``gap``
+    (relative), and ``far`` classes of their own; a shared component (two prompts that
+    differ by one word) on top of all, as in practice."""
+    rng = np.random.default_rng(seed)
+    centres = [np.repeat(rng.normal(size=(1, d)), near, axis=0) for _ in range(clusters)]
+    centres = np.concatenate([*centres, rng.normal(size=(far, d))])
+    c = len(centres)
+    d1 = centres * (1 + gap * rng.normal(size=(c, 1))) + gap * rng.normal(size=(c, d))
+    neg = rng.normal(size=(c, d))
+    pos = neg + d1 + common * rng.normal(size=(1, d))
+    f = rng.normal(size=(n, d))
+    labels = rng.integers(0, c, size=n)
+    w = rng.uniform(size=n)
+    return tuple(torch.from_numpy(x) for x in (f, pos, neg, labels, w))
+
+
+def float32_errors(batch, fn):
+    """Max |float32 - float64| of the value and of each gradient (f, pos, neg, w)."""
+    f, pos, neg, labels, w = batch
+
+    def value_and_grads(dtype):
+        args = [t.to(dtype).requires_grad_() for t in (f, pos, neg, w)]
+        out = fn(*args[:3], labels, args[3], 0.1)
+        return [out.detach().double()] + [g.double() for g in torch.autograd.grad(out, args)]
+
+    return [
+        (float((a - b).abs().max()), float(b.abs().max()))
+        for a, b in zip(value_and_grads(torch.float32), value_and_grads(torch.float64))
+    ]
+
+
+def fused_second(f, pos, neg, labels, w, delta):
+    return second_order_difference_loss(f, pos, neg, labels, w, delta=delta)
+
+
+def as_accurate_as_the_plain_formula(batch, factor: float) -> bool:
+    eps = torch.finfo(torch.float32).eps
+    fused = float32_errors(batch, fused_second)
+    plain = float32_errors(batch, naive_broadcast_second)
+    return all(e_f <= factor * e_p + 4 * eps * scale for (e_f, scale), (e_p, _) in zip(fused, plain))
+
+
+@given(
+    st.integers(0, 2**31 - 1),
+    st.floats(1e-5, 1e-2),
+    st.integers(2, pcd.EXACT_NEIGHBOURS + 1),
+    st.integers(1, 5),
+    st.sampled_from([8, 48]),
+)
+def test_near_tie_pairs_are_as_accurate_as_the_plain_float32_formula(seed, gap, near, far, n):
+    """Near-identical classes among others: within 2x of the plain float32 formula's error
+    against float64, for the value and every gradient."""
+    assert as_accurate_as_the_plain_formula(near_tie_batch(seed, gap, near, far, n=n), factor=2)
+
+
+@given(st.integers(0, 2**31 - 1), st.floats(1e-5, 1e-2), st.integers(2, 4), st.integers(2, 4))
+def test_several_clusters_of_near_ties_stay_accurate(seed, gap, near, clusters):
+    assert as_accurate_as_the_plain_formula(near_tie_batch(seed, gap, near, 2, clusters), factor=2)
+
+
+def test_the_near_tie_check_fails_without_the_exact_neighbours(monkeypatch):
+    """The accuracy checks above can fail: with the Gram expansion alone, near ties are far off."""
+    batch = near_tie_batch(0, 1e-3, near=3, far=2)
+    assert as_accurate_as_the_plain_formula(batch, factor=2)
+    monkeypatch.setattr(pcd, "EXACT_NEIGHBOURS", 0)
+    assert not as_accurate_as_the_plain_formula(batch, factor=4)
+
+
+@given(pcd_batches(), st.floats(0.0, 2.0))
+def test_zero_difference_vectors_pass_no_gradient_in_either_order(batch, alpha):
+    """Identical positive and negative prompts (D1 = 0): cosine 0, finite value, zero gradient."""
+    f, _, neg, labels, w = requires_grad(batch)
+    pos = neg.detach().clone().requires_grad_()
+    first = first_order_difference_loss(f, pos, neg, labels, w, alpha=alpha)
+    torch.testing.assert_close(first, -(alpha * w).mean(), rtol=0, atol=1e-12)
+    second = second_order_difference_loss(f, pos, neg, labels, w, delta=0.1)
+    for loss in (first, second):
+        if loss.requires_grad:
+            for g in grads(loss, (f, pos, neg)):
+                assert g is None or bool((g == 0).all())
+    tiny = neg + NORM_EPS / 4 * torch.ones_like(neg) / neg.shape[1] ** 0.5
+    (g,) = grads(first_order_difference_loss(f, tiny, neg, labels, w, alpha=alpha), (f,))
+    assert g is None or bool((g == 0).all())
 
 
 def test_gradcheck():

@@ -5,6 +5,7 @@ Each :mod:`fdbpl.losses` module's ``forward`` is one call to a function here.
 
 from fdbpl.losses.functional.information import information_weight
 from fdbpl.losses.functional.pcd import (
+    EXACT_NEIGHBOURS,
     NORM_EPS,
     RESOLUTION,
     first_order_difference_loss,
@@ -26,6 +27,7 @@ from fdbpl.losses.functional.total import (
 
 __all__ = [
     "CLIP_LOGIT_SCALE",
+    "EXACT_NEIGHBOURS",
     "NORM_EPS",
     "RESOLUTION",
     "FDBPLLossOutput",

@@ -17,11 +17,16 @@ from fdbpl.errors import ShapeError
 from fdbpl.losses.functional._reduce import reduce
 from fdbpl.losses.functional.radp import Reduction
 
-__all__ = ["NORM_EPS", "first_order_difference_loss", "second_order_difference_loss"]
+__all__ = ["EXACT_NEIGHBOURS", "NORM_EPS", "first_order_difference_loss", "second_order_difference_loss"]
 
-#: Norms below this are clamped to it before dividing, so a zero difference vector (or a
-#: zero image feature) gives a cosine of 0 with finite gradients instead of NaN.
+#: A difference vector or image feature whose norm is at most this counts as zero: its
+#: cosine is 0 and it passes no gradient (instead of NaN, or a gradient of 1 / norm).
 NORM_EPS = 1e-8
+
+#: Per anchor, the fused second-order loss computes the difference vectors of this many
+#: nearest other classes of the batch directly, as the plain formula does, instead of
+#: through the Gram expansion (which cannot resolve near-identical classes).
+EXACT_NEIGHBOURS = 4
 
 #: Relative resolution of the fused second-order distances, by dtype: a pair with
 #: ``||E_i - E_j||^2 <= RESOLUTION * (|E_i|^2 + |E_j|^2) + NORM_EPS**2`` counts as a zero
@@ -72,6 +77,12 @@ def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
+def _inverse_norm(x: torch.Tensor) -> torch.Tensor:
+    """``1 / ||x_i||`` per row, and 0 (with no gradient) where the norm is at most ``NORM_EPS``."""
+    norm = x.norm(dim=1)
+    return torch.where(norm > NORM_EPS, 1 / norm.clamp_min(NORM_EPS), 0.0)
+
+
 def first_order_difference_loss(
     image_features: torch.Tensor,
     positive_text_features: torch.Tensor,
@@ -93,8 +104,10 @@ def first_order_difference_loss(
     The text features are differenced as given, as in the paper, which differences the
     text encoder's outputs before normalising (pass normalised features to difference
     normalised ones). The cosine normalises :math:`D^{(1)}` and :math:`f(x_i)`, so the
-    scale of ``image_features`` does not matter. Norms are clamped below at
-    :data:`~fdbpl.losses.functional.pcd.NORM_EPS`.
+    scale of ``image_features`` does not matter. A difference vector or image feature of
+    norm at most :data:`~fdbpl.losses.functional.pcd.NORM_EPS` (identical positive and
+    negative prompts, say) counts as zero: its cosine is 0 and it passes no gradient, as
+    in the second-order loss (the true gradient, :math:`1/\|D^{(1)}\|`, has no bound).
 
     Args:
         image_features: :math:`(N, D)` image features :math:`f(x_i)`.
@@ -124,7 +137,7 @@ def first_order_difference_loss(
     f = image_features.to(dtype)
     d1 = positive_text_features.to(dtype) - negative_text_features.to(dtype)
     d = d1[labels]
-    s1 = (f * d).sum(dim=1) / (f.norm(dim=1).clamp_min(NORM_EPS) * d.norm(dim=1).clamp_min(NORM_EPS))
+    s1 = (f * d).sum(dim=1) * _inverse_norm(f) * _inverse_norm(d)
     w = weight.to(dtype)
     return reduce(-((1 - w) * s1 + alpha * w * (1 - s1)), reduction)
 
@@ -153,21 +166,32 @@ def second_order_difference_loss(
     vectors, centred), :math:`f_i \cdot D^{(2)}_{y_i, y_j} = P_{ii} - P_{ij}` with
     :math:`P = f E^\top` and :math:`\|D^{(2)}_{y_i,y_j}\|^2 = G_{ii} + G_{jj} - 2G_{ij}`
     with :math:`G = E E^\top`: two :math:`N \times D \times N` products, memory
-    :math:`O(ND + N^2)`, static shapes (it traces and compiles) and no host
+    :math:`O(ND + N^2)` (and :math:`O(NmD)` for the near ties below), static shapes (it traces and compiles) and no host
     synchronisation. Centring changes nothing mathematically (differences ignore a
     common shift) but keeps float32 accurate: the positive and negative prompts differ by
     one word, so the difference vectors share a large common component and the
     uncentred Gram expansion would cancel catastrophically.
 
-    Zero norms: when two classes have identical difference vectors, the cosine is
-    defined as 0 (the term is :math:`\max(0, \delta)\, w_i w_j`) and the pair passes no
-    gradient. In the fused form "identical" means indistinguishable in the dtype: the
-    Gram expansion rounds at :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine
-    epsilons) times :math:`\|E_i\|^2 + \|E_j\|^2`, so a pair whose squared distance is
-    below that (or below :data:`~fdbpl.losses.functional.pcd.NORM_EPS` squared) is treated
-    as zero rather than given a cosine made of round-off. A zero image feature is clamped
-    to norm ``NORM_EPS`` and gives cosines of 0. Values and gradients stay finite. A batch
-    with a single class gives exactly 0, and so does :math:`N = 1`.
+    Near ties: the Gram expansion resolves a distance only to about
+    :math:`\sqrt{\text{RESOLUTION}}\,(\|E_i\| + \|E_j\|)`, too coarse for two classes whose
+    difference vectors are nearly the same. So for each anchor the
+    :data:`~fdbpl.losses.functional.pcd.EXACT_NEIGHBOURS` nearest other classes of the
+    batch (by the Gram estimate) are summed from their difference vectors
+    :math:`D^{(1)}_{y_i} - D^{(1)}_c` built directly, an :math:`(N, m, D)` tensor with
+    :math:`m` fixed (static shapes), weighted by :math:`w_i` times the class's total
+    weight: those pairs are as accurate as the plain float32 formula, values and
+    gradients.
+
+    Zero norms: a pair whose difference vector has norm at most
+    :data:`~fdbpl.losses.functional.pcd.NORM_EPS` has cosine 0 (the term is
+    :math:`\max(0, \delta)\, w_i w_j`) and passes no gradient, as in the first-order loss.
+    Past the nearest classes an anchor's pairs come from the Gram expansion, which
+    rounds at :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine epsilons) times
+    :math:`\|E_i\|^2 + \|E_j\|^2`: a pair below that (an anchor with more than
+    ``EXACT_NEIGHBOURS`` near-identical classes) is treated as zero rather than given a
+    cosine made of round-off. A zero image feature gives cosines of 0 and no gradient.
+    Values and gradients stay finite. A batch with a single class gives exactly 0, and so
+    does :math:`N = 1`.
 
     Args:
         image_features: :math:`(N, D)` image features :math:`f(x_i)`.
@@ -196,37 +220,83 @@ def second_order_difference_loss(
     dtype = _common_dtype(image_features, positive_text_features, negative_text_features)
     n = image_features.shape[0]
     f = image_features.to(dtype)
-    f = f / f.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+    f = f * _inverse_norm(f)[:, None]
     d1 = positive_text_features.to(dtype) - negative_text_features.to(dtype)
-    e = d1.index_select(0, labels)
+    rows = d1.index_select(0, labels)
+    # Centre in two steps: subtracting one of the rows is exact where rows are close (a
+    # large shared component), then the mean centres what is left.
+    e = rows - rows[:1]
     e = e - e.mean(dim=0, keepdim=True)
     w = weight.to(dtype)
-    pair_weight = torch.where(labels[:, None] != labels[None, :], w[:, None] * w[None, :], 0.0)
-    per_anchor = _SecondOrderHinge.apply(f, e, pair_weight, delta)
+    # per item: the first item of its class, and the total weight of its class
+    first = torch.full((d1.shape[0],), n, dtype=labels.dtype, device=labels.device)
+    first = first.scatter_reduce_(0, labels, torch.arange(n, device=labels.device), "amin")[labels]
+    class_weight = w.new_zeros(d1.shape[0]).index_add(0, labels, w)[labels]
+    same = labels[:, None] == labels[None, :]
+    pair_weight = torch.outer(w, w).masked_fill_(same, 0.0)
+    # pairs that cannot be a near class: the same class, or not the first item of its class
+    blocked = same | (first != torch.arange(n, device=labels.device))[None, :]
+    per_anchor = _SecondOrderHinge.apply(
+        f, e, rows.detach(), first, blocked, pair_weight, w, class_weight, delta
+    )
     if reduction == "sum":
         return per_anchor.sum()
     return reduce(per_anchor / max(n - 1, 1), reduction)
+
+
+def _nearest_classes(
+    sq_norm: torch.Tensor, blocked: torch.Tensor, first: torch.Tensor, m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per anchor, the ``m`` other classes of the batch whose difference vectors are nearest.
+
+    ``first`` (N,) is the first batch item of each item's class; only first items of other
+    classes are candidates (``blocked`` (N, N) marks the rest; items of a class share
+    their difference vector), so the candidates are distinct classes. Returns ``candidates`` (N, m) items, ``valid`` (N, m) (False where
+    the batch has fewer other classes) and ``near`` (N, N), True where item j's class is
+    one of anchor i's candidates.
+    """
+    n = sq_norm.shape[0]
+    nearest = sq_norm.masked_fill(blocked, float("inf")).topk(m, dim=1, largest=False, sorted=False)
+    valid = ~torch.isinf(nearest.values)
+    # built transposed: gathering rows is much faster than gathering columns
+    near_t = torch.zeros(n, n, dtype=torch.bool, device=sq_norm.device)
+    near_t.scatter_(0, nearest.indices.T, valid.T)
+    return nearest.indices, valid, near_t.index_select(0, first).T
 
 
 class _SecondOrderHinge(torch.autograd.Function):
     """Per-anchor sums of ``W_ij relu(cos(f_i, E_i - E_j) + delta)`` with a hand-written backward.
 
     ``f`` (N, D) has unit rows, ``e`` (N, D) holds the centred difference vectors of the
-    batch, ``pair_weight`` (N, N) is ``w_i w_j [y_i != y_j]``. Each (N, N) intermediate is
-    touched a few times and the backward needs two (N, N) x (N, D) products for ``e``
-    (three when ``f`` needs a gradient); autograd's generic chain made about twice as many
-    (N, N) passes and one product more.
+    batch and ``rows`` (N, D) the same uncentred (:math:`D^{(1)}_{y_i}`); ``first`` (N,)
+    is the first item of each item's class, ``blocked`` (N, N) the pairs that cannot be
+    near classes (see :func:`_nearest_classes`),
+    ``pair_weight`` (N, N) is ``w_i w_j [y_i != y_j]``, ``class_weight`` (N,) the total
+    ``w`` of each item's class. Each (N, N) intermediate is touched a few times and the
+    backward needs two (N, N) x (N, D) products for ``e`` (three when ``f`` needs a
+    gradient); autograd's generic chain made about twice as many (N, N) passes and one
+    product more.
 
-    A pair whose squared distance is below ``RESOLUTION`` times ``|E_i|^2 + |E_j|^2`` (the
-    scale at which the Gram expansion rounds) plus ``NORM_EPS ** 2`` cannot be told from
-    zero: its cosine is 0 and it passes no gradient.
+    Near ties: the Gram expansion resolves ``||E_i - E_j||`` only to about
+    ``sqrt(RESOLUTION)`` times ``|E_i| + |E_j|``, and ``P_ii - P_ij`` cancels likewise.
+    So for each anchor the :data:`EXACT_NEIGHBOURS` nearest other classes (by the Gram
+    estimate) are taken out of the (N, N) sums and summed per class instead, from their
+    difference vectors ``rows_i - rows_c`` built directly (an (N, m, D) tensor), each
+    weighted by ``w_i`` times its class's total ``w``: as accurate as the plain formula,
+    values and gradients. Other pairs whose squared distance is below ``RESOLUTION``
+    times ``|E_i|^2 + |E_j|^2`` (an anchor with more than m near-identical classes)
+    cannot be told from zero: their cosine is 0 and they pass no gradient, as do pairs
+    with a distance at most ``NORM_EPS``.
     """
 
     @staticmethod
-    def forward(ctx, f, e, pair_weight, delta):  # type: ignore[override]
+    def forward(ctx, f, e, rows, first, blocked, pair_weight, w, class_weight, delta):  # type: ignore[override]
+        n = e.shape[0]
         e_sq = (e * e).sum(dim=1)
         # ||E_i - E_j||^2 = G_ii + G_jj - 2 G_ij with G = E E^T, one addmm.
         sq_norm = torch.addmm(e_sq[:, None] + e_sq[None, :], e, e.T, alpha=-2)
+        m = min(EXACT_NEIGHBOURS, n)
+        candidates, valid, near_pair = _nearest_classes(sq_norm, blocked, first, m)
         half_floor = RESOLUTION[e.dtype] * e_sq + NORM_EPS**2 / 2
         unresolved = sq_norm <= half_floor[:, None] + half_floor[None, :]
         inv_norm = sq_norm.clamp_min_(NORM_EPS**2).rsqrt_().masked_fill_(unresolved, 0.0)
@@ -234,27 +304,80 @@ class _SecondOrderHinge(torch.autograd.Function):
         numer = torch.addmm((f * e).sum(dim=1, keepdim=True).expand_as(inv_norm), f, e.T, alpha=-1)
         s2 = numer.mul_(inv_norm)
         hinge = s2 + delta
-        active_weight = pair_weight.masked_fill(hinge <= 0, 0.0)
-        ctx.save_for_backward(f, e, s2, inv_norm, active_weight)
+        active_weight = pair_weight.masked_fill((hinge <= 0) | near_pair, 0.0)
+
+        # The near classes, one term per class: (N, m, D) difference vectors rows_i - rows_c.
+        near = (
+            rows.index_select(0, candidates.flatten()).view(n, m, rows.shape[1]).neg_().add_(rows[:, None, :])
+        )
+        near_sq = torch.linalg.vector_norm(near, dim=2).square_()
+        near_inv_norm = near_sq.clamp_min(NORM_EPS**2).rsqrt_().masked_fill_(near_sq <= NORM_EPS**2, 0.0)
+        near_s2 = torch.linalg.vecdot(near, f[:, None, :]).mul_(near_inv_norm)
+        near_relu = (near_s2 + delta).clamp_min_(0).masked_fill_(~valid, 0.0)
+        near_class_weight = class_weight[candidates]
+        ctx.save_for_backward(
+            f,
+            e,
+            s2,
+            inv_norm,
+            active_weight,
+            near_pair,
+            near,
+            candidates,
+            near_s2,
+            near_inv_norm,
+            near_relu,
+            w,
+            near_class_weight,
+        )
         ctx.delta = delta
-        return (hinge.mul_(active_weight)).sum(dim=1)
+        return hinge.mul_(active_weight).sum(dim=1) + w * (near_relu * near_class_weight).sum(dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        f, e, s2, inv_norm, active_weight = ctx.saved_tensors
+        (
+            f,
+            e,
+            s2,
+            inv_norm,
+            active_weight,
+            near_pair,
+            near,
+            candidates,
+            near_s2,
+            near_inv_norm,
+            near_relu,
+            w,
+            near_class_weight,
+        ) = ctx.saved_tensors
         d_numer = torch.mul(active_weight, grad_out[:, None]).mul_(inv_norm)
         # d s2 / d sq = -1/2 numer sq^(-3/2) = -1/2 s2 inv_norm^2; the -1/2 is folded below.
         d_sq = torch.mul(d_numer, s2).mul_(inv_norm)
         d_sq_sym = d_sq + d_sq.T
-        # numer_ij = f_i.e_i - f_i.e_j and sq_ij = |e_i|^2 + |e_j|^2 - 2 e_i.e_j give
-        # d_e = rowsum(d_numer) f - d_numer^T f + 2 (-1/2) (rowsum(d_sq_sym) e - d_sq_sym e).
-        d_e = d_numer.sum(dim=1, keepdim=True) * f - d_sq_sym.sum(dim=1, keepdim=True) * e
-        d_e = d_e.addmm_(d_numer.T, f, alpha=-1).addmm_(d_sq_sym, e)
+        # The near classes' terms: the same derivatives, per (anchor, candidate).
+        near_weight = (grad_out * w)[:, None] * near_class_weight
+        near_d_numer = near_weight.masked_fill(near_relu <= 0, 0.0).mul_(near_inv_norm)
+        near_d_sq = torch.mul(near_d_numer, near_s2).mul_(near_inv_norm)
         d_f = None
         if ctx.needs_input_grad[0]:
+            # d_f_i = sum_j d_numer_ij (e_i - e_j), the near ones from their difference vectors.
             d_f = d_numer.sum(dim=1, keepdim=True) * e - d_numer @ e
-        d_pair_weight = None
-        if ctx.needs_input_grad[2]:
-            d_pair_weight = grad_out[:, None] * (s2 + ctx.delta).clamp_min(0)
-        return d_f, d_e, d_pair_weight, None
+            d_f += torch.bmm(near_d_numer[:, None, :], near)[:, 0]
+        # numer_ij = f_i.e_i - f_i.e_j has no cancellation: the near terms join the product.
+        d_numer.scatter_add_(1, candidates, near_d_numer)
+        # d_e = rowsum(d_numer) f - d_numer^T f - sum_j d_sq_sym_ij (e_i - e_j) for sq_ij = |e_i - e_j|^2.
+        d_e = d_numer.sum(dim=1, keepdim=True) * f - d_sq_sym.sum(dim=1, keepdim=True) * e
+        d_e = d_e.addmm_(d_numer.T, f, alpha=-1).addmm_(d_sq_sym, e)
+        near_grad = near * near_d_sq[:, :, None]
+        d_e -= near_grad.sum(dim=1)
+        d_e.index_add_(0, candidates.flatten(), near_grad.flatten(0, 1))
+        d_pair_weight = d_w = d_class_weight = None
+        if ctx.needs_input_grad[5]:
+            d_pair_weight = (grad_out[:, None] * (s2 + ctx.delta).clamp_min(0)).masked_fill_(near_pair, 0.0)
+        if ctx.needs_input_grad[6]:
+            d_w = grad_out * (near_relu * near_class_weight).sum(dim=1)
+        if ctx.needs_input_grad[7]:
+            near_d_class = (grad_out * w)[:, None] * near_relu
+            d_class_weight = torch.zeros_like(w).index_add_(0, candidates.flatten(), near_d_class.flatten())
+        return d_f, d_e, None, None, None, d_pair_weight, d_w, d_class_weight, None
