@@ -8,6 +8,9 @@ host synchronisation. :func:`fdbpl.set_value_checks` turns them off for a hot lo
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from fdbpl.errors import InputValueError, ShapeError
@@ -98,6 +101,7 @@ def check_probabilities(name: str, probs: torch.Tensor) -> None:
         raise ShapeError(f"{name}: expected at least one class, got shape {shape_str(probs)}")
     if not value_checks_enabled():
         return
+    probs = probs.detach()
     check_finite(name, probs)
     if bool((probs < 0).any()):
         raise InputValueError(f"{name}: expected non-negative probabilities, got a negative value")
@@ -118,6 +122,7 @@ def check_weight(name: str, weight: torch.Tensor, n: int) -> None:
     check_floating(name, weight)
     check_size(name, weight, 0, n, "N, the batch size")
     if value_checks_enabled():
+        weight = weight.detach()
         check_finite(name, weight)
         if weight.numel() and bool(((weight < 0) | (weight > 1)).any()):
             raise InputValueError(
@@ -127,8 +132,17 @@ def check_weight(name: str, weight: torch.Tensor, n: int) -> None:
 
 
 def check_labels(name: str, labels: torch.Tensor, n: int, num_classes: int) -> None:
-    """Check ``(N,)`` integer class ids in ``[0, num_classes)``."""
+    """Check ``(N,)`` signed-integer class ids in ``[0, num_classes)``.
+
+    ``bool`` and unsigned tensors are refused: torch indexes with ``uint8`` and ``bool``
+    tensors as masks, which gives a wrong value without an error when ``N == C``.
+    """
     check_ndim(name, labels, 1, "(N,) of class ids")
+    if labels.dtype == torch.bool or not (labels.dtype.is_signed or labels.is_floating_point()):
+        raise ShapeError(
+            f"{name}: expected a signed integer tensor of class ids (int64, int32, ...), got dtype "
+            f"{labels.dtype} (torch indexes with uint8 and bool tensors as masks)"
+        )
     check_integer(name, labels)
     check_size(name, labels, 0, n, "N, the batch size")
     if value_checks_enabled() and labels.numel():
@@ -137,6 +151,47 @@ def check_labels(name: str, labels: torch.Tensor, n: int, num_classes: int) -> N
             raise InputValueError(
                 f"{name}: expected class ids in [0, {num_classes}), got min {lo} and max {hi}"
             )
+
+
+def check_logits(name: str, logits: torch.Tensor) -> None:
+    """Check ``(N, C)`` logits: floating; no NaN or ``+inf``; ``-inf`` (a masked class) is
+    allowed where the row keeps at least one finite logit."""
+    check_ndim(name, logits, 2, "(N, C) of logits")
+    check_floating(name, logits)
+    if logits.shape[1] < 1:
+        raise ShapeError(f"{name}: expected at least one class, got shape {shape_str(logits)}")
+    if not value_checks_enabled() or logits.numel() == 0:
+        return
+    logits = logits.detach()
+    if bool(torch.isnan(logits).any()) or bool((logits == math.inf).any()):
+        raise InputValueError(f"{name}: expected finite logits or -inf for masked classes, got NaN or +inf")
+    dead = ~torch.isfinite(logits).any(dim=1)
+    if bool(dead.any()):
+        raise InputValueError(
+            f"{name}: row {int(dead.nonzero()[0, 0])} has no finite logit (every class masked with -inf)"
+        )
+
+
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """An integer argument (not a bool, not a float) that is at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value: object, minimum: float | None = None, positive: bool = False) -> float:
+    """A finite real number (not a bool), optionally ``>= minimum`` or ``> 0``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value.detach())  # a 0-d tensor, e.g. a learned logit scale
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value >= minimum
+    if ok and positive:
+        ok = value > 0
+    if not ok:
+        bound = " > 0" if positive else f" >= {minimum:g}" if minimum is not None else ""
+        raise InputValueError(f"{name}: expected a finite number{bound}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:

@@ -9,14 +9,96 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import fdbpl
 
 __all__ = ["build_parser", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line, ``fdbpl CMD: error: ARG: ...``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message[len("argument ") :] if message.startswith("argument ") else message
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _number(minimum: float | None = None, positive: bool = False) -> Callable[[str], float]:
+    bound = " > 0" if positive else f" >= {minimum:g}" if minimum is not None else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (minimum is not None and value < minimum) or (positive and value <= 0):
+            raise argparse.ArgumentTypeError(f"expected a finite number{bound}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _template(text: str) -> str:
+    if text.count("{}") != 1 or text.replace("{}", "").count("{") or text.replace("{}", "").count("}"):
+        raise argparse.ArgumentTypeError(
+            f"expected a prompt with exactly one '{{}}' for the class name and no other braces, got {text!r}"
+        )
+    return text
+
+
+def _check_range(
+    parser: argparse.ArgumentParser, name: str, pair: Sequence[float], upper: float | None
+) -> None:
+    lo, hi = pair
+    if not 0 < lo <= hi or (upper is not None and hi > upper):
+        most = f" <= {upper:g}" if upper is not None else ""
+        parser.error(f"{name}: expected 0 < MIN <= MAX{most}, got {lo:g} {hi:g}")
+
+
+def _check_out_folder(parser: argparse.ArgumentParser, name: str, path: str) -> None:
+    if Path(path).exists() and not Path(path).is_dir():
+        parser.error(f"{name}: {path} exists and is not a folder")
+
+
+def _check_device(parser: argparse.ArgumentParser, arg: str) -> None:
+    """Refuse a device this machine does not have, before any model is loaded."""
+    if arg == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(arg)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device: {arg!r} is not a device (auto, cpu, cuda, cuda:N, mps)")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            parser.error(f"--device: {arg} does not exist here ({count} CUDA device(s))")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        parser.error(f"--device: {arg} is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        parser.error(f"--device: {arg!r} is not supported (auto, cpu, cuda, cuda:N, mps)")
 
 
 def _add_build_cache(sub: argparse._SubParsersAction) -> None:
@@ -35,27 +117,56 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", required=True, help="open_clip model name or path of a model-config JSON")
     p.add_argument(
         "--pretrained",
-        default="none",
-        help="open_clip pretrained tag, local checkpoint path, or 'none' for random weights (default: none)",
+        help="open_clip pretrained tag (e.g. openai), local checkpoint path, or 'none' for random weights "
+        "seeded by --seed; required for a named model (a config JSON without it is random)",
     )
-    p.add_argument("--crops-per-image", type=int, default=500, help="regions per image, M (default: 500)")
-    p.add_argument("--topk", type=int, default=20, help="classes kept per region, K (default: 20)")
+    p.add_argument(
+        "--crops-per-image", type=_integer(1), default=500, help="regions per image, M (default: 500)"
+    )
+    p.add_argument("--topk", type=_integer(1), default=20, help="classes kept per region, K (default: 20)")
     p.add_argument(
         "--strategy", choices=["mr", "ms"], default="mr", help="sparsification, Eq. 5 or 4 (default: mr)"
     )
-    p.add_argument("--seed", type=int, default=0, help="crop seed (default: 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="crops per teacher call (default: 256)")
+    p.add_argument(
+        "--seed", type=_integer(0), default=0, help="seed of the crops and of random weights (default: 0)"
+    )
+    p.add_argument(
+        "--batch-size", type=_integer(1), default=256, help="crops per teacher call (default: 256)"
+    )
     p.add_argument("--classnames", help="file with one class name per line, in sorted folder order")
     p.add_argument(
-        "--template", default="a photo of a {}.", help="teacher prompt (default: 'a photo of a {}.')"
+        "--template",
+        type=_template,
+        default="a photo of a {}.",
+        help="teacher prompt with one {} for the class name (default: 'a photo of a {}.')",
     )
-    p.add_argument("--temperature", type=float, help="softmax temperature (default: the teacher's own)")
-    p.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"))
-    p.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("MIN", "MAX"))
-    p.add_argument("--shard-size", type=int, default=64, help="images per shard (default: 64)")
-    p.add_argument("--num-workers", type=int, default=0, help="crop-rendering worker processes (default: 0)")
+    p.add_argument(
+        "--temperature",
+        type=_number(positive=True),
+        help="softmax temperature tau > 0 (default: the teacher's own, 1 / logit_scale.exp())",
+    )
+    p.add_argument(
+        "--scale",
+        type=_number(positive=True),
+        nargs=2,
+        default=(0.08, 1.0),
+        metavar=("MIN", "MAX"),
+        help="crop area as a fraction of the image's, 0 < MIN <= MAX <= 1 (default: 0.08 1)",
+    )
+    p.add_argument(
+        "--ratio",
+        type=_number(positive=True),
+        nargs=2,
+        default=(3 / 4, 4 / 3),
+        metavar=("MIN", "MAX"),
+        help="crop aspect ratio (width / height), 0 < MIN <= MAX (default: 3/4 4/3)",
+    )
+    p.add_argument("--shard-size", type=_integer(1), default=64, help="images per shard (default: 64)")
+    p.add_argument(
+        "--num-workers", type=_integer(0), default=0, help="crop-rendering worker processes (default: 0)"
+    )
     p.add_argument("--device", default="auto", help="teacher device: auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--shots", type=int, help="N images per class, drawn with --seed (default: all)")
+    p.add_argument("--shots", type=_integer(1), help="N images per class, drawn with --seed (default: all)")
     p.add_argument(
         "--subset",
         choices=["base", "new", "all"],
@@ -66,7 +177,7 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace a table in OUT built with other settings"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_build_cache)
+    p.set_defaults(handler=_build_cache, parser=p)
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +187,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
         "--plot", metavar="FILE.png", help="also draw a histogram of w and the lowest/highest-w crops"
     )
     p.add_argument("--images", help="the image folder the table was built on (needed by --plot)")
-    p.set_defaults(handler=_inspect)
+    p.set_defaults(handler=_inspect, parser=p)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -97,33 +208,50 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", help="the image folder the table was built on")
     p.add_argument("--student", required=True, help="open_clip model name or path of a model-config JSON")
     p.add_argument(
-        "--pretrained", default="none", help="open_clip tag, checkpoint path, or 'none' (default: none)"
+        "--pretrained",
+        help="open_clip tag, checkpoint path, or 'none' for random weights seeded by --seed; required "
+        "for a named model",
     )
     p.add_argument("--out", required=True, help="the run's folder")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs}, as in the paper)")
+    p.add_argument(
+        "--epochs",
+        type=_integer(1),
+        default=d.epochs,
+        help=f"epochs of the cosine schedule (default: {d.epochs}, as in the paper)",
+    )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=_integer(1),
         default=d.batch_size,
         help=f"images per step per process (default: {d.batch_size})",
     )
     p.add_argument(
-        "--lr", type=float, default=d.lr, help=f"SGD learning rate, cosine schedule (default: {d.lr})"
+        "--lr",
+        type=_number(positive=True),
+        default=d.lr,
+        help=f"SGD learning rate, cosine schedule (default: {d.lr})",
     )
-    p.add_argument("--lambda-neg", type=float, default=d.lambda_neg, help="weight of Eq. 10 (default: 1)")
-    p.add_argument("--lambda-diff1", type=float, default=d.lambda_diff1, help="weight of Eq. 13 (default: 1)")
-    p.add_argument("--lambda-diff2", type=float, default=d.lambda_diff2, help="weight of Eq. 16 (default: 1)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="alpha of Eq. 13 (default: 1)")
-    p.add_argument("--delta", type=float, default=d.delta, help="delta of Eq. 16 (default: 0.1)")
+    for name, what in (("neg", "Eq. 10"), ("diff1", "Eq. 13"), ("diff2", "Eq. 16")):
+        default = getattr(d, f"lambda_{name}")
+        p.add_argument(
+            f"--lambda-{name}",
+            type=_number(0.0),
+            default=default,
+            help=f"weight of {what} (default: {default:g})",
+        )
+    p.add_argument(
+        "--alpha", type=_number(0.0), default=d.alpha, help=f"alpha of Eq. 13 (default: {d.alpha:g})"
+    )
+    p.add_argument("--delta", type=_number(), default=d.delta, help=f"delta of Eq. 16 (default: {d.delta:g})")
     p.add_argument(
         "--n-ctx",
-        type=int,
+        type=_integer(1),
         help="context tokens, randomly initialised (default: the init phrases 'a photo of a' / 'a photo of no')",
     )
     p.add_argument("--class-specific", action="store_true", help="one context per class (CoOp's CSC)")
     p.add_argument(
         "--crops-per-image",
-        type=int,
+        type=_integer(1),
         default=d.crops_per_image,
         help="regions per image per step (default: 1)",
     )
@@ -131,11 +259,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--classnames",
         help="file of the class names the student's split must have (checked against the table)",
     )
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes (default: 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--num-workers", type=_integer(0), default=0, help="data-loading worker processes (default: 0)"
+    )
+    p.add_argument(
+        "--seed",
+        type=_integer(0),
+        default=0,
+        help="seed of the data order and of random weights (default: 0)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_train)
+    p.set_defaults(handler=_train, parser=p)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -155,9 +290,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", help="override the run's student model")
     p.add_argument("--pretrained", help="override the run's student weights")
     p.add_argument("--initial", action="store_true", help="also evaluate the initial prompts")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
-    p.set_defaults(handler=_evaluate)
+    p.add_argument("--batch-size", type=_integer(1), default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.set_defaults(handler=_evaluate, parser=p)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -180,15 +315,20 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-pretrained", help="tag or checkpoint for the teacher (default: random)")
     p.add_argument("--student", help="open_clip name or config JSON (default: a smaller tiny config)")
     p.add_argument("--student-pretrained", help="tag or checkpoint for the student (default: random)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--crops-per-image", type=int, default=d.crops_per_image)
-    p.add_argument("--topk", type=int, default=d.topk)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.set_defaults(handler=_demo)
+    p.add_argument("--epochs", type=_integer(1), default=d.epochs, help=f"(default: {d.epochs})")
+    p.add_argument(
+        "--crops-per-image",
+        type=_integer(1),
+        default=d.crops_per_image,
+        help=f"(default: {d.crops_per_image})",
+    )
+    p.add_argument("--topk", type=_integer(1), default=d.topk, help=f"(default: {d.topk})")
+    p.add_argument("--seed", type=_integer(0), default=d.seed, help=f"(default: {d.seed})")
+    p.set_defaults(handler=_demo, parser=p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fdbpl",
         description="Faster Distillation-Based Prompt Learning for CLIP.",
     )
@@ -232,7 +372,7 @@ def _build_cache(args: argparse.Namespace) -> int:
     device = _device(args.device, local_rank, kind)
     classnames = _read_classnames(args.classnames) if args.classnames else None
     scan = select_images(scan_image_folder(args.images, classnames), args.subset, args.shots, args.seed)
-    loaded = load_open_clip(args.teacher, args.pretrained, device=device)
+    loaded = load_open_clip(args.teacher, args.pretrained, device=device, seed=args.seed)
     teacher = clip_teacher(
         loaded.model,
         scan.classnames,
@@ -242,7 +382,11 @@ def _build_cache(args: argparse.Namespace) -> int:
         loaded.std,
         template=args.template,
         temperature=args.temperature,
-        description={"name": loaded.name, "pretrained": loaded.pretrained},
+        description={
+            "name": loaded.name,
+            "pretrained": loaded.pretrained,
+            **({"seed": loaded.seed} if loaded.seed is not None else {}),
+        },
     )
     summary = build_table(
         args.images,
@@ -331,7 +475,7 @@ def _train(args: argparse.Namespace) -> int:
     device = _device(args.device, local_rank, kind)
     classnames = _read_classnames(args.classnames) if args.classnames else None
     table = RILTable.open(args.table, classnames=classnames)
-    student = load_open_clip(args.student, args.pretrained, device=device)
+    student = load_open_clip(args.student, args.pretrained, device=device, seed=args.seed)
     random_ctx = args.n_ctx is not None
     config = TrainConfig(
         epochs=args.epochs,
@@ -392,7 +536,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     # evaluation runs in one process: no process group, even when started under torchrun
     device = _device(args.device, 0, "cuda" if torch.cuda.is_available() else "cpu")
-    student = load_open_clip(name, args.pretrained or recorded.get("pretrained"), device=device)
+    pretrained = args.pretrained or recorded.get("pretrained")
+    student = load_open_clip(name, pretrained, device=device, seed=int(recorded.get("seed", 0)))
     classnames = _read_classnames(args.classnames) if args.classnames else None
     subsets = ["base", "new"] if args.classes == "base-new" else [args.classes]
     rows = [("learned", state)] + ([("initial", None)] if args.initial else [])
@@ -447,6 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    _check_args(args)
     from fdbpl.errors import FDBPLError
 
     try:
@@ -454,3 +600,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FDBPLError as e:
         print(f"fdbpl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nfdbpl {args.command}: interrupted — run the same command again to resume", file=sys.stderr)
+        return 130
+    except OSError as e:  # a full disk, a permission, a vanished file: the system's words, one line
+        print(f"fdbpl {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Checks that need several arguments or the machine, before anything is loaded."""
+    parser = args.parser
+    if getattr(args, "scale", None) is not None:
+        _check_range(parser, "--scale", args.scale, 1.0)
+    if getattr(args, "ratio", None) is not None:
+        _check_range(parser, "--ratio", args.ratio, None)
+    if args.command == "build-cache":
+        _check_out_folder(parser, "out", args.out)
+    elif args.command in ("train", "demo"):
+        _check_out_folder(parser, "--out", args.out)
+    if getattr(args, "device", None) is not None:
+        _check_device(parser, args.device)

@@ -162,12 +162,11 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, float]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        torch.manual_seed(cfg.seed)  # random initialisation, reproducibly
         teacher = load_open_clip(
-            cfg.teacher or _tiny(out, "demo-teacher", TINY_TEACHER), cfg.teacher_pretrained
+            cfg.teacher or _tiny(out, "demo-teacher", TINY_TEACHER), cfg.teacher_pretrained, seed=cfg.seed
         )
         student = load_open_clip(
-            cfg.student or _tiny(out, "demo-student", TINY_STUDENT), cfg.student_pretrained
+            cfg.student or _tiny(out, "demo-student", TINY_STUDENT), cfg.student_pretrained, seed=cfg.seed + 1
         )
     if cfg.teacher is None and cfg.fit_teacher_steps > 0:
         t0 = time.perf_counter()

@@ -15,7 +15,8 @@ from fdbpl.errors import InputValueError
 
 __all__ = ["LoadedCLIP", "load_open_clip"]
 
-_RANDOM = ("none", "random", "")
+_RANDOM = ("none", "random")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class LoadedCLIP:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     tokenizer: Any
+    seed: int | None = None  # the seed of a random initialisation, None for real weights
 
     def recipe(self) -> dict[str, Any]:
         """The keyword arguments :func:`fdbpl.train.train` and evaluation take from a loaded model."""
@@ -45,6 +47,7 @@ class LoadedCLIP:
             "name": self.name,
             "source": self.source,
             "pretrained": self.pretrained,
+            **({"seed": self.seed} if self.seed is not None else {}),
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -68,8 +71,37 @@ def _model_name(model: str) -> str:
     return model
 
 
+def _weights(name: str, pretrained: str | os.PathLike[str] | None, from_config: bool) -> str:
+    """The weights to load: ``"none"`` (random), an existing checkpoint path, or a known tag."""
+    import open_clip
+
+    if pretrained is None:
+        if from_config:
+            return "none"
+        raise InputValueError(
+            f"pretrained: {name} needs weights: an open_clip tag (e.g. 'openai') or a local checkpoint "
+            "file; pass pretrained='none' (--pretrained none) to ask for random weights"
+        )
+    tag = str(pretrained)
+    if tag.lower() in _RANDOM:
+        return "none"
+    path = Path(tag).expanduser()
+    if path.exists() or any(sep in tag for sep in ("/", os.sep)) or path.suffix in _CHECKPOINT_SUFFIXES:
+        if not path.is_file():
+            raise InputValueError(f"pretrained: checkpoint file {tag} does not exist")
+        return str(path)
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in tags:
+        valid = ", ".join(tags) if tags else "none (it has no published weights: pass a checkpoint file)"
+        raise InputValueError(f"pretrained: {tag!r} is not a pretrained tag of {name}; valid: {valid}")
+    return tag
+
+
 def load_open_clip(
-    model: str, pretrained: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
+    model: str,
+    pretrained: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
 ) -> LoadedCLIP:
     """Create an open_clip model from a name or a config JSON, with weights from a tag or a file.
 
@@ -77,39 +109,69 @@ def load_open_clip(
         model: an open_clip model name (``"ViT-B-32"``) or the path of a model-config JSON
             file (registered with ``open_clip.add_model_config``; its stem is the name).
         pretrained: an open_clip pretrained tag (``"openai"``), the path of a local
-            checkpoint, or ``None`` / ``"none"`` for random initialisation (with a warning:
-            a random teacher or student teaches nothing real).
+            checkpoint, or ``"none"`` for random initialisation (with a warning: a random
+            teacher or student teaches nothing real). A named model needs it (``None`` is
+            an error); for a config JSON ``None`` means random.
         device: where to put the model.
+        seed: the seed of the random initialisation, so a random model is the same on
+            every call (the global random state is left as it was).
 
     Returns:
         :class:`LoadedCLIP`, the model in eval mode with its input size, normalisation and
         tokenizer.
+
+    Raises:
+        InputValueError: an unknown model, a missing weights argument for a named model, a
+            mistyped tag (the valid ones are listed), a missing or unreadable checkpoint
+            file, or weights that cannot be downloaded (pass a local file instead).
     """
     import open_clip
 
+    from_config = str(model).endswith(".json")
     name = _model_name(str(model))
-    tag = "none" if pretrained is None or str(pretrained).lower() in _RANDOM else str(pretrained)
-    if tag == "none":
-        warnings.warn(
-            f"{name} is random-initialised (pretrained=none): its predictions are noise; pass "
-            "pretrained='openai' (or another tag) or a checkpoint path for real weights",
-            UserWarning,
-            stacklevel=2,
-        )
-        quiet = logging.getLogger()
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # open_clip logs its own "initialized randomly" warning
-        try:
-            clip = open_clip.create_model(name, pretrained=None, device=device)
-        finally:
-            quiet.setLevel(level)
-    else:
-        clip = open_clip.create_model(name, pretrained=tag, device=device)
-    clip.eval()
+    tag = _weights(name, pretrained, from_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if tag == "none":
+            warnings.warn(
+                f"{name} is random-initialised (pretrained=none, seed {seed}): its predictions are noise; "
+                "pass pretrained='openai' (or another tag) or a checkpoint path for real weights",
+                UserWarning,
+                stacklevel=2,
+            )
+            quiet = logging.getLogger()
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # open_clip logs its own "initialized randomly" warning
+            try:
+                clip = open_clip.create_model(name, pretrained=None)
+            finally:
+                quiet.setLevel(level)
+        else:
+            clip = _create_with_weights(name, tag)
+    clip = clip.to(device).eval()
     cfg = open_clip.get_model_preprocess_cfg(clip)
     size = cfg.get("size", getattr(clip.visual, "image_size", 224))
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    source = str(Path(model).resolve()) if str(model).endswith(".json") else str(model)
-    return LoadedCLIP(clip, name, tag, source, size, mean, std, open_clip.get_tokenizer(name))  # type: ignore[arg-type]
+    source = str(Path(model).resolve()) if from_config else str(model)
+    random_seed = int(seed) if tag == "none" else None
+    return LoadedCLIP(clip, name, tag, source, size, mean, std, open_clip.get_tokenizer(name), random_seed)  # type: ignore[arg-type]
+
+
+def _create_with_weights(name: str, tag: str) -> torch.nn.Module:
+    import open_clip
+
+    is_file = Path(tag).is_file()
+    try:
+        return open_clip.create_model(name, pretrained=tag)
+    except Exception as e:  # open_clip and its downloaders raise many types
+        if is_file:
+            raise InputValueError(
+                f"pretrained: {tag} is not a checkpoint of {name} ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
+        raise InputValueError(
+            f"pretrained: the {tag!r} weights of {name} could not be loaded or downloaded "
+            f"({type(e).__name__}: {str(e)[:200]}); download them elsewhere and pass the local file "
+            "(--pretrained PATH)"
+        ) from None

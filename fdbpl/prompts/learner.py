@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fdbpl._checks import check_count
 from fdbpl.errors import InputValueError
 from fdbpl.losses.functional import CLIP_LOGIT_SCALE, clip_logits
 from fdbpl.prompts.text_tower import TextTower, Tokenizer
@@ -177,9 +179,7 @@ class DualPromptLearner(nn.Module):
         tower: TextTower, tokenizer: Tokenizer, init: str | None, n_ctx: int | None, space: str
     ) -> tuple[int, torch.Tensor]:
         if init is None:
-            n = _RANDOM_N_CTX if n_ctx is None else int(n_ctx)
-            if n < 1:
-                raise InputValueError(f"n_ctx: expected a positive integer, got {n_ctx!r}")
+            n = _RANDOM_N_CTX if n_ctx is None else check_count("n_ctx", n_ctx)
             ctx = torch.empty(n, tower.width, device=tower.device, dtype=torch.float32)
             nn.init.normal_(ctx, std=0.02)
             return n, ctx
@@ -245,6 +245,10 @@ class DualPromptLearner(nn.Module):
         if classes is None:
             return torch.arange(self.num_classes, device=device)
         if isinstance(classes, torch.Tensor):
+            if classes.dtype == torch.bool or classes.is_floating_point() or classes.is_complex():
+                raise InputValueError(
+                    f"classes: expected integer class ids or class names, got a tensor of dtype {classes.dtype}"
+                )
             idx = classes.to(device=device, dtype=torch.long).flatten()
         else:
             items = list(classes)
@@ -254,6 +258,11 @@ class DualPromptLearner(nn.Module):
                 if unknown:
                     raise InputValueError(f"classes: unknown class names {unknown[:10]!r}")
                 items = [lookup[c] for c in items]
+            bad = [c for c in items if isinstance(c, bool) or not isinstance(c, numbers.Integral)]
+            if bad:
+                raise InputValueError(
+                    f"classes: expected integer class ids or class names, got {bad[:5]!r} among them"
+                )
             idx = torch.tensor(items, dtype=torch.long, device=device)
         if idx.numel() == 0:
             raise InputValueError("classes: expected at least one class, got none")
@@ -352,6 +361,10 @@ class DualPromptLearner(nn.Module):
         }
 
     def set_extra_state(self, state: Any) -> None:
+        self._check_extra_state(state)
+
+    def _check_extra_state(self, state: Any) -> None:
+        """Refuse a checkpoint of other class names or prompt shapes; changes nothing."""
         if not isinstance(state, dict) or "classnames" not in state:
             raise InputValueError("state_dict: not a DualPromptLearner checkpoint (no class names in it)")
         mine = self.get_extra_state()
@@ -372,6 +385,53 @@ class DualPromptLearner(nn.Module):
                 raise InputValueError(
                     f"state_dict: the checkpoint has {key}={state.get(key)!r}, this learner {key}={mine[key]!r}"
                 )
+
+    def _check_state_dict(self, state_dict: Mapping[str, Any], prefix: str, strict: bool) -> None:
+        """Everything :meth:`load_state_dict` could refuse, checked before anything is copied."""
+        extra = prefix + "_extra_state"
+        if extra not in state_dict:
+            raise InputValueError(
+                f"state_dict: no {extra!r} in it, so its class names and prompt shapes cannot be checked "
+                "(not a DualPromptLearner state; load_contexts takes bare contexts)"
+            )
+        self._check_extra_state(state_dict[extra])
+        for space in SPACES:
+            name = f"{space}_context"
+            theirs = state_dict.get(prefix + name)
+            mine = getattr(self, name)
+            if theirs is None:
+                if strict:
+                    raise InputValueError(f"state_dict: no {prefix + name!r} in it (strict=True)")
+                continue
+            if not isinstance(theirs, torch.Tensor) or theirs.shape != mine.shape:
+                shape = tuple(theirs.shape) if isinstance(theirs, torch.Tensor) else type(theirs).__name__
+                raise InputValueError(
+                    f"state_dict: {prefix + name} has shape {shape}, this learner's is {tuple(mine.shape)}"
+                )
+            if not theirs.is_floating_point():
+                raise InputValueError(
+                    f"state_dict: {prefix + name} has dtype {theirs.dtype}, expected floating point"
+                )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """:meth:`torch.nn.Module.load_state_dict`, all or nothing: a state of other class names,
+        prompt shapes, with missing or (``strict``) unexpected keys is refused before any
+        context is copied, whatever ``strict`` says about the rest."""
+        self._check_state_dict(state_dict, "", strict)
+        if strict:
+            unexpected = sorted(set(state_dict) - {"_extra_state", *(f"{s}_context" for s in SPACES)})
+            if unexpected:
+                raise InputValueError(f"state_dict: unexpected keys {unexpected[:5]} (strict=True)")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # type: ignore[no-untyped-def]
+        # also when the learner is loaded as part of a larger module
+        self._check_state_dict(state_dict, prefix, strict)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def load_contexts(self, state_dict: Mapping[str, Any]) -> None:
         """Take the trained contexts of another learner's ``state_dict``, for other class names.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fdbpl._checks import check_probabilities, compute_dtype
+from fdbpl._checks import check_number, check_probabilities, compute_dtype
 from fdbpl.sparsify.labels import SparseSoftLabels
 
 __all__ = ["entropy"]
@@ -35,6 +35,7 @@ def entropy(labels: torch.Tensor | SparseSoftLabels, eps: float = 0.0) -> torch.
         >>> entropy(torch.full((1, 4), 0.25))
         tensor([1.3863])
     """
+    eps = check_number("eps", eps, minimum=0.0)
     if isinstance(labels, SparseSoftLabels):
         values = labels.values.to(compute_dtype(labels.values))
         fill = labels.fill.to(values.dtype)

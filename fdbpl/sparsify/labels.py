@@ -9,6 +9,7 @@ import torch
 
 from fdbpl._checks import (
     SUM_TOLERANCE,
+    check_count,
     check_floating,
     check_integer,
     check_ndim,
@@ -96,7 +97,7 @@ class SparseSoftLabels:
                 f"fill: expected shape ({values.shape[0]},) to match values {shape_str(values)}, "
                 f"got {shape_str(fill)}"
             )
-        num_classes = int(num_classes)
+        num_classes = check_count("num_classes", num_classes)
         k = values.shape[1]
         if not 1 <= k <= num_classes:
             raise ShapeError(
@@ -111,9 +112,9 @@ class SparseSoftLabels:
         self.fill = fill.to(dtype)
         self.num_classes = num_classes
         if validate and value_checks_enabled():
-            self._check_values(tol)
+            self._check_values(tol, torch.finfo(values.dtype).eps)
 
-    def _check_values(self, tol: float) -> None:
+    def _check_values(self, tol: float, value_eps: float) -> None:
         n, k = self.values.shape
         if n == 0:
             return
@@ -134,6 +135,18 @@ class SparseSoftLabels:
         for name, t in (("values", self.values), ("fill", self.fill)):
             if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
                 raise InputValueError(f"{name}: expected finite, non-negative probabilities")
+        if k < self.num_classes:
+            # A class outside the Top-K cannot hold more than a stored one, up to the rounding
+            # of the stored values and of fill = (1 - sum(values)) / (C - K).
+            lowest = self.values.min(dim=1).values
+            slack = 4 * value_eps * (lowest + k / (self.num_classes - k))
+            over = self.fill > lowest + slack
+            if bool(over.any()):
+                row = int(over.nonzero()[0, 0])
+                raise InputValueError(
+                    f"fill: row {row} gives each class outside its Top-{k} {float(self.fill[row]):.6g}, more "
+                    f"than its smallest stored value {float(lowest[row]):.6g}: not Top-K labels"
+                )
         mass = self.values.sum(dim=1, dtype=torch.float64) + (self.num_classes - k) * self.fill.double()
         err = (mass - 1).abs()
         if float(err.max()) > tol:
@@ -216,8 +229,13 @@ class SparseSoftLabels:
         return self.values.shape[0]
 
     def __getitem__(self, index: _Index) -> SparseSoftLabels:
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+        """Rows as labels; an integer gives a one-row :class:`SparseSoftLabels`."""
+        if isinstance(index, int) and not isinstance(index, bool):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"index {index} is out of range for SparseSoftLabels with N={n} rows")
+            index = index % n
+            index = slice(index, index + 1)
         return SparseSoftLabels(
             self.indices[index], self.values[index], self.fill[index], self.num_classes, validate=False
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import torch
@@ -16,7 +17,7 @@ Strategy = Literal["mr", "ms"]
 
 
 def _check_k(k: int, num_classes: int) -> int:
-    if isinstance(k, bool) or int(k) != k or not 1 <= k <= num_classes:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes:
         raise InputValueError(f"k: expected an integer with 1 <= k <= C={num_classes}, got {k!r}")
     return int(k)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -355,3 +357,34 @@ def test_errors_name_the_argument_and_shapes(fn, args, match):
         fn(*args)
     with pytest.raises(FDBPLError, match="reduction"):
         fn(_F, _T, _T, _L, _W, reduction="avg")
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.bool])
+def test_unsigned_and_bool_labels_are_refused(dtype):
+    """torch reads uint8 and bool index tensors as masks: a wrong value when N == C."""
+    f, pos, neg = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    labels = torch.tensor([1, 0, 1]).to(dtype)
+    for fn in (first_order_difference_loss, second_order_difference_loss):
+        with pytest.raises(
+            FDBPLError, match=rf"labels: expected a signed integer tensor .* got dtype {dtype}"
+        ):
+            fn(f, pos, neg, labels, torch.ones(3))
+
+
+@given(pcd_batches(), st.sampled_from([torch.int8, torch.int16, torch.int32]))
+def test_every_signed_integer_label_dtype_gives_the_int64_result(batch, dtype):
+    f, pos, neg, labels, w = batch
+    for fn in (first_order_difference_loss, second_order_difference_loss):
+        assert torch.equal(fn(f, pos, neg, labels.to(dtype), w), fn(f, pos, neg, labels, w))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["image_features", "positive_text_features", "negative_text_features"])
+def test_nan_or_infinite_features_are_refused(bad, where):
+    args = {
+        n: torch.randn(3, 4) for n in ("image_features", "positive_text_features", "negative_text_features")
+    }
+    args[where][1, 2] = bad
+    for fn in (first_order_difference_loss, second_order_difference_loss):
+        with pytest.raises(FDBPLError, match=rf"{where}: expected finite values"):
+            fn(**args, labels=torch.tensor([0, 1, 2]), weight=torch.ones(3))

@@ -235,3 +235,54 @@ def test_half_inputs_reduce_in_float32(dtype):
 def test_errors_name_the_argument_and_shapes(call, match):
     with pytest.raises(FDBPLError, match=match):
         call()
+
+
+@given(radp_case(), st.data())
+def test_masked_classes_without_teacher_mass_give_the_finite_literal_kl(case, data):
+    """A student logit of -inf where the teacher has no mass: the literal Eq. 9, finite."""
+    logits, labels, weight = case
+    dense = labels if isinstance(labels, torch.Tensor) else labels.to_dense()
+    masked = torch.from_numpy(
+        np.array(data.draw(st.lists(st.booleans(), min_size=dense.numel(), max_size=dense.numel())))
+    )
+    masked = masked.view_as(dense) & (dense == 0)
+    x = logits.detach().masked_fill(masked, -math.inf).requires_grad_()
+    got = positive_distillation_loss(x, labels, weight, reduction="sum")
+    want = literal_pos(x, dense.tolist(), weight)
+    assert bool(torch.isfinite(got))
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    (g,) = torch.autograd.grad(got, x)
+    (g_want,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(g, g_want, rtol=1e-9, atol=1e-9)
+    assert bool((g[masked] == 0).all())
+
+
+def test_a_masked_class_with_teacher_mass_gives_infinity():
+    teacher = torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64)
+    logits = torch.tensor([[0.0, -math.inf, 1.0]], dtype=torch.float64)
+    assert positive_distillation_loss(logits, teacher, torch.ones(1, dtype=torch.float64)) == math.inf
+
+
+@pytest.mark.parametrize("kind", ["dense", "mr", "ms"])
+def test_the_teacher_receives_no_gradient(kind):
+    probs = torch.softmax(torch.randn(4, 6, dtype=torch.float64), dim=1).requires_grad_()
+    teacher = probs if kind == "dense" else sparsify(probs, 3, kind)
+    logits = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    loss = positive_distillation_loss(logits, teacher, torch.rand(4, dtype=torch.float64))
+    grads = torch.autograd.grad(loss, [logits, probs], allow_unused=True)
+    assert grads[0] is not None and grads[1] is None
+
+
+@pytest.mark.parametrize(
+    ("logits", "match"),
+    [
+        (torch.tensor([[0.0, math.nan]]), r"student_logits: expected finite logits or -inf"),
+        (torch.tensor([[0.0, math.inf]]), r"student_logits: expected finite logits or -inf"),
+        (torch.tensor([[-math.inf, -math.inf]]), r"student_logits: row 0 has no finite logit"),
+    ],
+)
+def test_nan_and_infinite_logits_are_refused(logits, match):
+    with pytest.raises(FDBPLError, match=match):
+        positive_distillation_loss(logits, torch.tensor([[0.5, 0.5]]), torch.ones(1))
+    with pytest.raises(FDBPLError, match=match.replace("student_logits", "negative_logits")):
+        negative_uniform_loss(logits, torch.ones(1))

@@ -232,3 +232,73 @@ def test_shared_contexts_transfer_to_other_classes_and_class_specific_ones_do_no
         DualPromptLearner(model, [*NAMES[3:], "owl"], class_specific=True).load_contexts(
             specific.state_dict()
         )
+
+
+def _snapshot(learner):
+    return {k: v.clone() for k, v in learner.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _unchanged(learner, before):
+    return all(torch.equal(v, learner.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_refused_load_changes_nothing(open_clip_model, strict):
+    model, _ = open_clip_model
+    other = DualPromptLearner(model, ["cat", "wolf", *NAMES[2:]])
+    with torch.no_grad():
+        other.positive_context.add_(1.0)
+    learner = DualPromptLearner(model, NAMES)
+    before = _snapshot(learner)
+    with pytest.raises(FDBPLError, match="first differ at index 1"):
+        learner.load_state_dict(other.state_dict(), strict=strict)
+    assert _unchanged(learner, before)
+    bare = {k: v for k, v in other.state_dict().items() if k != "_extra_state"}
+    with pytest.raises(FDBPLError, match=r"no '_extra_state' in it"):
+        learner.load_state_dict(bare, strict=strict)
+    assert _unchanged(learner, before)
+    wide = dict(DualPromptLearner(model, NAMES).state_dict())
+    wide["negative_context"] = torch.zeros(5, 64)
+    with pytest.raises(FDBPLError, match=r"negative_context has shape \(5, 64\)"):
+        learner.load_state_dict(wide, strict=strict)
+    assert _unchanged(learner, before)
+
+
+def test_a_refused_load_inside_a_larger_module_changes_nothing(open_clip_model):
+    model, _ = open_clip_model
+    outer = torch.nn.ModuleDict({"prompts": DualPromptLearner(model, NAMES)})
+    before = _snapshot(outer["prompts"])
+    state = {f"prompts.{k}": v for k, v in DualPromptLearner(model, NAMES[::-1]).state_dict().items()}
+    with pytest.raises(FDBPLError, match="first differ at index 0"):
+        outer.load_state_dict(state)
+    assert _unchanged(outer["prompts"], before)
+
+
+def test_strict_load_refuses_missing_and_unexpected_keys_before_copying(open_clip_model):
+    model, _ = open_clip_model
+    learner = DualPromptLearner(model, NAMES)
+    before = _snapshot(learner)
+    state = dict(DualPromptLearner(model, NAMES).state_dict())
+    state["positive_context"] = state["positive_context"] + 1
+    with pytest.raises(FDBPLError, match=r"unexpected keys \['extra'\]"):
+        learner.load_state_dict({**state, "extra": torch.zeros(1)})
+    with pytest.raises(FDBPLError, match=r"no 'negative_context' in it \(strict=True\)"):
+        learner.load_state_dict({k: v for k, v in state.items() if k != "negative_context"})
+    assert _unchanged(learner, before)
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [torch.tensor([0.0, 1.0]), torch.tensor([True, False, True, False, True]), [0.5, 1], [True, False]],
+)
+def test_float_or_bool_class_selections_are_refused(open_clip_model, classes):
+    model, _ = open_clip_model
+    with pytest.raises(FDBPLError, match="classes: expected integer class ids or class names"):
+        DualPromptLearner(model, NAMES)(classes)
+
+
+@pytest.mark.parametrize("n_ctx", [2.5, 4.0, 0, -3, True])
+def test_non_integer_or_non_positive_n_ctx_is_refused(open_clip_model, n_ctx):
+    model, _ = open_clip_model
+    with pytest.raises(FDBPLError, match="n_ctx: expected an integer >= 1"):
+        DualPromptLearner(model, NAMES, positive_init=None, negative_init=None, n_ctx=n_ctx)

@@ -114,3 +114,39 @@ def test_class_id_dtype_rejects_bad_counts():
     for bad in (0, -3, 2.5, True):
         with pytest.raises(InputValueError, match="num_classes"):
             class_id_dtype(bad)
+
+
+@given(labels(), st.integers(-20, 20))
+def test_integer_indexing_is_a_row_or_an_index_error(case, index):
+    _, lab = case
+    n = len(lab)
+    if -n <= index < n:
+        row = lab[index]
+        assert len(row) == 1 and torch.equal(row.indices, lab.indices[index][None])
+    else:
+        with pytest.raises(IndexError, match=rf"index {index} is out of range .* N={n} rows"):
+            lab[index]
+
+
+@pytest.mark.parametrize("num_classes", [4.0, 4.5, "4", True])
+def test_non_integer_num_classes_is_refused(num_classes):
+    with pytest.raises(InputValueError, match="num_classes: expected an integer"):
+        SparseSoftLabels(torch.tensor([[0]]), torch.tensor([[1.0]]), torch.tensor([0.0]), num_classes)
+
+
+@given(st.integers(3, 10), st.data())
+def test_ms_fill_above_a_stored_value_is_refused(c, data):
+    """Top-K labels cannot give an unstored class more than a stored one, whatever the mass."""
+    k = data.draw(st.integers(2, c - 1))
+    rest = c - k
+    fill = data.draw(st.floats(0.05, 0.9)) / rest
+    lowest = fill * data.draw(st.floats(0.05, 0.97))
+    others = (1 - rest * fill - lowest) / (k - 1)
+    values = torch.tensor([[others] * (k - 1) + [lowest]], dtype=torch.float64)
+    indices = torch.arange(k)[None]
+    if others < 0:
+        with pytest.raises(InputValueError, match="non-negative"):
+            SparseSoftLabels(indices, values, torch.tensor([fill], dtype=torch.float64), c)
+        return
+    with pytest.raises(InputValueError, match=rf"fill: row 0 gives each class outside its Top-{k}"):
+        SparseSoftLabels(indices, values, torch.tensor([fill], dtype=torch.float64), c)

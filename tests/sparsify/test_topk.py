@@ -158,3 +158,17 @@ def test_bad_input_is_a_value_error_naming_the_argument(fn, probs, k, match):
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="strategy: expected 'mr' or 'ms', got 'xx'"):
         sparsify(torch.tensor([[1.0]]), 1, "xx")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("k", [2.0, 2.5, "2", True, None])
+def test_non_integer_k_is_refused(k):
+    with pytest.raises(FDBPLError, match=r"k: expected an integer"):
+        topk_mr(torch.full((1, 4), 0.25), k)
+
+
+@pytest.mark.parametrize("eps", [-1e-3, float("nan"), float("inf")])
+def test_bad_entropy_eps_is_refused(eps):
+    from fdbpl.sparsify import entropy
+
+    with pytest.raises(FDBPLError, match=r"eps: expected a finite number >= 0"):
+        entropy(torch.full((1, 4), 0.25), eps=eps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fdbpl._checks import (
+    check_finite,
     check_floating,
     check_labels,
     check_ndim,
@@ -54,6 +55,7 @@ def _check_features(
         ("negative_text_features", negative_text_features),
     ):
         check_floating(name, t)
+        check_finite(name, t)
     if positive_text_features.shape != negative_text_features.shape:
         raise ShapeError(
             "positive_text_features and negative_text_features must have the same shape (C, D), "
@@ -136,7 +138,7 @@ def first_order_difference_loss(
     dtype = _common_dtype(image_features, positive_text_features, negative_text_features)
     f = image_features.to(dtype)
     d1 = positive_text_features.to(dtype) - negative_text_features.to(dtype)
-    d = d1[labels]
+    d = d1.index_select(0, labels.long())
     s1 = (f * d).sum(dim=1) * _inverse_norm(f) * _inverse_norm(d)
     w = weight.to(dtype)
     return reduce(-((1 - w) * s1 + alpha * w * (1 - s1)), reduction)
@@ -219,6 +221,7 @@ def second_order_difference_loss(
     _check_features(image_features, positive_text_features, negative_text_features, labels, weight, reduction)
     dtype = _common_dtype(image_features, positive_text_features, negative_text_features)
     n = image_features.shape[0]
+    labels = labels.long()
     f = image_features.to(dtype)
     f = f * _inverse_norm(f)[:, None]
     d1 = positive_text_features.to(dtype) - negative_text_features.to(dtype)

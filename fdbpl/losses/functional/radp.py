@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fdbpl._checks import (
-    check_floating,
-    check_ndim,
+    check_logits,
     check_probabilities,
     check_reduction,
     check_weight,
@@ -25,21 +24,24 @@ __all__ = ["Reduction", "negative_uniform_loss", "positive_distillation_loss"]
 Reduction = Literal["mean", "sum", "none"]
 
 
-def _check_logits(name: str, logits: torch.Tensor) -> None:
-    check_ndim(name, logits, 2, "(N, C) of logits")
-    check_floating(name, logits)
+def _cross(t: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """``t * log_p`` with the limit ``0 * log 0 = 0``: a class the teacher gives no mass
+    adds nothing, even where the student's logit is ``-inf`` (a masked class)."""
+    return torch.where(t > 0, t * log_p.masked_fill(t <= 0, 0.0), 0.0)
 
 
 def _sparse_kl(log_p: torch.Tensor, teacher: SparseSoftLabels) -> torch.Tensor:
     """KL(t || p) per row from the K stored entries and the fill mass, never densifying t."""
-    values = teacher.values.to(log_p.dtype)
-    fill = teacher.fill.to(log_p.dtype)
+    values = teacher.values.detach().to(log_p.dtype)
+    fill = teacher.fill.detach().to(log_p.dtype)
     log_p_kept = log_p.gather(1, teacher.indices)
-    kept = (torch.xlogy(values, values) - values * log_p_kept).sum(dim=1)
+    kept = (torch.xlogy(values, values) - _cross(values, log_p_kept)).sum(dim=1)
     # Every class outside the Top-K holds `fill`: sum_c fill * (log fill - log p_c).
     rest = teacher.num_classes - teacher.topk
-    log_p_rest = log_p.sum(dim=1) - log_p_kept.sum(dim=1)
-    return kept + rest * torch.xlogy(fill, fill) - fill * log_p_rest
+    if rest == 0:
+        return kept
+    log_p_rest = log_p.scatter(1, teacher.indices, 0.0).sum(dim=1)
+    return kept + rest * torch.xlogy(fill, fill) - _cross(fill, log_p_rest)
 
 
 def positive_distillation_loss(
@@ -60,8 +62,13 @@ def positive_distillation_loss(
     authors' code release). For :class:`SparseSoftLabels` the dense teacher is never
     built: MR labels use only the K stored entries, MS labels add
     :math:`\text{fill}_i \sum_{c \notin \text{Top-K}} (\log \text{fill}_i - \log p_i(c))`,
-    where the sum over the other classes is the row sum of :math:`\log p_i` minus its
+    where the sum over the other classes is the row sum of :math:`\log p_i` without its
     K stored entries. Logs and reductions run in float32 for half inputs.
+
+    A class with no teacher mass adds nothing (:math:`0 \log 0 = 0`), so a student logit
+    of ``-inf`` (a masked class) gives the finite literal KL where the teacher gives that
+    class no mass, and ``+inf`` where it does. The teacher is a target: it never
+    receives a gradient.
 
     Args:
         student_logits: :math:`(N, C)` positive-prompt logits, Eq. 7 (cosine times logit scale).
@@ -75,8 +82,9 @@ def positive_distillation_loss(
         A scalar, or :math:`(N,)` for ``reduction="none"``.
 
     Raises:
-        ValueError: on mismatched N or C, weights outside ``[0, 1]``, invalid teacher
-            probabilities or an unknown reduction.
+        ValueError: on mismatched N or C, NaN or ``+inf`` logits, a row whose every
+            logit is ``-inf``, weights outside ``[0, 1]``, invalid teacher probabilities
+            or an unknown reduction.
 
     Example:
         >>> import torch
@@ -85,7 +93,7 @@ def positive_distillation_loss(
         >>> positive_distillation_loss(teacher.log(), teacher, torch.ones(1)).abs() < 1e-6
         tensor(True)
     """
-    _check_logits("student_logits", student_logits)
+    check_logits("student_logits", student_logits)
     check_reduction(reduction)
     n, num_classes = student_logits.shape
     if isinstance(teacher, SparseSoftLabels):
@@ -107,8 +115,8 @@ def positive_distillation_loss(
     if isinstance(teacher, SparseSoftLabels):
         kl = _sparse_kl(log_p, teacher)
     else:
-        t = teacher.to(log_p.dtype)
-        kl = (torch.xlogy(t, t) - t * log_p).sum(dim=1)
+        t = teacher.detach().to(log_p.dtype)
+        kl = (torch.xlogy(t, t) - _cross(t, log_p)).sum(dim=1)
     return reduce(weight.to(log_p.dtype) * kl, reduction)
 
 
@@ -126,7 +134,8 @@ def negative_uniform_loss(
         \qquad \bar p_i = \operatorname{softmax}(\text{negative\_logits}_i)
 
     The KL term is :math:`-\log C - \frac{1}{C}\sum_c \log \bar p_i(c)`: non-negative and
-    zero exactly when the negative prediction is uniform.
+    zero exactly when the negative prediction is uniform. A ``-inf`` logit (a masked
+    class) gives ``+inf``, the literal value: the uniform target puts mass on every class.
 
     Args:
         negative_logits: :math:`(N, C)` negative-prompt logits, Eq. 8.
@@ -143,7 +152,7 @@ def negative_uniform_loss(
         >>> negative_uniform_loss(torch.zeros(2, 5), torch.tensor([0.0, 0.5]))
         tensor(0.)
     """
-    _check_logits("negative_logits", negative_logits)
+    check_logits("negative_logits", negative_logits)
     check_reduction(reduction)
     n, num_classes = negative_logits.shape
     check_weight("weight", weight, n)

@@ -7,8 +7,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fdbpl._checks import check_ndim, check_probabilities, shape_str
-from fdbpl.errors import ShapeError
+from fdbpl._checks import check_finite, check_ndim, check_probabilities, shape_str, value_checks_enabled
+from fdbpl.errors import InputValueError, ShapeError
 from fdbpl.losses.functional.pcd import (
     NORM_EPS,
     first_order_difference_loss,
@@ -41,6 +41,23 @@ class FDBPLLossOutput(NamedTuple):
     second_order: torch.Tensor
 
 
+def _check_logit_scale(logit_scale: float | torch.Tensor) -> None:
+    if isinstance(logit_scale, torch.Tensor):
+        if logit_scale.numel() != 1:
+            raise ShapeError(
+                f"logit_scale: expected a number or a 0-d tensor, got shape {shape_str(logit_scale)}"
+            )
+        if not value_checks_enabled():
+            return
+        value = float(logit_scale.detach())
+    else:
+        value = logit_scale
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise InputValueError(
+            f"logit_scale: expected a positive finite multiplier 1/tau (a model's logit_scale.exp()), got {value!r}"
+        )
+
+
 def clip_logits(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -54,7 +71,7 @@ def clip_logits(
     Args:
         image_features: :math:`(N, D)`.
         text_features: :math:`(C, D)`.
-        logit_scale: a float or a 0-d tensor (it may carry gradients).
+        logit_scale: a positive float or a 0-d tensor (it may carry gradients).
 
     Returns:
         :math:`(N, C)` logits in the wider dtype of the inputs (at least float32).
@@ -66,6 +83,9 @@ def clip_logits(
             "image_features (N, D) and text_features (C, D) must share D, "
             f"got {shape_str(image_features)} and {shape_str(text_features)}"
         )
+    check_finite("image_features", image_features)
+    check_finite("text_features", text_features)
+    _check_logit_scale(logit_scale)
     dtype = torch.promote_types(torch.promote_types(image_features.dtype, text_features.dtype), torch.float32)
     f = F.normalize(image_features.to(dtype), dim=1, eps=NORM_EPS)
     t = F.normalize(text_features.to(dtype), dim=1, eps=NORM_EPS)
