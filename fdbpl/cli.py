@@ -187,6 +187,11 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
         "--plot", metavar="FILE.png", help="also draw a histogram of w and the lowest/highest-w crops"
     )
     p.add_argument("--images", help="the image folder the table was built on (needed by --plot)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also read every file and check its SHA-256 against the one recorded at build time",
+    )
     p.set_defaults(handler=_inspect, parser=p)
 
 
@@ -355,10 +360,25 @@ def _init_distributed() -> tuple[int, str]:
 
 
 def _read_classnames(path: str) -> list[str]:
-    text = Path(path).read_text(encoding="utf-8")
+    """One class name per line, or a JSON list of strings."""
+    from fdbpl.cache.images import check_distinct_classnames
+    from fdbpl.errors import InputValueError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputValueError(f"--classnames: cannot read {path} ({e})") from None
     if text.lstrip().startswith("["):
-        return [str(n) for n in json.loads(text)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputValueError(f"--classnames: {path} is not a JSON list ({e})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InputValueError(f"--classnames: {path} is not a JSON list of strings")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    check_distinct_classnames(names, path)
+    return names
 
 
 def _build_cache(args: argparse.Namespace) -> int:
@@ -429,7 +449,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     from fdbpl.cache import RILTable
 
-    table = RILTable.open(args.table)
+    table = RILTable.open(args.table, verify=args.verify)
     m = table.manifest
     teacher = m["teacher"]
     w = table.weights(np.arange(len(table))).numpy()
@@ -449,6 +469,8 @@ def _inspect(args: argparse.Namespace) -> int:
         f"weight w    mean {w.mean():.3f}, min {w.min():.3f}, max {w.max():.3f}",
         *_histogram(w),
     ]
+    if args.verify:
+        lines.append("verified    every file matches the SHA-256 recorded when it was built")
     print("\n".join(lines))
     if args.plot:
         from fdbpl.cache.plot import plot_table

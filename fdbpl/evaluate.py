@@ -12,9 +12,9 @@ import torch
 from fdbpl.cache.images import decode_image, scan_image_folder
 from fdbpl.errors import InputValueError
 from fdbpl.prompts import DualPromptLearner
-from fdbpl.split import Subset, select_images
+from fdbpl.split import Subset, select_images, split_classes
 
-__all__ = ["Accuracy", "evaluate_prompts", "harmonic_mean", "learner_for", "preprocess"]
+__all__ = ["Accuracy", "check_run_classes", "evaluate_prompts", "harmonic_mean", "learner_for", "preprocess"]
 
 
 @dataclass
@@ -71,6 +71,28 @@ def learner_for(
     return learner
 
 
+def check_run_classes(trained: list[str], folder: list[str], images: object) -> None:
+    """The run's classes must be all of the folder's, or its base half (CoOp's split).
+
+    Otherwise "Base" and "New" would be measured on classes the run never saw as such.
+
+    Raises:
+        InputValueError: naming the first class that differs.
+    """
+    base = [folder[i] for i in split_classes(len(folder), "base")]
+    if trained in (folder, base):
+        return
+    want = base if len(trained) == len(base) else folder
+    first = next((i for i, (a, b) in enumerate(zip(trained, want)) if a != b), min(len(trained), len(want)))
+    theirs = trained[first] if first < len(trained) else "<end>"
+    mine = want[first] if first < len(want) else "<end>"
+    raise InputValueError(
+        f"images: the run was trained on {len(trained)} classes, which are neither the {len(folder)} classes "
+        f"of {images} nor their base half; first difference at index {first}: {theirs!r} in the run vs "
+        f"{mine!r} in the folder"
+    )
+
+
 @torch.no_grad()
 def evaluate_prompts(
     student: torch.nn.Module,
@@ -93,7 +115,10 @@ def evaluate_prompts(
     """
     from fdbpl.cache import OPENAI_MEAN, OPENAI_STD
 
-    scan = select_images(scan_image_folder(images, classnames, check=False), subset)
+    full = scan_image_folder(images, classnames, check=False)
+    if state is not None and "classnames" in state:
+        check_run_classes(list(state["classnames"]), full.classnames, images)
+    scan = select_images(full, subset)
     if not scan.images:
         raise InputValueError(f"images: no image of the {subset} classes under {images}")
     student = student.to(device).eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -61,6 +62,19 @@ def _model_name(model: str) -> str:
         path = Path(model)
         if not path.is_file():
             raise InputValueError(f"model: config file {model} does not exist")
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputValueError(f"model: {model} is not a JSON model config ({e})") from None
+        missing = [
+            k
+            for k in ("embed_dim", "vision_cfg", "text_cfg")
+            if not isinstance(config, dict) or k not in config
+        ]
+        if missing:
+            raise InputValueError(
+                f"model: {model} is not an open_clip model config (no {', '.join(missing)})"
+            )
         open_clip.add_model_config(path)
         return path.stem
     if model not in open_clip.list_models():

@@ -21,9 +21,11 @@ from typing import Any
 
 import torch
 
+from fdbpl._checks import check_count, check_number
 from fdbpl.cache import RegionDataset, RILTable
 from fdbpl.cache.manifest import MANIFEST
-from fdbpl.cache.storage import write_json_atomic
+from fdbpl.cache.storage import write_bytes_atomic, write_json_atomic
+from fdbpl.distributed import rank_and_world
 from fdbpl.errors import InputValueError
 from fdbpl.losses import FDBPLLoss
 from fdbpl.prompts import DualPromptLearner
@@ -63,6 +65,18 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "crops_per_image"):
+            check_count(name, getattr(self, name))
+        for name in ("num_workers", "seed"):
+            check_count(name, getattr(self, name), minimum=0)
+        if self.n_ctx is not None:
+            check_count("n_ctx", self.n_ctx)
+        check_number("lr", self.lr, positive=True)
+        for name in ("momentum", "weight_decay", "lambda_neg", "lambda_diff1", "lambda_diff2", "alpha"):
+            check_number(name, getattr(self, name), minimum=0.0)
+        check_number("delta", self.delta)
+
 
 @dataclass
 class TrainResult:
@@ -76,12 +90,6 @@ class TrainResult:
 def table_hash(table: RILTable) -> str:
     """SHA-256 of the table's manifest file: a checkpoint names the exact table it was trained on."""
     return hashlib.sha256((table.path / MANIFEST).read_bytes()).hexdigest()
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class _ShareSampler(torch.utils.data.Sampler[int]):
@@ -120,17 +128,55 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _trim_log(path: Path, epochs_kept: int) -> None:
-    """Drop log lines of the epoch a crash interrupted: the resumed run writes them again."""
+    """Keep the log lines of the first ``epochs_kept`` epochs: the resumed run writes the
+    rest again. A line cut short (a kill or a full disk mid-write) is dropped too."""
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if json.loads(line)["epoch"] < epochs_kept
+    kept = []
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and entry["epoch"] < epochs_kept:
+            kept.append(line)
+    write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode("utf-8"))
+
+
+#: Settings that do not change what a run computes, so a resumed run may change them.
+_FREE_ON_RESUME = ("num_workers",)
+
+
+def _check_same_settings(run: Path, state: dict[str, Any], settings: dict[str, Any]) -> None:
+    """A run resumes only with the settings it started with; name the ones that differ.
+
+    A finished cosine schedule cannot be extended (its learning rate is 0 from there on),
+    so more ``epochs`` is refused like any other change.
+    """
+    if state.get("table_sha256") != settings["table_sha256"]:
+        theirs = str(state.get("table_sha256"))
+        raise InputValueError(
+            f"run: {run} was trained on another table (manifest sha256 {theirs[:12]}, "
+            f"this table {settings['table_sha256'][:12]}); choose a new run folder"
+        )
+    recorded = state.get("settings")
+    if recorded is None:  # checkpoints of fdbpl 0.1 kept the settings in config.json only
+        config = run / CONFIG
+        recorded = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    before = recorded.get("config", {})
+    changed = [
+        f"{k}: {before[k]!r} -> {v!r}"
+        for k, v in settings["config"].items()
+        if k in before and before[k] != v and k not in _FREE_ON_RESUME
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    for key in ("student", "image_size"):
+        if key in recorded and recorded[key] != settings[key]:
+            changed.append(f"{key}: {recorded[key]!r} -> {settings[key]!r}")
+    if changed:
+        raise InputValueError(
+            f"run: {run} was started with other settings ({'; '.join(changed)}); resume it with the same "
+            "settings, or start a new run in another folder (a finished cosine schedule cannot be extended)"
+        )
 
 
 def load_run(run: str | os.PathLike[str]) -> dict[str, Any]:
@@ -182,7 +228,7 @@ def train(
     from fdbpl.cache import OPENAI_MEAN, OPENAI_STD
 
     cfg = config or TrainConfig()
-    rank, world = _dist()
+    rank, world = rank_and_world()
     run = Path(run)
     device = torch.device(device)
     student = student.to(device).eval()
@@ -226,18 +272,19 @@ def train(
     logit_scale = student.logit_scale.exp().detach() if hasattr(student, "logit_scale") else 100.0
 
     digest = table_hash(table)
+    settings = {
+        "config": asdict(cfg),
+        "table_sha256": digest,
+        "student": student_description or {},
+        "image_size": image_size,
+    }
     start_epoch, step = 0, 0
     if (run / CHECKPOINT).is_file():
         state = load_run(run)
-        if state["table_sha256"] != digest:
-            raise InputValueError(
-                f"run: {run} was trained on another table (manifest sha256 {state['table_sha256'][:12]}, "
-                f"this table {digest[:12]}); choose a new run folder"
-            )
+        _check_same_settings(run, state, settings)
         learner.load_state_dict(state["learner"])  # refuses other class names or n_ctx
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scheduler.T_max = max(1, cfg.epochs * steps_per_epoch)  # a resumed run may ask for more epochs
         start_epoch, step = int(state["epoch"]), int(state["step"])
         if rank == 0:
             _trim_log(run / LOG, start_epoch)
@@ -245,16 +292,9 @@ def train(
         run.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
             run / CONFIG,
-            {
-                "config": asdict(cfg),
-                "table": str(table.path),
-                "table_sha256": digest,
-                "images": str(images),
-                "student": student_description or {},
-                "image_size": image_size,
-                "world_size": world,
-            },
+            {**settings, "table": str(table.path), "images": str(images), "world_size": world},
         )
+        _trim_log(run / LOG, 0)  # an attempt killed before its first checkpoint starts over
 
     log = open(run / LOG, "a", encoding="utf-8") if rank == 0 else None
     started = time.perf_counter()
@@ -328,6 +368,7 @@ def train(
                         "step": step,
                         "classnames": table.classnames,
                         "table_sha256": digest,
+                        "settings": settings,
                         "n_ctx": dict(learner.n_ctx),
                         "inits": dict(learner.inits),
                         "class_specific": learner.class_specific,

@@ -6,17 +6,21 @@ cut into fixed shards of ``shard_size`` images, rank ``r`` of ``W`` builds shard
 and the teacher always sees the same groups of crops. A build with 2 processes writes
 the same bytes as a build with 1; a killed build run again finishes the same table.
 
-Resume: a shard in progress lives in ``shard-NNNNN.partial/`` as memory-mapped columns
-plus a per-image ``done`` flag that is set only after the image's rows are written. A
-finished shard is renamed to ``shard-NNNNN/``; the manifest is written last. Nothing is
-read as complete before its rename.
+Byte-identical tables across rank counts and resumes rest on that last point: the
+teacher's outputs are computed in the same batches every time (groups of
+``batch_size // crops_per_image`` whole images within a shard), because CPU and GPU
+kernels may give other last bits for another batch composition.
+
+Resume: see :mod:`fdbpl.cache.shards` for a shard's life and the build's lock; the
+manifest is written last, after its checksum.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,21 +30,34 @@ import numpy as np
 import torch
 
 import fdbpl
-from fdbpl._checks import check_probabilities
+from fdbpl._checks import check_count, check_number, check_probabilities
 from fdbpl.cache.crops import INTERPOLATION, CropSampler, render_crop
-from fdbpl.cache.images import ScanResult, decode_image, list_hash, scan_image_folder
+from fdbpl.cache.images import ScanResult, read_image, scan_image_folder
 from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
+    CHECKSUM,
     MANIFEST,
     SCHEMA_VERSION,
     WEIGHT_SCALE,
     TableFormatError,
     bytes_per_region,
-    column_specs,
+    list_hash,
+    read_json_file,
     settings_of,
+    shard_name,
 )
-from fdbpl.cache.storage import read_json, write_json_atomic
+from fdbpl.cache.shards import (
+    BuildLock,
+    clean_stale,
+    clear,
+    finish_shard,
+    open_partial,
+    shard_checksums,
+    unknown_entries,
+)
+from fdbpl.cache.storage import json_bytes, write_bytes_atomic, write_json_atomic
 from fdbpl.cache.teacher import Teacher
+from fdbpl.distributed import barrier, broadcast_from_rank0, rank_and_world
 from fdbpl.errors import InputValueError
 from fdbpl.losses.functional import information_weight
 from fdbpl.sparsify import class_id_dtype, sparsify
@@ -77,17 +94,6 @@ class BuildSummary:
                 f"skipped (unreadable): {len(self.skipped)} file(s), e.g. {self.skipped[0][0]}: {self.skipped[0][1]}"
             )
         return "\n".join(lines)
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _settings(
@@ -146,21 +152,40 @@ def _settings(
     }
 
 
+def _check_range(name: str, pair: Any, upper: float | None) -> tuple[float, float]:
+    """A (MIN, MAX) range with 0 < MIN <= MAX (<= upper)."""
+    try:
+        lo, hi = (check_number(name, v, positive=True) for v in pair)
+    except (TypeError, ValueError):
+        raise InputValueError(f"{name}: expected two finite numbers (MIN, MAX) > 0, got {pair!r}") from None
+    if lo > hi or (upper is not None and hi > upper):
+        most = f" <= {upper:g}" if upper is not None else ""
+        raise InputValueError(f"{name}: expected 0 < MIN <= MAX{most}, got {lo:g} {hi:g}")
+    return lo, hi
+
+
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and k != "fdbpl_version"]
 
 
 def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> bool:
-    """Check or create OUT for this build; True if a complete table with these settings is there."""
+    """Check or create OUT for this build (holding its lock); True if a complete table with
+    these settings is there."""
+    clean_stale(out)
     manifest_path, settings_path = out / MANIFEST, out / BUILD_SETTINGS
     existing = None
-    if manifest_path.exists():
-        existing = settings_of(read_json(manifest_path))
-    elif settings_path.exists():
-        existing = read_json(settings_path)
+    try:
+        if manifest_path.exists():
+            existing = settings_of(read_json_file(manifest_path, "out"))
+        elif settings_path.exists():
+            existing = read_json_file(settings_path, "out")
+    except TableFormatError as e:
+        if not overwrite:
+            raise TableFormatError(f"{e}; pass overwrite=True (--overwrite) to replace it") from None
+        existing = {}
     if existing is not None:
-        diff = _differences(existing, settings)
+        diff = _differences(existing, settings) if isinstance(existing, dict) else ["settings"]
         if not diff:
             return manifest_path.exists()
         if not overwrite:
@@ -168,25 +193,14 @@ def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> bool:
                 f"out: {out} holds a table built with other settings ({', '.join(diff)} differ); "
                 "pass overwrite=True (--overwrite) to replace it, or choose another folder"
             )
-        _clear(out)
-    elif out.exists() and any(out.iterdir()):
+        clear(out)
+    elif unknown_entries(out):
         raise TableFormatError(
-            f"out: {out} is not empty and holds no fdbpl table; choose an empty or new folder"
+            f"out: {out} is not empty and holds no fdbpl table ({unknown_entries(out)[0]} is there); "
+            "choose an empty or new folder"
         )
     write_json_atomic(settings_path, settings)
     return False
-
-
-def _clear(out: Path) -> None:
-    for p in out.iterdir():
-        if p.name in (MANIFEST, BUILD_SETTINGS):
-            p.unlink()
-        elif p.is_dir() and p.name.startswith("shard-"):
-            shutil.rmtree(p)
-
-
-def _shard_name(s: int) -> str:
-    return f"shard-{s:05d}"
 
 
 class _PendingGroups(torch.utils.data.Dataset):
@@ -213,9 +227,7 @@ class _PendingGroups(torch.utils.data.Dataset):
         crops, boxes, flips = [], [], []
         for i in self.groups[k]:
             rec = self.scan.images[i]
-            image = decode_image(self.root / rec.path)
-            if tuple(image.shape[1:]) != (rec.height, rec.width):
-                raise TableFormatError(f"images: {rec.path} changed size since it was scanned")
+            image = read_image(self.root, rec)  # the scanned image: same size and SHA-256
             b, f = self.sampler.sample(i, rec.height, rec.width, self.m)
             crops.extend(render_crop(image, box, bool(fl), *self.recipe) for box, fl in zip(b, f))
             boxes.append(b)
@@ -225,32 +237,6 @@ class _PendingGroups(torch.utils.data.Dataset):
             "boxes": torch.from_numpy(np.concatenate(boxes)),
             "flips": torch.from_numpy(np.concatenate(flips)),
         }
-
-
-def _open_partial(out: Path, s: int, n_images: int, settings: dict[str, Any]) -> dict[str, np.memmap]:
-    """Open a shard in progress (resume), or create it zero-filled under a temporary name."""
-    partial = out / f"{_shard_name(s)}.partial"
-    specs = column_specs(settings, n_images * settings["crops_per_image"])
-    specs["done"] = ((n_images,), "uint8")
-    if partial.is_dir():
-        try:
-            cols = {n: np.lib.format.open_memmap(partial / f"{n}.npy", mode="r+") for n in specs}
-            if all(
-                cols[n].shape == shape and cols[n].dtype == np.dtype(dt) for n, (shape, dt) in specs.items()
-            ):
-                return cols
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(partial)  # unusable leftovers: this shard starts again
-    tmp = out / f"{_shard_name(s)}.creating-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for n, (shape, dt) in specs.items():
-        col = np.lib.format.open_memmap(tmp / f"{n}.npy", mode="w+", dtype=np.dtype(dt), shape=shape)
-        col.flush()
-        del col
-    os.replace(tmp, partial)
-    return {n: np.lib.format.open_memmap(partial / f"{n}.npy", mode="r+") for n in specs}
 
 
 def _labels_rows(probs: torch.Tensor, num_classes: int, topk: int, strategy: str) -> dict[str, np.ndarray]:
@@ -319,110 +305,198 @@ def build_table(
         :class:`BuildSummary` (regions, bytes per region, time, skipped and converted files).
     """
     start = time.perf_counter()
-    root, out = Path(images), Path(out)
+    plan = _plan(
+        Path(images),
+        Path(out),
+        teacher,
+        scan,
+        classnames,
+        crops_per_image,
+        topk,
+        strategy,
+        seed,
+        batch_size,
+        scale,
+        ratio,
+        shard_size,
+        num_workers,
+    )
+    rank, world = rank_and_world()
+    n = len(plan.scan.images)
+    summary = BuildSummary(
+        plan.out,
+        n * crops_per_image,
+        bytes_per_region(plan.settings),
+        0.0,
+        0,
+        rank,
+        world,
+        plan.scan.skipped,
+        plan.scan.converted,
+    )
+    with contextlib.ExitStack() as stack:
+        # Rank 0 locks and checks or prepares OUT; every rank learns the outcome, so a
+        # refusal stops all of them instead of leaving the others waiting at a barrier.
+        status: tuple[str, Any] = ("", None)
+        if rank == 0:
+            try:
+                plan.out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(BuildLock(plan.out))
+                status = ("complete", _prepare_out(plan.out, plan.settings, overwrite))
+            except TableFormatError as e:
+                status = ("refused", str(e))
+        outcome, value = broadcast_from_rank0(status)
+        if outcome == "refused":
+            raise TableFormatError(value)
+        if not value:
+            mine = [s for s in range(plan.num_shards) if s % world == rank]
+            bar = _progress_bar(plan, mine) if progress and rank == 0 else None
+            for s in mine:
+                summary.regions_computed += _build_shard(plan, s, bar)
+            if bar is not None:
+                bar.close()
+            barrier()
+            if rank == 0:
+                _write_manifest(plan)
+            barrier()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+@dataclass
+class _Plan:
+    """What a build computes and how its work is laid out."""
+
+    root: Path
+    out: Path
+    scan: ScanResult
+    teacher: Teacher
+    sampler: CropSampler
+    settings: dict[str, Any]
+    batch_size: int
+    num_workers: int
+
+    @property
+    def crops_per_image(self) -> int:
+        return int(self.settings["crops_per_image"])
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.settings["shard_size"])
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(len(self.scan.images) / self.shard_size)
+
+    def shard_images(self, s: int) -> range:
+        first = s * self.shard_size
+        return range(first, min(first + self.shard_size, len(self.scan.images)))
+
+
+def _plan(
+    root: Path,
+    out: Path,
+    teacher: Teacher,
+    scan: ScanResult | None,
+    classnames: list[str] | None,
+    crops_per_image: int,
+    topk: int,
+    strategy: str,
+    seed: int,
+    batch_size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    shard_size: int,
+    num_workers: int,
+) -> _Plan:
+    """Check the arguments and scan the images: everything a build needs before it writes."""
     if strategy not in ("mr", "ms"):
         raise InputValueError(f"strategy: expected 'mr' or 'ms', got {strategy!r}")
     for name, v in (
         ("crops_per_image", crops_per_image),
         ("batch_size", batch_size),
         ("shard_size", shard_size),
+        ("topk", topk),
     ):
-        if int(v) != v or v < 1:
-            raise InputValueError(f"{name}: expected a positive integer, got {v!r}")
+        check_count(name, v)
+    check_count("seed", seed, minimum=0)
+    check_count("num_workers", num_workers, minimum=0)
+    scale, ratio = _check_range("scale", scale, 1.0), _check_range("ratio", ratio, None)
     scan = scan if scan is not None else scan_image_folder(root, classnames)
     if not scan.images:
         raise InputValueError(f"images: no readable image under {root}")
     c = len(scan.classnames)
     if not 1 <= topk <= c:
         raise InputValueError(f"topk: expected 1 <= K <= C={c} (the number of classes), got {topk}")
-    sampler = CropSampler(tuple(scale), tuple(ratio), int(seed))  # type: ignore[arg-type]
+    sampler = CropSampler(scale, ratio, int(seed))
     settings = _settings(scan, teacher, topk, strategy, crops_per_image, sampler, shard_size)
-    rank, world = _dist()
-    # Rank 0 checks or prepares OUT; every rank learns the outcome, so a refusal stops all
-    # of them instead of leaving the others waiting at a barrier.
-    status: list[Any] = [None]
-    if rank == 0:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            status = [("complete", _prepare_out(out, settings, overwrite))]
-        except TableFormatError as e:
-            status = [("refused", str(e))]
-    if world > 1:
-        torch.distributed.broadcast_object_list(status, src=0)
-    outcome, value = status[0]
-    if outcome == "refused":
-        raise TableFormatError(value)
-    complete = bool(value)
-    n = len(scan.images)
-    num_shards = math.ceil(n / shard_size)
-    total = n * crops_per_image
-    summary = BuildSummary(
-        out, total, bytes_per_region(settings), 0.0, 0, rank, world, scan.skipped, scan.converted
-    )
-    if complete:
-        summary.seconds = time.perf_counter() - start
-        return summary
+    return _Plan(root, out, scan, teacher, sampler, settings, batch_size, num_workers)
 
-    mine = [s for s in range(num_shards) if s % world == rank]
-    group = max(1, batch_size // crops_per_image)
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
 
-        mine_regions = sum(min(shard_size, n - s * shard_size) for s in mine) * crops_per_image
-        bar = tqdm(total=mine_regions, unit="region", desc=f"building {out.name}", dynamic_ncols=True)
-    for s in mine:
-        first = s * shard_size
-        count = min(shard_size, n - first)
-        final = out / _shard_name(s)
-        if final.is_dir():
-            if bar is not None:
-                bar.update(count * crops_per_image)
-            continue
-        cols = _open_partial(out, s, count, settings)
-        groups = [range(g, min(g + group, count)) for g in range(0, count, group)]
+def _progress_bar(plan: _Plan, shards: list[int]) -> Any:
+    from tqdm.auto import tqdm
+
+    regions = sum(len(plan.shard_images(s)) for s in shards) * plan.crops_per_image
+    return tqdm(total=regions, unit="region", desc=f"building {plan.out.name}", dynamic_ncols=True)
+
+
+def _build_shard(plan: _Plan, s: int, bar: Any) -> int:
+    """Compute (or finish) shard ``s``; returns the number of regions computed now."""
+    m, images = plan.crops_per_image, plan.shard_images(s)
+    if (plan.out / shard_name(s)).is_dir():
         if bar is not None:
-            bar.update(int(cols["done"].sum()) * crops_per_image)
-        pending = [g for g in groups if not all(cols["done"][list(g)])]
-        absolute = [range(first + g.start, first + g.stop) for g in pending]
-        dataset = _PendingGroups(root, scan, absolute, crops_per_image, sampler, teacher)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
-        for g, batch in zip(pending, loader):
-            rows = slice(g.start * crops_per_image, g.stop * crops_per_image)
-            parts = [
-                _labels_rows(teacher(chunk), c, topk, strategy) for chunk in batch["crops"].split(batch_size)
-            ]
-            for name in parts[0]:
-                cols[name][rows] = np.concatenate([p[name] for p in parts])
-            cols["box"][rows] = batch["boxes"].numpy()
-            cols["flip"][rows] = batch["flips"].numpy()
-            for name, col in cols.items():
-                if name != "done":
-                    col.flush()
-            cols["done"][g.start : g.stop] = 1  # only after the rows are in place
-            cols["done"].flush()
-            summary.regions_computed += len(g) * crops_per_image
-            if bar is not None:
-                bar.update(len(g) * crops_per_image)
-        del cols
-        os.replace(out / f"{_shard_name(s)}.partial", final)
+            bar.update(len(images) * m)
+        return 0
+    cols = open_partial(plan.out, s, len(images), plan.settings)
+    # The teacher sees fixed groups of whole images, whatever the ranks or resumes: this
+    # is what makes its outputs, and so the table, the same bytes every time.
+    per_group = max(1, plan.batch_size // m)
+    groups = [range(g, min(g + per_group, len(images))) for g in range(0, len(images), per_group)]
     if bar is not None:
-        bar.close()
-    _barrier()
-    if rank == 0:
-        missing = [s for s in range(num_shards) if not (out / _shard_name(s)).is_dir()]
-        if missing:
-            raise TableFormatError(f"out: shards {missing[:5]} were not finished by their ranks")
-        shards = [
-            {
-                "name": _shard_name(s),
-                "first_image": s * shard_size,
-                "num_images": min(shard_size, n - s * shard_size),
-            }
-            for s in range(num_shards)
+        bar.update(int(cols["done"].sum()) * m)
+    pending = [g for g in groups if not all(cols["done"][list(g)])]
+    absolute = [range(images.start + g.start, images.start + g.stop) for g in pending]
+    dataset = _PendingGroups(plan.root, plan.scan, absolute, m, plan.sampler, plan.teacher)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=plan.num_workers)
+    computed = 0
+    settings = plan.settings
+    for g, batch in zip(pending, loader):
+        rows = slice(g.start * m, g.stop * m)
+        parts = [
+            _labels_rows(plan.teacher(chunk), settings["num_classes"], settings["topk"], settings["strategy"])
+            for chunk in batch["crops"].split(plan.batch_size)
         ]
-        write_json_atomic(out / MANIFEST, {**settings, "shards": shards})
-        (out / BUILD_SETTINGS).unlink(missing_ok=True)
-    _barrier()
-    summary.seconds = time.perf_counter() - start
-    return summary
+        for name in parts[0]:
+            cols[name][rows] = np.concatenate([p[name] for p in parts])
+        cols["box"][rows] = batch["boxes"].numpy()
+        cols["flip"][rows] = batch["flips"].numpy()
+        for name, col in cols.items():
+            if name != "done":
+                col.flush()
+        cols["done"][g.start : g.stop] = 1  # only after the rows are in place
+        cols["done"].flush()
+        computed += len(g) * m
+        if bar is not None:
+            bar.update(len(g) * m)
+    finish_shard(plan.out, s, cols)
+    return computed
+
+
+def _write_manifest(plan: _Plan) -> None:
+    """The last step: the manifest (with every shard's checksums), its own checksum first."""
+    missing = [s for s in range(plan.num_shards) if not (plan.out / shard_name(s)).is_dir()]
+    if missing:
+        raise TableFormatError(f"out: shards {missing[:5]} were not finished by their ranks")
+    shards = [
+        {
+            "name": shard_name(s),
+            "first_image": plan.shard_images(s).start,
+            "num_images": len(plan.shard_images(s)),
+            "sha256": shard_checksums(plan.out, s),
+        }
+        for s in range(plan.num_shards)
+    ]
+    data = json_bytes({**plan.settings, "shards": shards})
+    write_json_atomic(plan.out / CHECKSUM, {MANIFEST: hashlib.sha256(data).hexdigest()})
+    write_bytes_atomic(plan.out / MANIFEST, data)
+    (plan.out / BUILD_SETTINGS).unlink(missing_ok=True)

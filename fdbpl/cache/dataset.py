@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from fdbpl.cache.crops import render_crop
-from fdbpl.cache.images import decode_image
+from fdbpl.cache.images import read_image
+from fdbpl.cache.manifest import TableFormatError
 from fdbpl.cache.table import RILTable
 from fdbpl.errors import InputValueError
 
@@ -27,6 +28,11 @@ class RegionDataset(torch.utils.data.Dataset):
     each epoch (seeded by ``(seed, epoch, i)``; call :meth:`set_epoch`). The crop is
     rendered from its stored box and flip with the table's recipe (bicubic, antialiased
     resize on uint8, flip, normalise) at the student's ``image_size``.
+
+    Every image is checked as it is read (:func:`~fdbpl.cache.images.read_image`): it
+    must lie inside ``root``, have the size the table recorded and, for tables that
+    recorded one, the same SHA-256 (the bytes are hashed as they are read, a few percent
+    of the decoding time), so another image under the same name is refused, not replayed.
 
     Items are dicts of tensors: ``image`` :math:`(3, S, S)` float32, ``indices``
     :math:`(K,)` int64, ``values`` :math:`(K,)` float16, ``fill`` :math:`()` float32,
@@ -79,6 +85,7 @@ class RegionDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._labels = table.image_labels
+        self._records = table.image_records
 
     def set_epoch(self, epoch: int) -> None:
         """Draw other regions: call once per epoch, before iterating."""
@@ -99,8 +106,16 @@ class RegionDataset(torch.utils.data.Dataset):
             raise IndexError(f"item {i} outside [0, {self.length})")
         ids = self.region_ids(i)
         image_index = i % self.table.num_images
-        image = decode_image(self.root / self.table.image_paths[image_index])
+        record = self._records[image_index]
+        image = read_image(self.root, record)
         rows = [self.table.read(int(r)) for r in ids]
+        for r, row in zip(ids, rows):
+            top, left, height, width = (int(v) for v in row["box"])
+            if height < 1 or width < 1 or top + height > record.height or left + width > record.width:
+                raise TableFormatError(
+                    f"table: region {int(r)} has box {[top, left, height, width]} outside its "
+                    f"{record.width}x{record.height} image {record.path}"
+                )
         crops = torch.stack(
             [
                 render_crop(image, r["box"], bool(r["flip"]), self.image_size, self.mean, self.std)

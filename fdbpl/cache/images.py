@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -12,24 +12,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fdbpl.cache.manifest import TableFormatError
 from fdbpl.errors import InputValueError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "ScanResult", "decode_image", "list_hash", "scan_image_folder"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageRecord",
+    "ScanResult",
+    "check_distinct_classnames",
+    "decode_image",
+    "file_sha256",
+    "read_image",
+    "scan_image_folder",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+#: PIL modes of 16-bit greyscale images (PNG, TIFF), scaled to 8 bits on decoding.
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image of the table: its path relative to the root, size and folder label."""
+    """One image of the table: its path relative to the root, size, folder label and the
+    SHA-256 of its file (recorded when the scan reads the files)."""
 
     path: str
     width: int
     height: int
     label: int
+    sha256: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"path": self.path, "width": self.width, "height": self.height, "label": self.label}
+        record: dict[str, object] = {"path": self.path, "width": self.width, "height": self.height}
+        record["label"] = self.label
+        if self.sha256 is not None:
+            record["sha256"] = self.sha256
+        return record
 
 
 @dataclass
@@ -40,30 +59,87 @@ class ScanResult:
     skipped: list[tuple[str, str]]  # (path, reason): unreadable files
 
 
-def list_hash(items: list[object]) -> str:
-    """SHA-256 of a list's canonical JSON text (ordered)."""
-    return hashlib.sha256(json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+def file_sha256(data: bytes) -> str:
+    """SHA-256 of an image file's bytes, as recorded in a table's image list."""
+    return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Decode an image file to a ``(3, H, W)`` uint8 RGB tensor (other modes are converted)."""
+def read_image(root: Path, record: ImageRecord) -> torch.Tensor:
+    """Read, check and decode one image of a table.
+
+    The file must lie inside ``root`` (after resolving links), decode to the recorded size
+    and, where the table recorded one, have the recorded SHA-256: hashing the bytes that
+    are read for decoding anyway costs a few percent of the decode, and catches another
+    image saved under the same name and size.
+
+    Raises:
+        TableFormatError: naming the image and what differs.
+    """
+    path = root / record.path
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise TableFormatError(f"images: {record.path} resolves outside the image folder {root}")
+    data = path.read_bytes()
+    if record.sha256 is not None and file_sha256(data) != record.sha256:
+        raise TableFormatError(
+            f"images: {record.path} is not the image the table was built on (its SHA-256 differs)"
+        )
+    image = decode_image(data)
+    if tuple(image.shape[1:]) != (record.height, record.width):
+        raise TableFormatError(
+            f"images: {record.path} is {image.shape[2]}x{image.shape[1]} pixels, the table recorded "
+            f"{record.width}x{record.height}"
+        )
+    return image
+
+
+def decode_image(path: str | os.PathLike[str] | bytes) -> torch.Tensor:
+    """Decode an image file (a path, or its bytes) to a ``(3, H, W)`` uint8 RGB tensor.
+
+    Other modes are converted; 16-bit greyscale (``I;16``, ``I``) is scaled to 8 bits
+    (divided by 257), not clipped at 255 as PIL's own conversion does.
+    """
     from PIL import Image
 
-    with Image.open(path) as img:
+    source = io.BytesIO(path) if isinstance(path, bytes) else path
+    with Image.open(source) as img:
         img.load()
-        rgb = img.convert("RGB") if img.mode != "RGB" else img
-        array = np.asarray(rgb, dtype=np.uint8).copy()
+        if img.mode in _SIXTEEN_BIT:
+            grey = np.asarray(img, dtype=np.float64) / 257.0
+            array = np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+        else:
+            rgb = img.convert("RGB") if img.mode != "RGB" else img
+            array = np.asarray(rgb, dtype=np.uint8).copy()
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def _classnames_from(root: Path, folders: list[str], classnames: list[str] | None) -> list[str]:
     if classnames is None:
-        return [f.replace("_", " ") for f in folders]
-    if len(classnames) != len(folders):
-        raise InputValueError(
-            f"classnames: got {len(classnames)} names for {len(folders)} class folders in {root}"
-        )
-    return list(classnames)
+        names, source = [f.replace("_", " ") for f in folders], f"the class folders of {root}"
+    else:
+        if len(classnames) != len(folders):
+            raise InputValueError(
+                f"classnames: got {len(classnames)} names for {len(folders)} class folders in {root}"
+            )
+        names, source = list(classnames), "classnames"
+    check_distinct_classnames(names, source)
+    return names
+
+
+def check_distinct_classnames(names: list[str], source: str) -> None:
+    """Refuse empty, repeated or case-colliding class names: each prompt must name one class."""
+    empty = [i for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
+    if empty:
+        raise InputValueError(f"classnames: empty class name at index {empty[0]} in {source}")
+    seen: dict[str, str] = {}
+    for name in names:
+        key = " ".join(name.casefold().split())
+        if key in seen:
+            kind = "repeated" if seen[key] == name else "case-colliding"
+            raise InputValueError(
+                f"classnames: {kind} class names {seen[key]!r} and {name!r} in {source} "
+                "(the prompts could not tell them apart)"
+            )
+        seen[key] = name
 
 
 def scan_image_folder(
@@ -73,12 +149,14 @@ def scan_image_folder(
 
     Class names are the folder names with ``_`` read as a space, unless ``classnames``
     gives them (one per folder, in sorted folder order). With ``check`` every image is
-    decoded once: unreadable files are skipped and reported, non-RGB ones are reported
-    as converted. Nothing is skipped silently.
+    read and decoded once and the SHA-256 of its file recorded: unreadable files, file
+    names that are not UTF-8 and dangling symbolic links are skipped and reported,
+    non-RGB images are reported as converted. Nothing is skipped silently.
 
     Raises:
         InputValueError: a root that is not a folder, no class folders, an empty class
-            folder, or a class name list of the wrong length.
+            folder, a class name list of the wrong length, or class names that repeat or
+            differ only in case.
     """
     from PIL import Image
 
@@ -93,19 +171,24 @@ def scan_image_folder(
     converted: list[str] = []
     skipped: list[tuple[str, str]] = []
     for label, folder in enumerate(folders):
-        files = sorted(
-            p for p in (root / folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not files:
-            raise InputValueError(
-                f"images: class folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-            )
-        for p in files:
-            rel = p.relative_to(root).as_posix()
+        candidates = sorted(p for p in (root / folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = 0
+        for p in candidates:
+            rel = _relative_name(p, root)
+            if rel is None:
+                skipped.append((_printable(p, root), "file name is not valid UTF-8"))
+                continue
+            if p.is_symlink() and not p.exists():
+                skipped.append((rel, "dangling symbolic link"))
+                continue
+            if not p.is_file():
+                continue
+            found += 1
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    with Image.open(p) as img:
+                    data = p.read_bytes() if check else None
+                    with Image.open(io.BytesIO(data) if data is not None else p) as img:
                         if check:
                             img.load()
                         width, height = img.size
@@ -115,5 +198,24 @@ def scan_image_folder(
                 continue
             if mode != "RGB":
                 converted.append(rel)
-            images.append(ImageRecord(rel, width, height, label))
+            digest = file_sha256(data) if data is not None else None
+            images.append(ImageRecord(rel, width, height, label, digest))
+        if not found:
+            raise InputValueError(
+                f"images: class folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
     return ScanResult(names, images, converted, skipped)
+
+
+def _relative_name(path: Path, root: Path) -> str | None:
+    """The path relative to the root as UTF-8 text, or None for a name that is not UTF-8."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes surface as surrogate escapes
+        return None
+    return rel
+
+
+def _printable(path: Path, root: Path) -> str:
+    return os.fsencode(path.relative_to(root).as_posix()).decode("utf-8", "backslashreplace")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import stat
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -10,13 +14,21 @@ from fdbpl.errors import InputValueError
 
 __all__ = [
     "BUILD_SETTINGS",
+    "CHECKSUM",
     "COLUMNS",
     "MANIFEST",
     "SCHEMA_VERSION",
     "TableFormatError",
     "bytes_per_region",
+    "check_regular_file",
+    "check_relative_path",
+    "check_shards",
+    "column_names",
     "column_specs",
+    "list_hash",
+    "read_json_file",
     "settings_of",
+    "shard_name",
     "validate_manifest",
 ]
 
@@ -26,6 +38,8 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 #: The settings of a build in progress, to refuse resuming it with others.
 BUILD_SETTINGS = "build.json"
+#: The SHA-256 of the manifest file's bytes, written just before it (``verify`` reads it).
+CHECKSUM = "checksum.json"
 
 #: Per-region columns, in file order: name -> what it holds. ``fill`` exists for MS only.
 COLUMNS = {
@@ -39,6 +53,19 @@ COLUMNS = {
 
 #: Fixed-point scale of the stored information weight.
 WEIGHT_SCALE = 65535
+
+#: The dtypes a column may have (the ones a build writes).
+_DTYPES = {
+    "box": ("uint16", "int32"),
+    "flip": ("uint8",),
+    "indices": ("uint16", "int32"),
+    "values": ("float16",),
+    "fill": ("float32",),
+    "weight": ("uint16",),
+}
+
+#: The largest image side a table may record (int32 boxes).
+_MAX_SIDE = np.iinfo(np.int32).max
 
 _REQUIRED = {
     "schema_version": int,
@@ -65,17 +92,11 @@ class TableFormatError(InputValueError):
 def column_specs(settings: dict[str, Any], rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
     """Each column's shape for ``rows`` regions and its dtype name, from a manifest's settings."""
     k = settings["topk"]
-    d = settings["dtypes"]
-    specs = {
-        "box": ((rows, 4), d["box"]),
-        "flip": ((rows,), d["flip"]),
-        "indices": ((rows, k), d["indices"]),
-        "values": ((rows, k), d["values"]),
-        "weight": ((rows,), d["weight"]),
+    widths = {"box": (4,), "indices": (k,), "values": (k,)}
+    return {
+        name: ((rows, *widths.get(name, ())), settings["dtypes"][name])
+        for name in column_names(settings["strategy"])
     }
-    if settings["strategy"] == "ms":
-        specs["fill"] = ((rows,), d["fill"])
-    return specs
 
 
 def bytes_per_region(settings: dict[str, Any]) -> int:
@@ -91,7 +112,131 @@ def settings_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in manifest.items() if k != "shards"}
 
 
+def list_hash(items: list[object]) -> str:
+    """SHA-256 of a list's canonical JSON text (ordered)."""
+    return hashlib.sha256(json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON file of the table, or a :class:`TableFormatError` naming it (never a raw
+    ``JSONDecodeError``, ``UnicodeDecodeError`` or a hang on a FIFO)."""
+    check_regular_file(path, what)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise TableFormatError(f"{what}: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise TableFormatError(f"{what}: {path} is not valid JSON ({e})") from None
+
+
+def check_regular_file(path: Path, what: str) -> None:
+    """Refuse a missing path or one that is not a regular file (a FIFO would block a read)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise TableFormatError(f"{what}: {path} is missing") from None
+    if not stat.S_ISREG(mode):
+        raise TableFormatError(f"{what}: {path} is not a regular file")
+
+
+def check_relative_path(path: Any, where: str) -> str:
+    """An image path as a table may hold it: relative, inside the image folder, no ``..``."""
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise TableFormatError(f"{where}: expected a relative path, got {path!r}")
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or PureWindowsPath(path).is_absolute() or PureWindowsPath(path).drive:
+        raise TableFormatError(
+            f"{where}: path {path!r} is absolute; a table holds paths relative to its image folder"
+        )
+    if any(part in ("..", "") for part in path.split("/")) or ".." in PureWindowsPath(path).parts:
+        raise TableFormatError(f"{where}: path {path!r} leaves the image folder ('..') or is malformed")
+    return path
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _check_images(manifest: dict[str, Any], where: str) -> None:
+    c = manifest["num_classes"]
+    for i, rec in enumerate(manifest["images"]):
+        field = f"{where}: images[{i}]"
+        if not isinstance(rec, dict):
+            raise TableFormatError(f"{field}: expected an object, got {type(rec).__name__}")
+        check_relative_path(rec.get("path"), field)
+        for key in ("width", "height"):
+            if not _is_int(rec.get(key)) or not 1 <= rec[key] <= _MAX_SIDE:
+                raise TableFormatError(f"{field}: {key} {rec.get(key)!r} is not a size in pixels")
+        if not _is_int(rec.get("label")) or not 0 <= rec["label"] < c:
+            raise TableFormatError(f"{field}: label {rec.get('label')!r} is not a class id in [0, {c})")
+        if "sha256" in rec and not _is_sha256(rec["sha256"]):
+            raise TableFormatError(f"{field}: sha256 {rec['sha256']!r} is not a SHA-256 digest")
+    paths = [rec["path"] for rec in manifest["images"]]
+    if len(set(paths)) != len(paths):
+        raise TableFormatError(f"{where}: images list a path twice")
+    if (
+        list_hash([[r["path"], r["width"], r["height"]] for r in manifest["images"]])
+        != manifest["images_sha256"]
+    ):
+        raise TableFormatError(
+            f"{where}: images do not match their stored images_sha256 (the list was changed)"
+        )
+
+
+def _check_dtypes(manifest: dict[str, Any], where: str) -> None:
+    dtypes = manifest["dtypes"]
+    for name in column_names(manifest["strategy"]):
+        allowed = _DTYPES[name]
+        if dtypes.get(name) not in allowed:
+            raise TableFormatError(
+                f"{where}: dtype {dtypes.get(name)!r} of column {name!r} is not one of {list(allowed)}"
+            )
+    if dtypes["indices"] == "uint16" and manifest["num_classes"] > np.iinfo(np.uint16).max + 1:
+        raise TableFormatError(f"{where}: uint16 indices cannot hold {manifest['num_classes']} classes")
+
+
+def check_shards(manifest: dict[str, Any], where: str) -> None:
+    """The shard list: plain, distinct ``shard-NNNNN`` names covering the images in order."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise TableFormatError(f"{where}: field 'shards' missing or not a list")
+    n, size = len(manifest["images"]), manifest["shard_size"]
+    if len(shards) != -(-n // size):
+        raise TableFormatError(f"{where}: {len(shards)} shards cannot hold {n} images of {size} per shard")
+    for s, entry in enumerate(shards):
+        if not isinstance(entry, dict):
+            raise TableFormatError(f"{where}: shards[{s}] is not an object")
+        want = {"name": shard_name(s), "first_image": s * size, "num_images": min(size, n - s * size)}
+        for key, value in want.items():
+            if entry.get(key) != value:
+                raise TableFormatError(
+                    f"{where}: shards[{s}] has {key} {entry.get(key)!r}, expected {value!r} "
+                    "(shards are plain names inside the table, in order)"
+                )
+        checksums = entry.get("sha256")
+        if checksums is not None and (
+            not isinstance(checksums, dict) or not all(_is_sha256(v) for v in checksums.values())
+        ):
+            raise TableFormatError(f"{where}: shards[{s}] sha256 is not a map of file names to digests")
+
+
+def shard_name(s: int) -> str:
+    """The folder name of shard ``s``."""
+    return f"shard-{s:05d}"
+
+
+def column_names(strategy: str) -> list[str]:
+    """The stored columns of a table of this strategy, in file order."""
+    return [name for name in COLUMNS if name != "fill" or strategy == "ms"]
+
+
 def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
+    """Check a manifest's fields, types, sizes, hashes and paths; raise a
+    :class:`TableFormatError` naming the first thing wrong."""
     if not isinstance(manifest, dict):
         raise TableFormatError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("schema_version")
@@ -100,14 +245,28 @@ def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
             f"{where}: schema version {version!r}, this fdbpl reads version {SCHEMA_VERSION}"
         )
     for key, kind in _REQUIRED.items():
-        if not isinstance(manifest.get(key), kind):
+        value = manifest.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise TableFormatError(f"{where}: field {key!r} missing or not a {kind.__name__}")
+    for key in ("num_classes", "crops_per_image", "shard_size"):
+        if manifest[key] < 1:
+            raise TableFormatError(f"{where}: {key} {manifest[key]} is not a positive count")
+    if manifest["seed"] < 0:
+        raise TableFormatError(f"{where}: seed {manifest['seed']} is negative")
     if manifest["strategy"] not in ("mr", "ms"):
         raise TableFormatError(f"{where}: strategy {manifest['strategy']!r} is not 'mr' or 'ms'")
     if not 1 <= manifest["topk"] <= manifest["num_classes"]:
         raise TableFormatError(f"{where}: topk {manifest['topk']} outside [1, {manifest['num_classes']}]")
-    if len(manifest["classnames"]) != manifest["num_classes"]:
+    names = manifest["classnames"]
+    if len(names) != manifest["num_classes"] or not all(isinstance(n, str) for n in names):
+        raise TableFormatError(f"{where}: {len(names)} class names for num_classes {manifest['num_classes']}")
+    if list_hash(names) != manifest["classnames_sha256"]:
         raise TableFormatError(
-            f"{where}: {len(manifest['classnames'])} class names for num_classes {manifest['num_classes']}"
+            f"{where}: classnames do not match their stored classnames_sha256 (the list was changed)"
         )
+    _check_images(manifest, where)
+    _check_dtypes(manifest, where)
+    image_size = manifest["teacher"].get("image_size")
+    if not _is_int(image_size) or image_size < 1:
+        raise TableFormatError(f"{where}: teacher image_size {image_size!r} is not a size in pixels")
     return manifest

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
 from fdbpl.cache.crops import render_crop
-from fdbpl.cache.images import decode_image
+from fdbpl.cache.images import read_image
 from fdbpl.cache.table import RILTable
 from fdbpl.errors import InputValueError
 
@@ -37,13 +38,14 @@ def plot_table(
     ax.set_xlabel("information weight w (Eq. 6)")
     ax.set_ylabel("regions")
     ax.set_title(f"{table.path.name}: {len(table)} regions, Top-{table.topk} {table.strategy.upper()}")
+    records = table.image_records
     decoded: dict[int, object] = {}
     for row, (title, ids) in enumerate(picks.items(), start=1):
         boxes, flips = table.boxes(ids)
         for col, (rid, box, flip) in enumerate(zip(ids, boxes, flips)):
             image_index = int(rid) // table.crops_per_image
             if image_index not in decoded:
-                decoded[image_index] = decode_image(os.path.join(images, table.image_paths[image_index]))
+                decoded[image_index] = read_image(Path(images), records[image_index])
             crop = render_crop(decoded[image_index], box, bool(flip), 96, (0, 0, 0), (1, 1, 1))  # type: ignore[arg-type]
             ax = fig.add_subplot(grid[row, col])
             ax.imshow(crop.permute(1, 2, 0).clamp(0, 1).numpy())

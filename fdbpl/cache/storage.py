@@ -6,6 +6,7 @@ renamed when complete (see :mod:`fdbpl.cache.build`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -14,24 +15,53 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["load_column", "read_json", "write_json_atomic"]
+__all__ = ["file_digest", "json_bytes", "load_column", "read_json", "write_bytes_atomic", "write_json_atomic"]
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, sync it, then rename it into place."""
+def json_bytes(data: Any) -> bytes:
+    """The bytes fdbpl writes for a JSON document (sorted keys, one space of indent)."""
+    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write to a temporary file beside ``path``, sync it, then rename it into place.
+
+    The file gets the permissions of any new file (0666 less the umask), not the 0600 of
+    a temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, json_bytes(data))
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -11,8 +11,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from fdbpl.cache.manifest import MANIFEST, WEIGHT_SCALE, TableFormatError, bytes_per_region, validate_manifest
-from fdbpl.cache.storage import load_column, read_json
+from fdbpl.cache.images import ImageRecord
+from fdbpl.cache.manifest import (
+    BUILD_SETTINGS,
+    CHECKSUM,
+    MANIFEST,
+    WEIGHT_SCALE,
+    TableFormatError,
+    bytes_per_region,
+    check_regular_file,
+    check_relative_path,
+    check_shards,
+    column_specs,
+    read_json_file,
+    validate_manifest,
+)
+from fdbpl.cache.shards import SHARD_CHECKSUMS
+from fdbpl.cache.storage import file_digest, load_column
 from fdbpl.errors import InputValueError
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -29,6 +44,51 @@ class RegionRecord:
     flip: bool
     labels: SparseSoftLabels
     weight: float
+
+
+def _open_column(file: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Memory-map one column, refusing anything but a C-order array of this shape and dtype."""
+    check_regular_file(file, "table: column file")
+    try:
+        col = load_column(file)
+    except ValueError as e:
+        raise TableFormatError(f"table: column file {file} is unreadable or truncated ({e})") from None
+    if col.shape != shape or col.dtype != np.dtype(dtype):
+        raise TableFormatError(
+            f"table: {file} holds {col.dtype}{list(col.shape)}, expected {dtype}{list(shape)}"
+        )
+    if col.ndim > 1 and not col.flags.c_contiguous:
+        raise TableFormatError(f"table: {file} is stored in Fortran order; fdbpl writes and reads C order")
+    return col
+
+
+def _verify_manifest_bytes(path: Path) -> None:
+    checksum = read_json_file(path / CHECKSUM, "table")
+    recorded = checksum.get(MANIFEST) if isinstance(checksum, dict) else None
+    if not isinstance(recorded, str):
+        raise TableFormatError(f"table: {path / CHECKSUM} does not record the manifest's SHA-256")
+    if file_digest(path / MANIFEST) != recorded:
+        raise TableFormatError(
+            f"table: {path / MANIFEST} differs from its recorded SHA-256 (changed or damaged)"
+        )
+
+
+def _verify_shard(folder: Path, entry: dict[str, Any]) -> None:
+    recorded = entry.get("sha256")
+    if not recorded:
+        raise TableFormatError(
+            f"table: shard {entry['name']} records no checksums (built by an older fdbpl); rebuild it to verify"
+        )
+    files = sorted(p.name for p in folder.iterdir() if p.name != SHARD_CHECKSUMS)
+    if files != sorted(recorded):
+        raise TableFormatError(f"table: {folder} holds {files}, its checksums list {sorted(recorded)}")
+    for name, digest in recorded.items():
+        check_relative_path(name, f"table: shard {entry['name']}")
+        check_regular_file(folder / name, "table: column file")
+        if file_digest(folder / name) != digest:
+            raise TableFormatError(
+                f"table: {folder / name} differs from its recorded SHA-256 (changed or damaged)"
+            )
 
 
 def _first_difference(theirs: Sequence[Any], mine: Sequence[Any]) -> str:
@@ -60,30 +120,43 @@ class RILTable:
         path: str | os.PathLike[str],
         classnames: Sequence[str] | None = None,
         images: Sequence[str] | None = None,
+        verify: bool = False,
     ) -> RILTable:
         """Open and validate a table.
+
+        Opening always checks the manifest (fields, types, sizes, dtypes, the stored
+        SHA-256 of the class names and of the image list, image paths that stay inside the
+        image folder, plain shard names) and every column file's header (a regular file,
+        its shape and dtype, C order). ``verify`` also reads every byte: each file's
+        SHA-256 against the one recorded at build time, so a single flipped byte anywhere
+        in the table is found (this reads the whole table once).
 
         Args:
             path: the table's folder.
             classnames: if given, the class names the table must have been built for.
             images: if given, the relative image paths (in order) it must have been built on.
+            verify: check every file's SHA-256 (the manifest's own, then each column's).
 
         Raises:
-            TableFormatError: no manifest (a build that never finished), another schema
-                version, a missing or truncated column, wrong dtypes or lengths, or class
-                names / images that differ from the ones given (the message names the
-                first difference).
+            TableFormatError: naming the field or file: no manifest (a build that never
+                finished), another schema version, a malformed or tampered manifest, a
+                missing, truncated or non-regular column file, wrong dtypes, lengths or
+                memory order, class names / images that differ from the ones given (the
+                message names the first difference), or a checksum that differs.
         """
         path = Path(path)
         manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
+        if not manifest_path.exists():
             hint = (
                 " (a build is in progress or was interrupted: run it again to finish)"
-                if (path / "build.json").exists()
+                if (path / BUILD_SETTINGS).exists()
                 else ""
             )
             raise TableFormatError(f"table: {manifest_path} does not exist{hint}")
-        manifest = validate_manifest(read_json(manifest_path), str(manifest_path))
+        if verify:
+            _verify_manifest_bytes(path)
+        manifest = validate_manifest(read_json_file(manifest_path, "table"), str(manifest_path))
+        check_shards(manifest, str(manifest_path))
         if classnames is not None and list(classnames) != manifest["classnames"]:
             raise TableFormatError(
                 f"classnames: the table was built for other class names "
@@ -94,38 +167,14 @@ class RILTable:
             raise TableFormatError(
                 f"images: the table was built on other images ({_first_difference(table_images, list(images))})"
             )
-        m, k = manifest["crops_per_image"], manifest["topk"]
-        dtypes = manifest["dtypes"]
-        columns = ["box", "flip", "indices", "values", "weight"] + (
-            ["fill"] if manifest["strategy"] == "ms" else []
-        )
-        widths = {"box": (4,), "indices": (k,), "values": (k,)}
+        m = manifest["crops_per_image"]
         shards = []
-        for entry in manifest.get("shards", []):
+        for entry in manifest["shards"]:
             folder = path / entry["name"]
-            rows = entry["num_images"] * m
-            cols = {}
-            for name in columns:
-                file = folder / f"{name}.npy"
-                try:
-                    col = load_column(file)
-                except FileNotFoundError:
-                    raise TableFormatError(f"table: column file {file} is missing") from None
-                except ValueError as e:
-                    raise TableFormatError(
-                        f"table: column file {file} is unreadable or truncated ({e})"
-                    ) from None
-                want = (rows, *widths.get(name, ()))
-                if col.shape != want or col.dtype != np.dtype(dtypes[name]):
-                    raise TableFormatError(
-                        f"table: {file} holds {col.dtype}{list(col.shape)}, expected {dtypes[name]}{list(want)}"
-                    )
-                cols[name] = col
-            shards.append(cols)
-        if sum(e["num_images"] for e in manifest.get("shards", [])) != len(manifest["images"]):
-            raise TableFormatError(
-                f"table: the shards of {manifest_path} do not cover its {len(manifest['images'])} images"
-            )
+            specs = column_specs(manifest, entry["num_images"] * m)
+            shards.append({name: _open_column(folder / f"{name}.npy", *spec) for name, spec in specs.items()})
+            if verify:
+                _verify_shard(folder, entry)
         return cls(path, manifest, shards)
 
     # -- facts --------------------------------------------------------------------------
@@ -161,6 +210,14 @@ class RILTable:
     def image_paths(self) -> list[str]:
         """Relative image paths, in image-index order."""
         return [r["path"] for r in self.manifest["images"]]
+
+    @property
+    def image_records(self) -> list[ImageRecord]:
+        """Each image's path, size, class folder and (if recorded) SHA-256, in image-index order."""
+        return [
+            ImageRecord(r["path"], r["width"], r["height"], r["label"], r.get("sha256"))
+            for r in self.manifest["images"]
+        ]
 
     @property
     def image_labels(self) -> list[int]:

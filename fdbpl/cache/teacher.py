@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fdbpl._checks import check_number
 from fdbpl.errors import InputValueError
 
 __all__ = ["Teacher", "clip_teacher"]
@@ -75,8 +76,10 @@ def clip_teacher(
         temperature: :math:`\\tau`; default: the model's own, ``1 / logit_scale.exp()``.
         description: recorded in the manifest (the template and temperature are added).
     """
-    if "{}" not in template:
-        raise InputValueError(f"template: expected a '{{}}' for the class name, got {template!r}")
+    if template.count("{}") != 1 or "{" in template.replace("{}", "") or "}" in template.replace("{}", ""):
+        raise InputValueError(
+            f"template: expected exactly one '{{}}' for the class name and no other braces, got {template!r}"
+        )
     device = next(model.parameters()).device
     with torch.no_grad():
         text = model.encode_text(tokenizer([template.format(c) for c in classnames]).to(device))
@@ -84,9 +87,7 @@ def clip_teacher(
         if temperature is None:
             scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
         else:
-            if temperature <= 0:
-                raise InputValueError(f"temperature: expected a positive number, got {temperature}")
-            scale = 1.0 / temperature
+            scale = 1.0 / check_number("temperature", temperature, positive=True)
 
     def probabilities(crops: torch.Tensor) -> torch.Tensor:
         image = F.normalize(model.encode_image(crops).float(), dim=-1)
