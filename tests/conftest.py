@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-from models import EMBED_DIM, TEXT_CFG, VISION_CFG
+from tiny_models import EMBED_DIM, TEXT_CFG, VISION_CFG
 
 from fdbpl.synthetic import draw_image_folder
 

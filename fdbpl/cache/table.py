@@ -27,7 +27,7 @@ from fdbpl.cache.manifest import (
     validate_manifest,
 )
 from fdbpl.cache.shards import SHARD_CHECKSUMS
-from fdbpl.cache.storage import file_digest, load_column
+from fdbpl.cache.storage import file_digest, json_bytes, load_column
 from fdbpl.errors import InputValueError
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -63,10 +63,17 @@ def _open_column(file: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
 
 
 def _verify_manifest_bytes(path: Path) -> None:
+    if not (path / CHECKSUM).exists():
+        raise TableFormatError(
+            f"table: {path} records no checksums (built by an older fdbpl, or {CHECKSUM} was removed); "
+            "rebuild it to verify"
+        )
     checksum = read_json_file(path / CHECKSUM, "table")
     recorded = checksum.get(MANIFEST) if isinstance(checksum, dict) else None
-    if not isinstance(recorded, str):
-        raise TableFormatError(f"table: {path / CHECKSUM} does not record the manifest's SHA-256")
+    if not isinstance(recorded, str) or (path / CHECKSUM).read_bytes() != json_bytes(checksum):
+        raise TableFormatError(
+            f"table: {path / CHECKSUM} is damaged or does not record the manifest's SHA-256"
+        )
     if file_digest(path / MANIFEST) != recorded:
         raise TableFormatError(
             f"table: {path / MANIFEST} differs from its recorded SHA-256 (changed or damaged)"
@@ -82,6 +89,9 @@ def _verify_shard(folder: Path, entry: dict[str, Any]) -> None:
     files = sorted(p.name for p in folder.iterdir() if p.name != SHARD_CHECKSUMS)
     if files != sorted(recorded):
         raise TableFormatError(f"table: {folder} holds {files}, its checksums list {sorted(recorded)}")
+    check_regular_file(folder / SHARD_CHECKSUMS, "table: checksum file")
+    if (folder / SHARD_CHECKSUMS).read_bytes() != json_bytes(recorded):
+        raise TableFormatError(f"table: {folder / SHARD_CHECKSUMS} differs from the manifest's checksums")
     for name, digest in recorded.items():
         check_relative_path(name, f"table: shard {entry['name']}")
         check_regular_file(folder / name, "table: column file")

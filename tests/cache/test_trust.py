@@ -11,23 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import toy_teacher
 
-from fdbpl.cache import RegionDataset, RILTable, TableFormatError, Teacher, build_table, scan_image_folder
+from fdbpl.cache import RegionDataset, RILTable, TableFormatError, build_table, scan_image_folder
 from fdbpl.cache.images import decode_image
 from fdbpl.cache.manifest import list_hash
-
-
-def toy_teacher(num_classes: int) -> Teacher:
-    """A deterministic teacher: probabilities from the crops' mean colours (no model needed)."""
-    weight = torch.linspace(-3, 3, 3 * num_classes).view(3, num_classes)
-
-    def probs(crops: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(crops.mean(dim=(2, 3)) @ weight, dim=1)
-
-    return Teacher(probs, 16, (0.5,) * 3, (0.5,) * 3, {"name": "toy"})
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +25,15 @@ def table_dir(tmp_path_factory, image_root):
     out = tmp_path_factory.mktemp("trust") / "table"
     scan = scan_image_folder(image_root)
     build_table(
-        image_root, out, toy_teacher(len(scan.classnames)), scan=scan, crops_per_image=3, topk=2,
-        strategy="ms", shard_size=10, progress=False,
+        image_root,
+        out,
+        toy_teacher(len(scan.classnames)),
+        scan=scan,
+        crops_per_image=3,
+        topk=2,
+        strategy="ms",
+        shard_size=10,
+        progress=False,
     )
     return out
 
@@ -55,7 +52,9 @@ def edit_manifest(table: Path, change, rehash: bool = False) -> None:
     change(manifest)
     if rehash:
         manifest["classnames_sha256"] = list_hash(manifest["classnames"])
-        manifest["images_sha256"] = list_hash([[r["path"], r["width"], r["height"]] for r in manifest["images"]])
+        manifest["images_sha256"] = list_hash(
+            [[r["path"], r["width"], r["height"]] for r in manifest["images"]]
+        )
     path.write_text(json.dumps(manifest))
 
 
@@ -82,13 +81,25 @@ def _shard_field(key, value, index=0):
 
 TAMPERED = [
     (_set("classnames", None), False, r"field 'classnames' missing or not a list"),
-    (lambda m: m["classnames"].__setitem__(0, "zebra"), False, r"classnames do not match their stored classnames_sha256"),
-    (_set_image_path("cyan_cross/000.png"), False, r"images do not match their stored images_sha256"),
+    (
+        lambda m: m["classnames"].__setitem__(0, "zebra"),
+        False,
+        r"classnames do not match their stored classnames_sha256",
+    ),
+    (_set_image_path("cyan_cross/999.png"), False, r"images do not match their stored images_sha256"),
     (_set_image_path("/etc/passwd"), True, r"images\[0\]: path '/etc/passwd' is absolute"),
-    (_set_image_path("../../etc/passwd"), True, r"images\[0\]: path '../../etc/passwd' leaves the image folder"),
+    (
+        _set_image_path("../../etc/passwd"),
+        True,
+        r"images\[0\]: path '../../etc/passwd' leaves the image folder",
+    ),
     (_set_image_path("C:\\Windows\\win.ini"), True, r"is absolute"),
     (_shard_field("name", "../other/shard-00000"), False, r"shards\[0\] has name '../other/shard-00000'"),
-    (lambda m: m["shards"].__setitem__(1, dict(m["shards"][0])), False, r"shards\[1\] has name 'shard-00000'"),
+    (
+        lambda m: m["shards"].__setitem__(1, dict(m["shards"][0])),
+        False,
+        r"shards\[1\] has name 'shard-00000'",
+    ),
     (_shard_field("num_images", 10**9), False, r"shards\[0\] has num_images"),
     (_set("crops_per_image", 0), False, r"crops_per_image 0 is not a positive count"),
     (_set("topk", 99), False, r"topk 99 outside \[1, 8\]"),
@@ -221,14 +232,16 @@ def test_verify_finds_a_single_flipped_byte_anywhere(table_dir, tmp_path_factory
 
 
 def test_verify_refuses_a_table_without_checksums(copy):
+    """A table of fdbpl 0.1 (no checksums) still opens, but cannot be verified."""
+
     def strip(m):
         for entry in m["shards"]:
             entry.pop("sha256")
 
     edit_manifest(copy, strip)
-    (copy / "checksum.json").write_text(
-        json.dumps({"manifest.json": __import__("hashlib").sha256((copy / "manifest.json").read_bytes()).hexdigest()})
-    )
-    RILTable.open(copy)  # readable: an older table
-    with pytest.raises(TableFormatError, match=r"records no checksums \(built by an older fdbpl\)"):
+    (copy / "checksum.json").unlink()
+    for folder in copy.glob("shard-*"):
+        (folder / "sha256.json").unlink()
+    RILTable.open(copy)
+    with pytest.raises(TableFormatError, match=r"records no checksums \(built by an older fdbpl"):
         RILTable.open(copy, verify=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -85,3 +86,11 @@ def test_backward_reaches_both_prompt_spaces_and_a_learnable_scale():
     out.total.backward()
     for t in (pos, neg, scale):
         assert t.grad is not None and bool(torch.isfinite(t.grad).all()) and bool(t.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("scale", [-1.0, 0.0, float("nan"), float("inf"), torch.tensor(-2.0)])
+def test_a_non_positive_or_non_finite_logit_scale_is_refused(scale):
+    from fdbpl.errors import FDBPLError
+
+    with pytest.raises(FDBPLError, match=r"logit_scale: expected a positive finite multiplier"):
+        clip_logits(torch.randn(2, 4), torch.randn(3, 4), scale)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from models import tiny_open_clip
+from tiny_models import tiny_open_clip
 
 from fdbpl.errors import FDBPLError
 from fdbpl.losses.functional import clip_logits

@@ -1,15 +1,17 @@
-"""Training from a table, resuming, distributed training, evaluation and the base-to-new split."""
+"""Training from a table, resuming (after kills, full disks, or with other settings), distributed
+training, evaluation and the base-to-new split."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from models import tiny_open_clip
 from processes import run_fdbpl
+from tiny_models import tiny_open_clip
 
 import fdbpl.train as train_module
 from fdbpl.cache import RILTable, build_table, clip_teacher, scan_image_folder
@@ -186,3 +188,93 @@ def test_two_process_training_sees_each_image_once_and_ends_with_one_set_of_prom
             sum(i * i for i in range(n)),
         )
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+
+
+# -- resuming after faults -------------------------------------------------------------
+
+SHORT = dataclasses.replace(CONFIG, epochs=2)
+
+
+def _log(run):
+    return (run / "log.jsonl").read_text().splitlines()
+
+
+def test_a_log_cut_mid_line_does_not_block_resume(table, image_root, tmp_path):
+    straight = tmp_path / "straight"
+    run_train(table, image_root, straight, SHORT)
+    run = tmp_path / "cut"
+    run_train(table, image_root, run, dataclasses.replace(SHORT, epochs=1))
+    # pretend epoch 2 was under way when the disk filled: its checkpoint never came
+    state = load_run(run)
+    state["settings"]["config"]["epochs"] = 2
+    torch.save(state, run / "checkpoint.pt")
+    with open(run / "log.jsonl", "a", encoding="utf-8") as log:
+        log.write('{"epoch": 1, "step": 3, "lr": 0.0')
+    run_train(table, image_root, run, SHORT)
+    lines = [json.loads(line) for line in _log(run)]  # every line whole
+    assert [x.get("step") for x in lines] == [json.loads(x).get("step") for x in _log(straight)]
+
+
+def test_an_attempt_killed_before_its_first_checkpoint_leaves_no_lines(table, image_root, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"epoch": 0, "step": 1, "total": 9.0}\n{"epoch": 0, "st')
+    run_train(table, image_root, run, SHORT)
+    steps = [json.loads(x)["step"] for x in _log(run) if "step" in json.loads(x)]
+    assert steps == sorted(set(steps)) and steps[0] == 1 and len(steps) == load_run(run)["step"]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (dict(epochs=3), r"epochs: 2 -> 3.*a finished cosine schedule cannot be extended"),
+        (dict(lr=0.2), r"lr: 0.05 -> 0.2"),
+        (dict(lambda_neg=0.5, delta=0.2), r"lambda_neg: 1.0 -> 0.5; delta: 0.1 -> 0.2"),
+    ],
+)
+def test_a_resume_with_other_settings_is_refused_naming_them(table, image_root, tmp_path, change, match):
+    run = tmp_path / "run"
+    run_train(table, image_root, run, SHORT)
+    before = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(FDBPLError, match=match):
+        run_train(table, image_root, run, dataclasses.replace(SHORT, **change))
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_finished_run_with_the_same_settings_trains_no_more(table, image_root, tmp_path):
+    run = tmp_path / "run"
+    first = run_train(table, image_root, run, SHORT)
+    before = (run / "checkpoint.pt").read_bytes()
+    again = run_train(table, image_root, run, dataclasses.replace(SHORT, num_workers=1))  # workers may change
+    assert again.steps == first.steps and (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_another_student_is_refused_naming_it(table, image_root, tmp_path):
+    from tiny_models import tiny_open_clip
+
+    from fdbpl.train import train
+
+    run = tmp_path / "run"
+    student, tok = tiny_open_clip("clip", seed=5)
+    common = dict(config=SHORT, tokenizer=tok, image_size=32, progress=False)
+    train(table, image_root, student, run, student_description={"name": "a"}, **common)
+    with pytest.raises(FDBPLError, match=r"student: \{'name': 'a'\} -> \{'name': 'b'\}"):
+        train(table, image_root, student, run, student_description={"name": "b"}, **common)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("lr", float("nan"), r"lr: expected a finite number > 0"),
+        ("lr", 0.0, r"lr: expected a finite number > 0"),
+        ("epochs", 0, r"epochs: expected an integer >= 1"),
+        ("batch_size", -1, r"batch_size: expected an integer >= 1"),
+        ("alpha", float("nan"), r"alpha: expected a finite number >= 0"),
+        ("delta", float("inf"), r"delta: expected a finite number"),
+        ("lambda_neg", -1.0, r"lambda_neg: expected a finite number >= 0"),
+        ("n_ctx", 2.5, r"n_ctx: expected an integer >= 1"),
+    ],
+)
+def test_bad_settings_are_refused(field, value, match):
+    with pytest.raises(FDBPLError, match=match):
+        TrainConfig(**{field: value})

@@ -1,4 +1,4 @@
-"""Tiny random-initialised CLIP models for the tests: no weights are downloaded."""
+"""Tiny random-initialised CLIP models and a toy teacher for the tests: no weights are downloaded."""
 
 from __future__ import annotations
 
@@ -50,3 +50,15 @@ def tiny_open_clip(kind: str = "clip", seed: int = 0) -> tuple[torch.nn.Module, 
     else:
         raise ValueError(kind)
     return model.eval(), open_clip.tokenize
+
+
+def toy_teacher(num_classes: int):
+    """A deterministic teacher: probabilities from the crops' mean colours (no model needed)."""
+    from fdbpl.cache import Teacher
+
+    weight = torch.linspace(-3, 3, 3 * num_classes).view(3, num_classes)
+
+    def probs(crops: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(crops.mean(dim=(2, 3)) @ weight, dim=1)
+
+    return Teacher(probs, 16, (0.5,) * 3, (0.5,) * 3, {"name": "toy"})
