@@ -47,3 +47,9 @@ def run_fdbpl(*args: object, nproc: int = 1, timeout: float = 300) -> subprocess
     )
     assert r.returncode == 0, r.stderr[:4000] + "\n...\n" + r.stderr[-2000:]
     return r
+
+
+def teacher_args(teacher_files) -> list[str]:
+    """``--teacher CONFIG --pretrained CHECKPOINT`` for the tests' tiny teacher on disk."""
+    config, checkpoint = teacher_files
+    return ["--teacher", str(config), "--pretrained", str(checkpoint)]

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from processes import teacher_args
 
 import fdbpl
 from fdbpl.cli import main
@@ -118,18 +119,7 @@ def test_an_existing_file_as_out_is_refused(tmp_path, capsys):
 
 
 def _build_args(image_root, out, teacher_files, *extra):
-    config, checkpoint = teacher_files
-    return [
-        "build-cache",
-        image_root,
-        out,
-        "--teacher",
-        config,
-        "--pretrained",
-        checkpoint,
-        "--no-progress",
-        *extra,
-    ]
+    return ["build-cache", image_root, out, *teacher_args(teacher_files), "--no-progress", *extra]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from processes import fdbpl_command, run_fdbpl, single_thread_env
+from processes import fdbpl_command, run_fdbpl, single_thread_env, teacher_args
 
 from fdbpl.cache import (
     CropSampler,
@@ -310,14 +310,10 @@ def test_crop_boxes_lie_inside_the_image_and_depend_only_on_seed_and_image(
 
 
 def _cli_args(image_root, out, teacher_files, **extra):
-    config, checkpoint = teacher_files
     args = [
         image_root,
         out,
-        "--teacher",
-        config,
-        "--pretrained",
-        checkpoint,
+        *teacher_args(teacher_files),
         "--crops-per-image",
         extra.get("m", 6),
         "--topk",

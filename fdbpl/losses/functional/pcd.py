@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from fdbpl._checks import (
@@ -165,10 +167,11 @@ def second_order_difference_loss(
 
     The :math:`(N, N, D)` tensor of difference vectors is never built. With
     :math:`E = D^{(1)}_{y} - \operatorname{mean}_j D^{(1)}_{y_j}` (the batch's difference
-    vectors, centred), :math:`f_i \cdot D^{(2)}_{y_i, y_j} = P_{ii} - P_{ij}` with
+    vectors, centred: first on one of them, which is exact where they are close, then on
+    their mean), :math:`f_i \cdot D^{(2)}_{y_i, y_j} = P_{ii} - P_{ij}` with
     :math:`P = f E^\top` and :math:`\|D^{(2)}_{y_i,y_j}\|^2 = G_{ii} + G_{jj} - 2G_{ij}`
     with :math:`G = E E^\top`: two :math:`N \times D \times N` products, memory
-    :math:`O(ND + N^2)` (and :math:`O(NmD)` for the near ties below), static shapes (it traces and compiles) and no host
+    :math:`O(ND + N^2)`, static shapes (it traces and compiles) and no host
     synchronisation. Centring changes nothing mathematically (differences ignore a
     common shift) but keeps float32 accurate: the positive and negative prompts differ by
     one word, so the difference vectors share a large common component and the
@@ -179,8 +182,8 @@ def second_order_difference_loss(
     difference vectors are nearly the same. So for each anchor the
     :data:`~fdbpl.losses.functional.pcd.EXACT_NEIGHBOURS` nearest other classes of the
     batch (by the Gram estimate) are summed from their difference vectors
-    :math:`D^{(1)}_{y_i} - D^{(1)}_c` built directly, an :math:`(N, m, D)` tensor with
-    :math:`m` fixed (static shapes), weighted by :math:`w_i` times the class's total
+    :math:`D^{(1)}_{y_i} - D^{(1)}_c` built directly, :math:`m` fixed blocks of
+    :math:`(N, D)` (static shapes), weighted by :math:`w_i` times the class's total
     weight: those pairs are as accurate as the plain float32 formula, values and
     gradients.
 
@@ -284,7 +287,8 @@ class _SecondOrderHinge(torch.autograd.Function):
     ``sqrt(RESOLUTION)`` times ``|E_i| + |E_j|``, and ``P_ii - P_ij`` cancels likewise.
     So for each anchor the :data:`EXACT_NEIGHBOURS` nearest other classes (by the Gram
     estimate) are taken out of the (N, N) sums and summed per class instead, from their
-    difference vectors ``rows_i - rows_c`` built directly (an (N, m, D) tensor), each
+    difference vectors ``rows_i - rows_c`` built directly (one (N, D) block per candidate
+    column, in the backward again rather than kept), each
     weighted by ``w_i`` times its class's total ``w``: as accurate as the plain formula,
     values and gradients. Other pairs whose squared distance is below ``RESOLUTION``
     times ``|E_i|^2 + |E_j|^2`` (an anchor with more than m near-identical classes)
@@ -309,13 +313,15 @@ class _SecondOrderHinge(torch.autograd.Function):
         hinge = s2 + delta
         active_weight = pair_weight.masked_fill((hinge <= 0) | near_pair, 0.0)
 
-        # The near classes, one term per class: (N, m, D) difference vectors rows_i - rows_c.
-        near = (
-            rows.index_select(0, candidates.flatten()).view(n, m, rows.shape[1]).neg_().add_(rows[:, None, :])
-        )
-        near_sq = torch.linalg.vector_norm(near, dim=2).square_()
+        # The near classes, one term per class, from the difference vectors rows_i - rows_c
+        # built directly, one candidate column at a time ((N, D) each: it stays in cache).
+        near_sq = e.new_empty(n, m)
+        near_s2 = e.new_empty(n, m)
+        for k, diff in _near_differences(rows, candidates):
+            near_sq[:, k] = torch.linalg.vector_norm(diff, dim=1).square_()
+            near_s2[:, k] = torch.linalg.vecdot(diff, f)
         near_inv_norm = near_sq.clamp_min(NORM_EPS**2).rsqrt_().masked_fill_(near_sq <= NORM_EPS**2, 0.0)
-        near_s2 = torch.linalg.vecdot(near, f[:, None, :]).mul_(near_inv_norm)
+        near_s2.mul_(near_inv_norm)
         near_relu = (near_s2 + delta).clamp_min_(0).masked_fill_(~valid, 0.0)
         near_class_weight = class_weight[candidates]
         ctx.save_for_backward(
@@ -325,7 +331,7 @@ class _SecondOrderHinge(torch.autograd.Function):
             inv_norm,
             active_weight,
             near_pair,
-            near,
+            rows,
             candidates,
             near_s2,
             near_inv_norm,
@@ -346,7 +352,7 @@ class _SecondOrderHinge(torch.autograd.Function):
             inv_norm,
             active_weight,
             near_pair,
-            near,
+            rows,
             candidates,
             near_s2,
             near_inv_norm,
@@ -366,15 +372,17 @@ class _SecondOrderHinge(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # d_f_i = sum_j d_numer_ij (e_i - e_j), the near ones from their difference vectors.
             d_f = d_numer.sum(dim=1, keepdim=True) * e - d_numer @ e
-            d_f += torch.bmm(near_d_numer[:, None, :], near)[:, 0]
+            for k, diff in _near_differences(rows, candidates):
+                d_f.addcmul_(diff, near_d_numer[:, k, None])
         # numer_ij = f_i.e_i - f_i.e_j has no cancellation: the near terms join the product.
         d_numer.scatter_add_(1, candidates, near_d_numer)
         # d_e = rowsum(d_numer) f - d_numer^T f - sum_j d_sq_sym_ij (e_i - e_j) for sq_ij = |e_i - e_j|^2.
         d_e = d_numer.sum(dim=1, keepdim=True) * f - d_sq_sym.sum(dim=1, keepdim=True) * e
         d_e = d_e.addmm_(d_numer.T, f, alpha=-1).addmm_(d_sq_sym, e)
-        near_grad = near * near_d_sq[:, :, None]
-        d_e -= near_grad.sum(dim=1)
-        d_e.index_add_(0, candidates.flatten(), near_grad.flatten(0, 1))
+        for k, diff in _near_differences(rows, candidates):
+            near_grad = diff.mul_(near_d_sq[:, k, None])
+            d_e -= near_grad
+            d_e.index_add_(0, candidates[:, k], near_grad)
         d_pair_weight = d_w = d_class_weight = None
         if ctx.needs_input_grad[5]:
             d_pair_weight = (grad_out[:, None] * (s2 + ctx.delta).clamp_min(0)).masked_fill_(near_pair, 0.0)
@@ -384,3 +392,10 @@ class _SecondOrderHinge(torch.autograd.Function):
             near_d_class = (grad_out * w)[:, None] * near_relu
             d_class_weight = torch.zeros_like(w).index_add_(0, candidates.flatten(), near_d_class.flatten())
         return d_f, d_e, None, None, None, d_pair_weight, d_w, d_class_weight, None
+
+
+def _near_differences(rows: torch.Tensor, candidates: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(k, rows - rows[candidates[:, k]])`` for each candidate column: (N, D) each, exact
+    where the rows are close (the difference of two close floats is exact)."""
+    for k in range(candidates.shape[1]):
+        yield k, torch.sub(rows, rows.index_select(0, candidates[:, k]))
