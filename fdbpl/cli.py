@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -29,51 +28,71 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _reason(error: Exception, text: str | None = None) -> str:
+    """A library error's message without its leading ``name: `` (the CLI names the flag),
+    quoting what the user typed (``text``) as what it got."""
+    message = str(error)
+    head, sep, rest = message.partition(": ")
+    reason = rest if sep and " " not in head else message
+    if text is not None and ", got " in reason:
+        reason = f"{reason.rsplit(', got ', 1)[0]}, got {text!r}"
+    return reason
+
+
 def _integer(minimum: int) -> Callable[[str], int]:
+    """An argparse type: the text as an integer >= ``minimum`` (fdbpl's own check)."""
+    from fdbpl._checks import check_count
+
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value: object = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
+            value = text
+        try:
+            return check_count("value", value, minimum)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(_reason(e, text)) from None
 
     parse.__name__ = "integer"
     return parse
 
 
 def _number(minimum: float | None = None, positive: bool = False) -> Callable[[str], float]:
-    bound = " > 0" if positive else f" >= {minimum:g}" if minimum is not None else ""
+    """An argparse type: the text as a finite number (fdbpl's own check)."""
+    from fdbpl._checks import check_number
 
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value: object = float(text)
         except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or (minimum is not None and value < minimum) or (positive and value <= 0):
-            raise argparse.ArgumentTypeError(f"expected a finite number{bound}, got {text!r}")
-        return value
+            value = text
+        try:
+            return check_number("value", value, minimum, positive)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(_reason(e, text)) from None
 
     parse.__name__ = "number"
     return parse
 
 
 def _template(text: str) -> str:
-    if text.count("{}") != 1 or text.replace("{}", "").count("{") or text.replace("{}", "").count("}"):
-        raise argparse.ArgumentTypeError(
-            f"expected a prompt with exactly one '{{}}' for the class name and no other braces, got {text!r}"
-        )
-    return text
+    from fdbpl.cache.teacher import check_template
+
+    try:
+        return check_template(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(_reason(e)) from None
 
 
 def _check_range(
-    parser: argparse.ArgumentParser, name: str, pair: Sequence[float], upper: float | None
+    parser: argparse.ArgumentParser, flag: str, pair: Sequence[float], upper: float | None
 ) -> None:
-    lo, hi = pair
-    if not 0 < lo <= hi or (upper is not None and hi > upper):
-        most = f" <= {upper:g}" if upper is not None else ""
-        parser.error(f"{name}: expected 0 < MIN <= MAX{most}, got {lo:g} {hi:g}")
+    from fdbpl.cache.crops import check_range
+
+    try:
+        check_range(flag, pair, upper)
+    except ValueError as e:
+        parser.error(f"{flag}: {_reason(e)}")
 
 
 def _check_out_folder(parser: argparse.ArgumentParser, name: str, path: str) -> None:

@@ -50,15 +50,15 @@ BAD_VALUES = [
     (["--ratio", "2", "1"], "--ratio: expected 0 < MIN <= MAX, got 2 1"),
     (["--temperature", "inf"], "--temperature: expected a finite number > 0, got 'inf'"),
     (["--temperature", "-1"], "--temperature: expected a finite number > 0, got '-1'"),
-    (["--crops-per-image", "0"], "--crops-per-image: expected an integer >= 1, got 0"),
+    (["--crops-per-image", "0"], "--crops-per-image: expected an integer >= 1, got '0'"),
     (["--topk", "2.5"], "--topk: expected an integer >= 1, got '2.5'"),
-    (["--batch-size", "-1"], "--batch-size: expected an integer >= 1, got -1"),
-    (["--seed", "-3"], "--seed: expected an integer >= 0, got -3"),
+    (["--batch-size", "-1"], "--batch-size: expected an integer >= 1, got '-1'"),
+    (["--seed", "-3"], "--seed: expected an integer >= 0, got '-3'"),
     (["--shots", "nan"], "--shots: expected an integer >= 1, got 'nan'"),
-    (["--shard-size", "0"], "--shard-size: expected an integer >= 1, got 0"),
-    (["--num-workers", "-1"], "--num-workers: expected an integer >= 0, got -1"),
-    (["--template", "a photo of {} and {}"], "--template: expected a prompt with exactly one '{}'"),
-    (["--template", "a photo"], "--template: expected a prompt with exactly one '{}'"),
+    (["--shard-size", "0"], "--shard-size: expected an integer >= 1, got '0'"),
+    (["--num-workers", "-1"], "--num-workers: expected an integer >= 0, got '-1'"),
+    (["--template", "a photo of {} and {}"], "--template: expected exactly one '{}' for the class name"),
+    (["--template", "a photo"], "--template: expected exactly one '{}' for the class name"),
     (["--device", "cuda:7"], "--device: cuda:7 does not exist here"),
     (["--device", "gpu"], "--device: 'gpu' is not a device"),
 ]
@@ -79,10 +79,10 @@ TRAIN_BAD = [
     (["--lr", "0"], "--lr: expected a finite number > 0, got '0'"),
     (["--alpha", "nan"], "--alpha: expected a finite number >= 0, got 'nan'"),
     (["--delta", "nan"], "--delta: expected a finite number, got 'nan'"),
-    (["--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
+    (["--epochs", "0"], "--epochs: expected an integer >= 1, got '0'"),
     (["--lambda-neg", "-1"], "--lambda-neg: expected a finite number >= 0, got '-1'"),
     (["--lambda-diff2", "inf"], "--lambda-diff2: expected a finite number >= 0, got 'inf'"),
-    (["--n-ctx", "0"], "--n-ctx: expected an integer >= 1, got 0"),
+    (["--n-ctx", "0"], "--n-ctx: expected an integer >= 1, got '0'"),
 ]
 
 
@@ -99,9 +99,9 @@ def test_bad_train_values_are_one_line_errors(extra, message, tmp_path, capsys):
     [
         (
             ["evaluate", "run", "imgs", "--batch-size", "-1"],
-            "fdbpl evaluate: error: --batch-size: expected an integer >= 1, got -1",
+            "fdbpl evaluate: error: --batch-size: expected an integer >= 1, got '-1'",
         ),
-        (["demo", "--epochs", "0"], "fdbpl demo: error: --epochs: expected an integer >= 1, got 0"),
+        (["demo", "--epochs", "0"], "fdbpl demo: error: --epochs: expected an integer >= 1, got '0'"),
         (["inspect"], "fdbpl inspect: error: the following arguments are required: table"),
     ],
 )

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 import fdbpl
-from fdbpl._checks import check_count, check_number, check_probabilities
-from fdbpl.cache.crops import INTERPOLATION, CropSampler, render_crop
+from fdbpl._checks import check_count, check_probabilities
+from fdbpl.cache.crops import INTERPOLATION, CropSampler, check_range, render_crop
 from fdbpl.cache.images import ScanResult, read_image, scan_image_folder
 from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
@@ -150,18 +150,6 @@ def _settings(
         "converted": list(scan.converted),
         "fdbpl_version": fdbpl.__version__,
     }
-
-
-def _check_range(name: str, pair: Any, upper: float | None) -> tuple[float, float]:
-    """A (MIN, MAX) range with 0 < MIN <= MAX (<= upper)."""
-    try:
-        lo, hi = (check_number(name, v, positive=True) for v in pair)
-    except (TypeError, ValueError):
-        raise InputValueError(f"{name}: expected two finite numbers (MIN, MAX) > 0, got {pair!r}") from None
-    if lo > hi or (upper is not None and hi > upper):
-        most = f" <= {upper:g}" if upper is not None else ""
-        raise InputValueError(f"{name}: expected 0 < MIN <= MAX{most}, got {lo:g} {hi:g}")
-    return lo, hi
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -421,7 +409,7 @@ def _plan(
         check_count(name, v)
     check_count("seed", seed, minimum=0)
     check_count("num_workers", num_workers, minimum=0)
-    scale, ratio = _check_range("scale", scale, 1.0), _check_range("ratio", ratio, None)
+    scale, ratio = check_range("scale", scale, 1.0), check_range("ratio", ratio, None)
     scan = scan if scan is not None else scan_image_folder(root, classnames)
     if not scan.images:
         raise InputValueError(f"images: no readable image under {root}")

@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CropSampler", "render_crop"]
+from fdbpl._checks import check_number
+from fdbpl.errors import InputValueError
+
+__all__ = ["CropSampler", "check_range", "render_crop"]
 
 #: The resampling recorded in the manifest: torchvision's BICUBIC with antialiasing.
 INTERPOLATION = "bicubic"
+
+
+def check_range(name: str, pair: Any, upper: float | None) -> tuple[float, float]:
+    """A crop range ``(MIN, MAX)`` of finite numbers with ``0 < MIN <= MAX`` (``<= upper``)."""
+    try:
+        lo, hi = (check_number(name, v, positive=True) for v in pair)
+    except (TypeError, ValueError):
+        raise InputValueError(f"{name}: expected two finite numbers (MIN, MAX) > 0, got {pair!r}") from None
+    if lo > hi or (upper is not None and hi > upper):
+        most = f" <= {upper:g}" if upper is not None else ""
+        raise InputValueError(f"{name}: expected 0 < MIN <= MAX{most}, got {lo:g} {hi:g}")
+    return lo, hi
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fdbpl._checks import check_number
 from fdbpl.errors import InputValueError
 
-__all__ = ["Teacher", "clip_teacher"]
+__all__ = ["Teacher", "check_template", "clip_teacher"]
 
 
 class Teacher:
@@ -52,6 +52,16 @@ class Teacher:
         return self.fn(crops.to(self.device))
 
 
+def check_template(template: str) -> str:
+    """A prompt template with exactly one ``{}`` for the class name and no other braces."""
+    rest = template.replace("{}", "") if isinstance(template, str) else "{"
+    if not isinstance(template, str) or template.count("{}") != 1 or "{" in rest or "}" in rest:
+        raise InputValueError(
+            f"template: expected exactly one '{{}}' for the class name and no other braces, got {template!r}"
+        )
+    return template
+
+
 def clip_teacher(
     model: torch.nn.Module,
     classnames: Sequence[str],
@@ -76,10 +86,7 @@ def clip_teacher(
         temperature: :math:`\\tau`; default: the model's own, ``1 / logit_scale.exp()``.
         description: recorded in the manifest (the template and temperature are added).
     """
-    if template.count("{}") != 1 or "{" in template.replace("{}", "") or "}" in template.replace("{}", ""):
-        raise InputValueError(
-            f"template: expected exactly one '{{}}' for the class name and no other braces, got {template!r}"
-        )
+    check_template(template)
     device = next(model.parameters()).device
     with torch.no_grad():
         text = model.encode_text(tokenizer([template.format(c) for c in classnames]).to(device))
