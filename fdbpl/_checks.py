@@ -25,8 +25,6 @@ SUM_TOLERANCE: dict[torch.dtype, float] = {
     torch.bfloat16: 3e-2,
 }
 
-REDUCTIONS = ("mean", "sum", "none")
-
 
 def set_value_checks(enabled: bool) -> None:
     """Turn the value checks of fdbpl's public functions on or off.
@@ -81,11 +79,6 @@ def check_size(name: str, t: torch.Tensor, dim: int, size: int, what: str) -> No
         raise ShapeError(
             f"{name}: expected size {size} in dimension {dim} ({what}), got shape {shape_str(t)}"
         )
-
-
-def check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise InputValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
@@ -194,6 +187,10 @@ def check_number(name: str, value: object, minimum: float | None = None, positiv
     return float(value)  # type: ignore[arg-type]
 
 
-def compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """float32 for half inputs, float64 for float64: the dtype reductions run in."""
-    return torch.promote_types(t.dtype, torch.float32)
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype fdbpl computes in: the widest of the inputs' and float32 (so float32 for
+    half inputs, float64 for float64 ones)."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype

@@ -27,6 +27,7 @@ from fdbpl.cache.manifest import MANIFEST
 from fdbpl.cache.storage import write_bytes_atomic, write_json_atomic
 from fdbpl.distributed import rank_and_world
 from fdbpl.errors import InputValueError
+from fdbpl.logits import logit_scale_of
 from fdbpl.losses import FDBPLLoss
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.sparsify import SparseSoftLabels
@@ -269,7 +270,7 @@ def train(
         optimizer, T_max=max(1, cfg.epochs * steps_per_epoch)
     )
     loss_fn = FDBPLLoss(cfg.lambda_neg, cfg.lambda_diff1, cfg.lambda_diff2, cfg.alpha, cfg.delta)
-    logit_scale = student.logit_scale.exp().detach() if hasattr(student, "logit_scale") else 100.0
+    logit_scale = logit_scale_of(student)
 
     digest = table_hash(table)
     settings = {

@@ -59,8 +59,7 @@ from fdbpl.cache.storage import json_bytes, write_bytes_atomic, write_json_atomi
 from fdbpl.cache.teacher import Teacher
 from fdbpl.distributed import barrier, broadcast_from_rank0, rank_and_world
 from fdbpl.errors import InputValueError
-from fdbpl.losses.functional import information_weight
-from fdbpl.sparsify import class_id_dtype, sparsify
+from fdbpl.sparsify import class_id_dtype, information_weight, sparsify
 
 __all__ = ["BuildSummary", "build_table"]
 

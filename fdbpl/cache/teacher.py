@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from fdbpl._checks import check_number
 from fdbpl.errors import InputValueError
+from fdbpl.logits import logit_scale_of
 
 __all__ = ["Teacher", "check_template", "clip_teacher"]
 
@@ -92,7 +93,7 @@ def clip_teacher(
         text = model.encode_text(tokenizer([template.format(c) for c in classnames]).to(device))
         text = F.normalize(text.float(), dim=-1)
         if temperature is None:
-            scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
+            scale = float(logit_scale_of(model))
         else:
             scale = 1.0 / check_number("temperature", temperature, positive=True)
 

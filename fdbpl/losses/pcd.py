@@ -5,38 +5,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fdbpl._checks import check_reduction
 from fdbpl.losses.functional import (
     Reduction,
     first_order_difference_loss,
     pcd_loss,
     second_order_difference_loss,
 )
+from fdbpl.losses.functional.reduction import check_reduction
 
 __all__ = ["FirstOrderDifferenceLoss", "PCDLoss", "SecondOrderDifferenceLoss"]
 
-_SHAPES = r"""
-    Shape:
-        - image_features: :math:`(N, D)`
-        - positive_text_features, negative_text_features: :math:`(C, D)`, not normalised
-        - labels: :math:`(N,)` integer, the teacher's top-1
-        - weight: :math:`(N,)`
-        - output: scalar, or :math:`(N,)` with ``reduction="none"``
-"""
-
 
 class FirstOrderDifferenceLoss(nn.Module):
-    __doc__ = (
-        r"""First-order (intra-class) difference loss, Eq. 11-13.
+    r"""First-order (intra-class) difference loss, Eq. 11-13.
 
     See :func:`fdbpl.losses.functional.first_order_difference_loss`.
 
     Args:
         alpha: :math:`\alpha` of Eq. 13 (default 1.0; the paper gives no value).
         reduction: ``"mean"`` (default, Eq. 13's :math:`1/N`), ``"sum"`` or ``"none"``.
-"""
-        + _SHAPES
-        + r"""
+
+    Shape:
+        - image_features: :math:`(N, D)`
+        - positive_text_features, negative_text_features: :math:`(C, D)`, not normalised
+        - labels: :math:`(N,)` integer, the teacher's top-1
+        - weight: :math:`(N,)`
+        - output: scalar, or :math:`(N,)` with ``reduction="none"``
+
     Example:
         >>> import torch
         >>> from fdbpl.losses import FirstOrderDifferenceLoss
@@ -44,8 +39,7 @@ class FirstOrderDifferenceLoss(nn.Module):
         >>> f, pos, neg = torch.randn(8, 16), torch.randn(5, 16), torch.randn(5, 16)
         >>> loss(f, pos, neg, torch.randint(0, 5, (8,)), torch.rand(8)).shape
         torch.Size([])
-"""
-    )
+    """
 
     def __init__(self, alpha: float = 1.0, reduction: Reduction = "mean") -> None:
         super().__init__()
@@ -76,25 +70,28 @@ class FirstOrderDifferenceLoss(nn.Module):
 
 
 class SecondOrderDifferenceLoss(nn.Module):
-    __doc__ = (
-        r"""Second-order (inter-class) difference loss, Eq. 14-16, fused (no :math:`(N, N, D)` tensor).
+    r"""Second-order (inter-class) difference loss, Eq. 14-16, fused (no :math:`(N, N, D)` tensor).
 
     See :func:`fdbpl.losses.functional.second_order_difference_loss`.
 
     Args:
         delta: the margin :math:`\delta` of Eq. 16 (default 0.1; the paper gives no value).
         reduction: ``"mean"`` (default, Eq. 16's :math:`1/(N(N-1))`), ``"sum"`` or ``"none"``.
-"""
-        + _SHAPES
-        + r"""
+
+    Shape:
+        - image_features: :math:`(N, D)`
+        - positive_text_features, negative_text_features: :math:`(C, D)`, not normalised
+        - labels: :math:`(N,)` integer, the teacher's top-1
+        - weight: :math:`(N,)`
+        - output: scalar, or :math:`(N,)` with ``reduction="none"``
+
     Example:
         >>> import torch
         >>> from fdbpl.losses import SecondOrderDifferenceLoss
         >>> f, pos, neg = torch.randn(8, 16), torch.randn(5, 16), torch.randn(5, 16)
         >>> SecondOrderDifferenceLoss()(f, pos, neg, torch.randint(0, 5, (8,)), torch.rand(8)) >= 0
         tensor(True)
-"""
-    )
+    """
 
     def __init__(self, delta: float = 0.1, reduction: Reduction = "mean") -> None:
         super().__init__()
@@ -125,8 +122,7 @@ class SecondOrderDifferenceLoss(nn.Module):
 
 
 class PCDLoss(nn.Module):
-    __doc__ = (
-        r"""Prompt-cascaded difference loss:
+    r"""Prompt-cascaded difference loss:
     :math:`\lambda_{diff1}\mathcal{L}^{(1)}_{diff} + \lambda_{diff2}\mathcal{L}^{(2)}_{diff}` (Eq. 13, 16, 17).
 
     See :func:`fdbpl.losses.functional.pcd_loss`.
@@ -137,17 +133,20 @@ class PCDLoss(nn.Module):
         alpha: :math:`\alpha` of Eq. 13 (default 1.0).
         delta: :math:`\delta` of Eq. 16 (default 0.1).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, applied to both terms.
-"""
-        + _SHAPES
-        + r"""
+    Shape:
+        - image_features: :math:`(N, D)`
+        - positive_text_features, negative_text_features: :math:`(C, D)`, not normalised
+        - labels: :math:`(N,)` integer, the teacher's top-1
+        - weight: :math:`(N,)`
+        - output: scalar, or :math:`(N,)` with ``reduction="none"``
+
     Example:
         >>> import torch
         >>> from fdbpl.losses import PCDLoss
         >>> f, pos, neg = torch.randn(8, 16), torch.randn(5, 16), torch.randn(5, 16)
         >>> PCDLoss(lambda_diff2=0.5)(f, pos, neg, torch.randint(0, 5, (8,)), torch.rand(8)).shape
         torch.Size([])
-"""
-    )
+    """
 
     def __init__(
         self,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fdbpl._checks import check_reduction
 from fdbpl.losses.functional import (
     Reduction,
     negative_uniform_loss,
     positive_distillation_loss,
     radp_loss,
 )
+from fdbpl.losses.functional.reduction import check_reduction
 from fdbpl.sparsify import SparseSoftLabels
 
 __all__ = ["NegativeUniformLoss", "PositiveDistillationLoss", "RADPLoss"]
@@ -51,6 +51,9 @@ class PositiveDistillationLoss(nn.Module):
     ) -> torch.Tensor:
         return positive_distillation_loss(student_logits, teacher, weight, self.reduction)
 
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
 
 class NegativeUniformLoss(nn.Module):
     r"""KL from the uniform distribution to the negative prompts, weighted by :math:`1 - w`, Eq. 10.
@@ -79,6 +82,9 @@ class NegativeUniformLoss(nn.Module):
 
     def forward(self, negative_logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return negative_uniform_loss(negative_logits, weight, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
 
 
 class RADPLoss(nn.Module):

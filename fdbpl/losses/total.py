@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fdbpl._checks import check_reduction
 from fdbpl.losses.functional import CLIP_LOGIT_SCALE, FDBPLLossOutput, Reduction, fdbpl_loss
+from fdbpl.losses.functional.reduction import check_reduction
 from fdbpl.sparsify import SparseSoftLabels
 
 __all__ = ["FDBPLLoss"]

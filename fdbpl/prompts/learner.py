@@ -12,7 +12,7 @@ from torch import nn
 
 from fdbpl._checks import check_count
 from fdbpl.errors import InputValueError
-from fdbpl.losses.functional import CLIP_LOGIT_SCALE, clip_logits
+from fdbpl.logits import clip_logits, logit_scale_of
 from fdbpl.prompts.text_tower import TextTower, Tokenizer
 
 __all__ = ["SPACES", "DualPromptLearner"]
@@ -345,8 +345,7 @@ class DualPromptLearner(nn.Module):
             ``(positive_logits, negative_logits)``, each :math:`(N, C')`.
         """
         if logit_scale is None:
-            scale = getattr(self._tower.module, "logit_scale", None)
-            logit_scale = scale.exp().detach() if isinstance(scale, torch.Tensor) else CLIP_LOGIT_SCALE
+            logit_scale = logit_scale_of(self._tower.module)
         pos, neg = self(classes)
         return clip_logits(image_features, pos, logit_scale), clip_logits(image_features, neg, logit_scale)
 

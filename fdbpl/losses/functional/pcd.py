@@ -11,20 +11,21 @@ from fdbpl._checks import (
     check_floating,
     check_labels,
     check_ndim,
-    check_reduction,
     check_weight,
     compute_dtype,
     shape_str,
 )
 from fdbpl.errors import ShapeError
-from fdbpl.losses.functional._reduce import reduce
-from fdbpl.losses.functional.radp import Reduction
+from fdbpl.logits import NORM_EPS
+from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
 
-__all__ = ["EXACT_NEIGHBOURS", "NORM_EPS", "first_order_difference_loss", "second_order_difference_loss"]
-
-#: A difference vector or image feature whose norm is at most this counts as zero: its
-#: cosine is 0 and it passes no gradient (instead of NaN, or a gradient of 1 / norm).
-NORM_EPS = 1e-8
+__all__ = [
+    "EXACT_NEIGHBOURS",
+    "NORM_EPS",
+    "first_order_difference_loss",
+    "pcd_loss",
+    "second_order_difference_loss",
+]
 
 #: Per anchor, the fused second-order loss computes the difference vectors of this many
 #: nearest other classes of the batch directly, as the plain formula does, instead of
@@ -40,14 +41,11 @@ RESOLUTION: dict[torch.dtype, float] = {
 }
 
 
-def _check_features(
-    image_features: torch.Tensor,
-    positive_text_features: torch.Tensor,
-    negative_text_features: torch.Tensor,
-    labels: torch.Tensor,
-    weight: torch.Tensor,
-    reduction: str,
+def check_features(
+    image_features: torch.Tensor, positive_text_features: torch.Tensor, negative_text_features: torch.Tensor
 ) -> None:
+    """Image features :math:`(N, D)` and both spaces' text features :math:`(C, D)`: floating,
+    finite, the same D and the same C."""
     check_ndim("image_features", image_features, 2, "(N, D)")
     check_ndim("positive_text_features", positive_text_features, 2, "(C, D)")
     check_ndim("negative_text_features", negative_text_features, 2, "(C, D)")
@@ -68,17 +66,21 @@ def _check_features(
             "image_features (N, D) and positive_text_features (C, D) must share D, "
             f"got {shape_str(image_features)} and {shape_str(positive_text_features)}"
         )
+
+
+def _check_inputs(
+    image_features: torch.Tensor,
+    positive_text_features: torch.Tensor,
+    negative_text_features: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    reduction: str,
+) -> None:
+    check_features(image_features, positive_text_features, negative_text_features)
     n, num_classes = image_features.shape[0], positive_text_features.shape[0]
     check_labels("labels", labels, n, num_classes)
     check_weight("weight", weight, n)
     check_reduction(reduction)
-
-
-def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, compute_dtype(t))
-    return dtype
 
 
 def _inverse_norm(x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +111,7 @@ def first_order_difference_loss(
     text encoder's outputs before normalising (pass normalised features to difference
     normalised ones). The cosine normalises :math:`D^{(1)}` and :math:`f(x_i)`, so the
     scale of ``image_features`` does not matter. A difference vector or image feature of
-    norm at most :data:`~fdbpl.losses.functional.pcd.NORM_EPS` (identical positive and
+    norm at most :data:`~fdbpl.logits.NORM_EPS` (identical positive and
     negative prompts, say) counts as zero: its cosine is 0 and it passes no gradient, as
     in the second-order loss (the true gradient, :math:`1/\|D^{(1)}\|`, has no bound).
 
@@ -136,8 +138,23 @@ def first_order_difference_loss(
         >>> first_order_difference_loss(f, pos, neg, torch.arange(3), torch.zeros(3))
         tensor(-1.)
     """
-    _check_features(image_features, positive_text_features, negative_text_features, labels, weight, reduction)
-    dtype = _common_dtype(image_features, positive_text_features, negative_text_features)
+    _check_inputs(image_features, positive_text_features, negative_text_features, labels, weight, reduction)
+    return first_order_unchecked(
+        image_features, positive_text_features, negative_text_features, labels, weight, alpha, reduction
+    )
+
+
+def first_order_unchecked(
+    image_features: torch.Tensor,
+    positive_text_features: torch.Tensor,
+    negative_text_features: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    alpha: float,
+    reduction: Reduction,
+) -> torch.Tensor:
+    """:func:`first_order_difference_loss` without its checks (inputs checked once by the caller)."""
+    dtype = compute_dtype(image_features, positive_text_features, negative_text_features)
     f = image_features.to(dtype)
     d1 = positive_text_features.to(dtype) - negative_text_features.to(dtype)
     d = d1.index_select(0, labels.long())
@@ -188,7 +205,7 @@ def second_order_difference_loss(
     gradients.
 
     Zero norms: a pair whose difference vector has norm at most
-    :data:`~fdbpl.losses.functional.pcd.NORM_EPS` has cosine 0 (the term is
+    :data:`~fdbpl.logits.NORM_EPS` has cosine 0 (the term is
     :math:`\max(0, \delta)\, w_i w_j`) and passes no gradient, as in the first-order loss.
     Past the nearest classes an anchor's pairs come from the Gram expansion, which
     rounds at :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine epsilons) times
@@ -221,8 +238,23 @@ def second_order_difference_loss(
         >>> second_order_difference_loss(f, pos, neg, torch.tensor([0, 1]), torch.ones(2), delta=0.0)
         tensor(1.0000)
     """
-    _check_features(image_features, positive_text_features, negative_text_features, labels, weight, reduction)
-    dtype = _common_dtype(image_features, positive_text_features, negative_text_features)
+    _check_inputs(image_features, positive_text_features, negative_text_features, labels, weight, reduction)
+    return second_order_unchecked(
+        image_features, positive_text_features, negative_text_features, labels, weight, delta, reduction
+    )
+
+
+def second_order_unchecked(
+    image_features: torch.Tensor,
+    positive_text_features: torch.Tensor,
+    negative_text_features: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    delta: float,
+    reduction: Reduction,
+) -> torch.Tensor:
+    """:func:`second_order_difference_loss` without its checks (inputs checked once by the caller)."""
+    dtype = compute_dtype(image_features, positive_text_features, negative_text_features)
     n = image_features.shape[0]
     labels = labels.long()
     f = image_features.to(dtype)
@@ -248,6 +280,31 @@ def second_order_difference_loss(
     if reduction == "sum":
         return per_anchor.sum()
     return reduce(per_anchor / max(n - 1, 1), reduction)
+
+
+def pcd_loss(
+    image_features: torch.Tensor,
+    positive_text_features: torch.Tensor,
+    negative_text_features: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    lambda_diff1: float = 1.0,
+    lambda_diff2: float = 1.0,
+    alpha: float = 1.0,
+    delta: float = 0.1,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""The difference paradigm of Eq. 17:
+    :math:`\lambda_{diff1}\mathcal{L}^{(1)}_{diff} + \lambda_{diff2}\mathcal{L}^{(2)}_{diff}`.
+
+    See :func:`first_order_difference_loss` (Eq. 13) and
+    :func:`second_order_difference_loss` (Eq. 16) for the arguments. The inputs are
+    checked once.
+    """
+    _check_inputs(image_features, positive_text_features, negative_text_features, labels, weight, reduction)
+    args = (image_features, positive_text_features, negative_text_features, labels, weight)
+    first = first_order_unchecked(*args, alpha, reduction)
+    return lambda_diff1 * first + lambda_diff2 * second_order_unchecked(*args, delta, reduction)
 
 
 def _nearest_classes(

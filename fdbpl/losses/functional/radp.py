@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from fdbpl._checks import (
-    check_logits,
-    check_probabilities,
-    check_reduction,
-    check_weight,
-    compute_dtype,
-)
+from fdbpl._checks import check_logits, check_probabilities, check_weight, compute_dtype, shape_str
 from fdbpl.errors import ShapeError
-from fdbpl.losses.functional._reduce import reduce
+from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
 from fdbpl.sparsify import SparseSoftLabels
 
-__all__ = ["Reduction", "negative_uniform_loss", "positive_distillation_loss"]
-
-Reduction = Literal["mean", "sum", "none"]
+__all__ = ["negative_uniform_loss", "positive_distillation_loss", "radp_loss"]
 
 
 def _cross(t: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
@@ -95,22 +86,36 @@ def positive_distillation_loss(
     """
     check_logits("student_logits", student_logits)
     check_reduction(reduction)
-    n, num_classes = student_logits.shape
+    check_teacher(teacher, student_logits.shape, "student_logits")
+    check_weight("weight", weight, student_logits.shape[0])
+    return positive_distillation_unchecked(student_logits, teacher, weight, reduction)
+
+
+def check_teacher(teacher: torch.Tensor | SparseSoftLabels, shape: torch.Size, against: str) -> None:
+    """A teacher of ``shape`` (N, C): probabilities, or :class:`SparseSoftLabels` of N rows and C classes."""
+    n, num_classes = shape
     if isinstance(teacher, SparseSoftLabels):
         if len(teacher) != n or teacher.num_classes != num_classes:
             raise ShapeError(
                 f"teacher: expected SparseSoftLabels with N={n} rows and C={num_classes} classes "
-                f"to match student_logits {tuple(student_logits.shape)}, got N={len(teacher)} "
-                f"and C={teacher.num_classes}"
+                f"to match {against} {tuple(shape)}, got N={len(teacher)} and C={teacher.num_classes}"
             )
-    else:
-        check_probabilities("teacher", teacher)
-        if teacher.shape != student_logits.shape:
-            raise ShapeError(
-                "student_logits and teacher must have the same shape (N, C), "
-                f"got {tuple(student_logits.shape)} and {tuple(teacher.shape)}"
-            )
-    check_weight("weight", weight, n)
+        return
+    check_probabilities("teacher", teacher)
+    if teacher.shape != shape:
+        raise ShapeError(
+            f"{against} and teacher must have the same shape (N, C), "
+            f"got {tuple(shape)} and {tuple(teacher.shape)}"
+        )
+
+
+def positive_distillation_unchecked(
+    student_logits: torch.Tensor,
+    teacher: torch.Tensor | SparseSoftLabels,
+    weight: torch.Tensor,
+    reduction: Reduction,
+) -> torch.Tensor:
+    """:func:`positive_distillation_loss` without its checks (inputs checked once by the caller)."""
     log_p = F.log_softmax(student_logits.to(compute_dtype(student_logits)), dim=1)
     if isinstance(teacher, SparseSoftLabels):
         kl = _sparse_kl(log_p, teacher)
@@ -154,8 +159,41 @@ def negative_uniform_loss(
     """
     check_logits("negative_logits", negative_logits)
     check_reduction(reduction)
-    n, num_classes = negative_logits.shape
-    check_weight("weight", weight, n)
+    check_weight("weight", weight, negative_logits.shape[0])
+    return negative_uniform_unchecked(negative_logits, weight, reduction)
+
+
+def negative_uniform_unchecked(
+    negative_logits: torch.Tensor, weight: torch.Tensor, reduction: Reduction
+) -> torch.Tensor:
+    """:func:`negative_uniform_loss` without its checks (inputs checked once by the caller)."""
     log_p = F.log_softmax(negative_logits.to(compute_dtype(negative_logits)), dim=1)
-    kl = -math.log(num_classes) - log_p.mean(dim=1)
+    kl = -math.log(negative_logits.shape[1]) - log_p.mean(dim=1)
     return reduce((1 - weight.to(log_p.dtype)) * kl, reduction)
+
+
+def radp_loss(
+    positive_logits: torch.Tensor,
+    negative_logits: torch.Tensor,
+    teacher: torch.Tensor | SparseSoftLabels,
+    weight: torch.Tensor,
+    lambda_neg: float = 1.0,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""The similarity paradigm of Eq. 17: :math:`\mathcal{L}_{pos} + \lambda_{neg}\mathcal{L}_{neg}`.
+
+    See :func:`positive_distillation_loss` (Eq. 9) and :func:`negative_uniform_loss` (Eq. 10)
+    for the arguments; both logits are :math:`(N, C)`. The inputs are checked once.
+    """
+    check_logits("positive_logits", positive_logits)
+    check_logits("negative_logits", negative_logits)
+    if positive_logits.shape != negative_logits.shape:
+        raise ShapeError(
+            "positive_logits and negative_logits must have the same shape (N, C), "
+            f"got {shape_str(positive_logits)} and {shape_str(negative_logits)}"
+        )
+    check_reduction(reduction)
+    check_teacher(teacher, positive_logits.shape, "positive_logits")
+    check_weight("weight", weight, positive_logits.shape[0])
+    pos = positive_distillation_unchecked(positive_logits, teacher, weight, reduction)
+    return pos + lambda_neg * negative_uniform_unchecked(negative_logits, weight, reduction)
