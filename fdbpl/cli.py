@@ -9,13 +9,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+import torch
 
 import fdbpl
+from fdbpl._checks import check_count, check_number
+from fdbpl.cache import RILTable, build_table, clip_teacher, scan_image_folder
+from fdbpl.cache.crops import check_range
+from fdbpl.cache.images import check_distinct_classnames
+from fdbpl.cache.report import table_report
+from fdbpl.cache.teacher import check_template
+from fdbpl.demo import DemoConfig, run_demo
+from fdbpl.distributed import process_group, rank_and_world
+from fdbpl.errors import FDBPLError, InputValueError
+from fdbpl.evaluate import evaluate_prompts, harmonic_mean
+from fdbpl.models import LoadedCLIP, load_open_clip
+from fdbpl.run import CHECKPOINT, CONFIG, LOG, RunFolder
+from fdbpl.split import select_images
+from fdbpl.train import TrainConfig, train
 
 __all__ = ["build_parser", "main"]
 
@@ -41,7 +56,6 @@ def _reason(error: Exception, text: str | None = None) -> str:
 
 def _integer(minimum: int) -> Callable[[str], int]:
     """An argparse type: the text as an integer >= ``minimum`` (fdbpl's own check)."""
-    from fdbpl._checks import check_count
 
     def parse(text: str) -> int:
         try:
@@ -59,7 +73,6 @@ def _integer(minimum: int) -> Callable[[str], int]:
 
 def _number(minimum: float | None = None, positive: bool = False) -> Callable[[str], float]:
     """An argparse type: the text as a finite number (fdbpl's own check)."""
-    from fdbpl._checks import check_number
 
     def parse(text: str) -> float:
         try:
@@ -76,8 +89,6 @@ def _number(minimum: float | None = None, positive: bool = False) -> Callable[[s
 
 
 def _template(text: str) -> str:
-    from fdbpl.cache.teacher import check_template
-
     try:
         return check_template(text)
     except ValueError as e:
@@ -87,8 +98,6 @@ def _template(text: str) -> str:
 def _check_range(
     parser: argparse.ArgumentParser, flag: str, pair: Sequence[float], upper: float | None
 ) -> None:
-    from fdbpl.cache.crops import check_range
-
     try:
         check_range(flag, pair, upper)
     except ValueError as e:
@@ -104,8 +113,6 @@ def _check_device(parser: argparse.ArgumentParser, arg: str) -> None:
     """Refuse a device this machine does not have, before any model is loaded."""
     if arg == "auto":
         return
-    import torch
-
     try:
         device = torch.device(arg)
     except (RuntimeError, ValueError):
@@ -215,17 +222,15 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from fdbpl.train import TrainConfig
-
     d = TrainConfig()
     p = sub.add_parser(
         "train",
         help="train the dual prompts of a frozen student CLIP from a RIL table",
         description=(
             "Train positive and negative prompt contexts of a frozen student CLIP with the FDBPL loss "
-            "(Eq. 17) on crops replayed from TABLE. Writes RUN/config.json, RUN/log.jsonl (every step's "
-            "loss parts) and RUN/checkpoint.pt after each epoch; an interrupted run resumes from its last "
-            "checkpoint. Run under torchrun for data-parallel training."
+            f"(Eq. 17) on crops replayed from TABLE. Writes RUN/{CONFIG}, RUN/{LOG} (every step's loss parts) "
+            f"and RUN/{CHECKPOINT} after each epoch; an interrupted run resumes from its last checkpoint. "
+            "Run under torchrun for data-parallel training."
         ),
     )
     p.add_argument("table", help="the RIL table (fdbpl build-cache)")
@@ -255,18 +260,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=d.lr,
         help=f"SGD learning rate, cosine schedule (default: {d.lr})",
     )
-    for name, what in (("neg", "Eq. 10"), ("diff1", "Eq. 13"), ("diff2", "Eq. 16")):
-        default = getattr(d, f"lambda_{name}")
-        p.add_argument(
-            f"--lambda-{name}",
-            type=_number(0.0),
-            default=default,
-            help=f"weight of {what} (default: {default:g})",
-        )
-    p.add_argument(
-        "--alpha", type=_number(0.0), default=d.alpha, help=f"alpha of Eq. 13 (default: {d.alpha:g})"
-    )
-    p.add_argument("--delta", type=_number(), default=d.delta, help=f"delta of Eq. 16 (default: {d.delta:g})")
+    _add_loss_arguments(p, d)
     p.add_argument(
         "--n-ctx",
         type=_integer(1),
@@ -297,6 +291,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_train, parser=p)
 
 
+def _add_loss_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The weights of Eq. 17, alpha and delta."""
+    for name, what in (("neg", "Eq. 10"), ("diff1", "Eq. 13"), ("diff2", "Eq. 16")):
+        default = getattr(d, f"lambda_{name}")
+        p.add_argument(
+            f"--lambda-{name}",
+            type=_number(0.0),
+            default=default,
+            help=f"weight of {what} (default: {default:g})",
+        )
+    p.add_argument(
+        "--alpha", type=_number(0.0), default=d.alpha, help=f"alpha of Eq. 13 (default: {d.alpha:g})"
+    )
+    p.add_argument("--delta", type=_number(), default=d.delta, help=f"delta of Eq. 16 (default: {d.delta:g})")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -320,8 +330,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from fdbpl.demo import DemoConfig
-
     d = DemoConfig()
     p = sub.add_parser(
         "demo",
@@ -366,23 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _init_distributed() -> tuple[int, str]:
-    """Join the torchrun process group when there is one; returns (local rank, device kind)."""
-    import torch
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-    return local_rank, "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _read_classnames(path: str) -> list[str]:
     """One class name per line, or a JSON list of strings."""
-    from fdbpl.cache.images import check_distinct_classnames
-    from fdbpl.errors import InputValueError
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -400,181 +393,122 @@ def _read_classnames(path: str) -> list[str]:
     return names
 
 
-def _build_cache(args: argparse.Namespace) -> int:
-    import torch
-
-    from fdbpl.cache import build_table, clip_teacher, scan_image_folder
-    from fdbpl.models import load_open_clip
-    from fdbpl.split import select_images
-
-    local_rank, kind = _init_distributed()
-    device = _device(args.device, local_rank, kind)
-    classnames = _read_classnames(args.classnames) if args.classnames else None
-    scan = select_images(scan_image_folder(args.images, classnames), args.subset, args.shots, args.seed)
-    loaded = load_open_clip(args.teacher, args.pretrained, device=device, seed=args.seed)
-    teacher = clip_teacher(
-        loaded.model,
-        scan.classnames,
-        loaded.tokenizer,
-        loaded.image_size,
-        loaded.mean,
-        loaded.std,
-        template=args.template,
-        temperature=args.temperature,
-        description={
-            "name": loaded.name,
-            "pretrained": loaded.pretrained,
-            **({"seed": loaded.seed} if loaded.seed is not None else {}),
-        },
-    )
-    summary = build_table(
-        args.images,
-        args.out,
-        teacher,
-        scan=scan,
-        crops_per_image=args.crops_per_image,
-        topk=args.topk,
-        strategy=args.strategy,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        scale=tuple(args.scale),
-        ratio=tuple(args.ratio),
-        shard_size=args.shard_size,
-        num_workers=args.num_workers,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    if rank == 0:
-        print(summary)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0
-
-
-def _histogram(values, bins: int = 10, width: int = 40) -> list[str]:
-    import numpy as np
-
-    counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    top = max(int(counts.max()), 1)
-    return [
-        f"  [{lo:.1f}, {hi:.1f}{']' if i == bins - 1 else ')'} {'#' * round(width * c / top):<{width}} {c}"
-        for i, (lo, hi, c) in enumerate(zip(edges[:-1], edges[1:], counts))
-    ]
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from fdbpl.cache import RILTable
-
-    table = RILTable.open(args.table, verify=args.verify)
-    m = table.manifest
-    teacher = m["teacher"]
-    w = table.weights(np.arange(len(table))).numpy()
-    lines = [
-        f"table       {table.path}",
-        f"schema      version {m['schema_version']}, fdbpl {m.get('fdbpl_version', '?')}",
-        f"classes     C = {table.num_classes} (sha256 {m['classnames_sha256'][:12]})",
-        f"images      {table.num_images} (sha256 {m['images_sha256'][:12]}), "
-        f"{len(m.get('skipped', []))} skipped, {len(m.get('converted', []))} converted to RGB",
-        f"regions     {len(table)} = {table.num_images} x {table.crops_per_image} crops, {len(m['shards'])} shard(s)",
-        f"labels      Top-{table.topk}, {table.strategy.upper()}",
-        f"storage     {table.bytes_per_region} bytes per region, {len(table) * table.bytes_per_region / 2**20:.2f} MiB",
-        f"teacher     {teacher.get('name', '?')} ({teacher.get('pretrained', '?')}), {teacher['image_size']} px, "
-        f"template {teacher.get('template', '?')!r}, temperature {teacher.get('temperature', '?')}",
-        f"crops       scale {m['crops']['scale']}, ratio {[round(r, 3) for r in m['crops']['ratio']]}, "
-        f"flip p={m['crops']['flip_probability']}, {m['crops']['interpolation']}, seed {m['seed']}",
-        f"weight w    mean {w.mean():.3f}, min {w.min():.3f}, max {w.max():.3f}",
-        *_histogram(w),
-    ]
-    if args.verify:
-        lines.append("verified    every file matches the SHA-256 recorded when it was built")
-    print("\n".join(lines))
-    if args.plot:
-        from fdbpl.cache.plot import plot_table
-
-        plot_table(table, args.images, args.plot)
-        print(f"plot        {args.plot}")
-    return 0
-
-
 def _device(arg: str, local_rank: int, kind: str) -> str:
     if arg == "auto":
         return f"cuda:{local_rank}" if kind == "cuda" else "cpu"
     return arg
 
 
-def _train(args: argparse.Namespace) -> int:
-    import torch
+def _described(loaded: LoadedCLIP) -> dict[str, Any]:
+    """What a table records about its teacher."""
+    return {
+        "name": loaded.name,
+        "pretrained": loaded.pretrained,
+        **({"seed": loaded.seed} if loaded.seed is not None else {}),
+    }
 
-    from fdbpl.cache import RILTable
-    from fdbpl.models import load_open_clip
-    from fdbpl.train import TrainConfig, train
 
-    local_rank, kind = _init_distributed()
-    device = _device(args.device, local_rank, kind)
-    classnames = _read_classnames(args.classnames) if args.classnames else None
-    table = RILTable.open(args.table, classnames=classnames)
-    student = load_open_clip(args.student, args.pretrained, device=device, seed=args.seed)
-    random_ctx = args.n_ctx is not None
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lambda_neg=args.lambda_neg,
-        lambda_diff1=args.lambda_diff1,
-        lambda_diff2=args.lambda_diff2,
-        alpha=args.alpha,
-        delta=args.delta,
-        n_ctx=args.n_ctx,
-        positive_init=None if random_ctx else "a photo of a",
-        negative_init=None if random_ctx else "a photo of no",
-        class_specific=args.class_specific,
-        crops_per_image=args.crops_per_image,
-        num_workers=args.num_workers,
-        seed=args.seed,
-    )
-    result = train(
-        table,
-        args.images,
-        student.model,
-        args.out,
-        config=config,
-        student_description=student.describe(),
-        **student.recipe(),
-        device=device,
-        progress=not args.no_progress,
-    )
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        parts = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
-        print(
-            f"run {result.run}: {result.epochs_done} epochs, {result.steps} steps, {result.seconds:.1f} s; last: {parts}"
+def _build_cache(args: argparse.Namespace) -> int:
+    with process_group() as (local_rank, kind):
+        device = _device(args.device, local_rank, kind)
+        classnames = _read_classnames(args.classnames) if args.classnames else None
+        scan = select_images(scan_image_folder(args.images, classnames), args.subset, args.shots, args.seed)
+        loaded = load_open_clip(args.teacher, args.pretrained, device=device, seed=args.seed)
+        teacher = clip_teacher(
+            loaded.model,
+            scan.classnames,
+            loaded.tokenizer,
+            loaded.image_size,
+            loaded.mean,
+            loaded.std,
+            template=args.template,
+            temperature=args.temperature,
+            description=_described(loaded),
         )
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        summary = build_table(
+            args.images,
+            args.out,
+            teacher,
+            scan=scan,
+            crops_per_image=args.crops_per_image,
+            topk=args.topk,
+            strategy=args.strategy,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            scale=tuple(args.scale),
+            ratio=tuple(args.ratio),
+            shard_size=args.shard_size,
+            num_workers=args.num_workers,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+        if rank_and_world()[0] == 0:
+            print(summary)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    table = RILTable.open(args.table, verify=args.verify)
+    print(table_report(table, verified=args.verify))
+    if args.plot:
+        from fdbpl.cache.plot import plot_table  # needs matplotlib, an optional dependency
+
+        plot_table(table, args.images, args.plot)
+        print(f"plot        {args.plot}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    with process_group() as (local_rank, kind):
+        device = _device(args.device, local_rank, kind)
+        classnames = _read_classnames(args.classnames) if args.classnames else None
+        table = RILTable.open(args.table, classnames=classnames)
+        student = load_open_clip(args.student, args.pretrained, device=device, seed=args.seed)
+        random_ctx = args.n_ctx is not None
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            lambda_neg=args.lambda_neg,
+            lambda_diff1=args.lambda_diff1,
+            lambda_diff2=args.lambda_diff2,
+            alpha=args.alpha,
+            delta=args.delta,
+            n_ctx=args.n_ctx,
+            positive_init=None if random_ctx else "a photo of a",
+            negative_init=None if random_ctx else "a photo of no",
+            class_specific=args.class_specific,
+            crops_per_image=args.crops_per_image,
+            num_workers=args.num_workers,
+            seed=args.seed,
+        )
+        result = train(
+            table,
+            args.images,
+            student.model,
+            args.out,
+            config=config,
+            student_description=student.describe(),
+            **student.recipe(),
+            device=device,
+            progress=not args.no_progress,
+        )
+        if rank_and_world()[0] == 0:
+            parts = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
+            print(
+                f"run {result.run}: {result.epochs_done} epochs, {result.steps} steps, "
+                f"{result.seconds:.1f} s; last: {parts}"
+            )
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from fdbpl.evaluate import evaluate_prompts, harmonic_mean
-    from fdbpl.models import load_open_clip
-    from fdbpl.train import CONFIG, load_run
-
-    state = load_run(args.run)
-    recorded = state.get("student", {})
-    config_path = Path(args.run) / CONFIG
-    if not recorded and config_path.is_file():
-        recorded = json.loads(config_path.read_text()).get("student", {})
+    folder = RunFolder(args.run)
+    state = folder.load_checkpoint()
+    recorded = folder.student()
     name = args.student or recorded.get("source") or recorded.get("name")
     if not name:
-        from fdbpl.errors import InputValueError
-
         raise InputValueError("student: the run does not record its student model; pass --student")
-    import torch
-
     # evaluation runs in one process: no process group, even when started under torchrun
     device = _device(args.device, 0, "cuda" if torch.cuda.is_available() else "cpu")
     pretrained = args.pretrained or recorded.get("pretrained")
@@ -582,11 +516,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     classnames = _read_classnames(args.classnames) if args.classnames else None
     subsets = ["base", "new"] if args.classes == "base-new" else [args.classes]
     rows = [("learned", state)] + ([("initial", None)] if args.initial else [])
-    print(
-        f"{'prompts':<9}"
-        + "".join(f"{s.capitalize():>9}" for s in subsets)
-        + ("       HM" if len(subsets) == 2 else "")
-    )
+    hm_head = "       HM" if len(subsets) == 2 else ""
+    print(f"{'prompts':<9}" + "".join(f"{s.capitalize():>9}" for s in subsets) + hm_head)
     for label, st in rows:
         accs = [
             evaluate_prompts(
@@ -607,8 +538,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fdbpl.demo import DemoConfig, run_demo
-
     run_demo(
         DemoConfig(
             out=Path(args.out),
@@ -634,8 +563,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     _check_args(args)
-    from fdbpl.errors import FDBPLError
-
     try:
         return int(args.handler(args))
     except FDBPLError as e:

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from fdbpl.cache import RegionDataset, RILTable, build_table, clip_teacher, scan_image_folder
 from fdbpl.cache.crops import CropSampler, render_crop
 from fdbpl.cache.images import ScanResult, decode_image
-from fdbpl.evaluate import learner_for
 from fdbpl.models import LoadedCLIP, load_open_clip
+from fdbpl.prompts import DualPromptLearner
+from fdbpl.run import RunFolder, load_run
 from fdbpl.synthetic import draw_image_folder
-from fdbpl.train import TrainConfig, load_run, train
+from fdbpl.train import TrainConfig, train
 
 __all__ = ["TINY_STUDENT", "TINY_TEACHER", "DemoConfig", "run_demo"]
 
@@ -138,28 +139,43 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, float]:
     start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    random_models = cfg.teacher_pretrained is None or cfg.student_pretrained is None
     _say(f"fdbpl demo -> {out}")
-    if random_models:
+    if cfg.teacher_pretrained is None or cfg.student_pretrained is None:
         _say(
             "note: the models here are RANDOM-INITIALISED tiny CLIPs (no weights can be downloaded); "
             "the numbers show the pipeline working, not FDBPL's accuracy.\n"
             "      For real runs: --teacher ViT-L-14 --teacher-pretrained openai --student ViT-B-32 "
             "--student-pretrained openai --images YOUR_IMAGE_FOLDER"
         )
+    per_class = cfg.images_per_class + cfg.held_out_per_class
     root = (
         Path(cfg.images)
         if cfg.images
-        else draw_image_folder(
-            out / "images", per_class=cfg.images_per_class + cfg.held_out_per_class, seed=cfg.seed
-        )
+        else draw_image_folder(out / "images", per_class=per_class, seed=cfg.seed)
     )
     train_scan, test_scan = _split(scan_image_folder(root), cfg.held_out_per_class, cfg.seed)
     _say(
         f"[1/5] images: {len(train_scan.classnames)} classes, {len(train_scan.images)} training and "
         f"{len(test_scan.images)} held-out images in {root}"
     )
+    teacher, student = _models(cfg, out, root, train_scan)
+    table, held_out = _tables(cfg, out, root, teacher, train_scan, test_scan)
+    s = student
+    held_out_data = RegionDataset(
+        held_out, root, image_size=s.image_size, mean=s.mean, std=s.std, crops_per_image=cfg.held_out_crops
+    )
+    initial = DualPromptLearner(s.model, table.classnames, tokenizer=s.tokenizer)
+    before = _agreement(s.model, initial, held_out_data, held_out)
+    run = _train_student(cfg, out, root, table, student)
+    trained = DualPromptLearner.from_state_dict(s.model, load_run(run)["learner"], tokenizer=s.tokenizer)
+    after = _agreement(s.model, trained, held_out_data, held_out)
+    _say(f"[5/5] done in {time.perf_counter() - start:.0f} s; run in {run}")
+    _say(f"agreement with teacher: before {before:.1f}% -> after {after:.1f}%")
+    return {"before": before, "after": after}
 
+
+def _models(cfg: DemoConfig, out: Path, root: Path, train_scan: ScanResult) -> tuple[LoadedCLIP, LoadedCLIP]:
+    """The teacher (fitted briefly to the images when it is the tiny random one) and the student."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         teacher = load_open_clip(
@@ -177,7 +193,13 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, float]:
         )
     else:
         _say(f"[2/5] teacher {teacher.name} ({teacher.pretrained})")
+    return teacher, student
 
+
+def _tables(
+    cfg: DemoConfig, out: Path, root: Path, teacher: LoadedCLIP, train_scan: ScanResult, test_scan: ScanResult
+) -> tuple[RILTable, RILTable]:
+    """The RIL tables of the training and the held-out images."""
     t0 = time.perf_counter()
     zero_shot = clip_teacher(
         teacher.model,
@@ -205,15 +227,11 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, float]:
         f"({time.perf_counter() - t0:.0f} s); the teacher names the true class of "
         f"{100.0 * float((top1 == truth).float().mean()):.0f}% of held-out crops"
     )
+    return table, held_out
 
-    s = student
-    held_out_data = RegionDataset(
-        held_out, root, image_size=s.image_size, mean=s.mean, std=s.std, crops_per_image=cfg.held_out_crops
-    )
-    before = _agreement(
-        s.model, learner_for(s.model, table.classnames, None, s.tokenizer), held_out_data, held_out
-    )
-    t0 = time.perf_counter()
+
+def _train_student(cfg: DemoConfig, out: Path, root: Path, table: RILTable, student: LoadedCLIP) -> Path:
+    """Train the student's dual prompts from the table, afresh; returns the run folder."""
     config = TrainConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -223,25 +241,19 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, float]:
         seed=cfg.seed,
     )
     run = out / "run"
-    for stale in (run / "checkpoint.pt", run / "log.jsonl"):
-        stale.unlink(missing_ok=True)  # the demo always trains afresh
+    RunFolder(run).start_afresh()  # the demo always trains afresh
     result = train(
         table,
         root,
-        s.model,
+        student.model,
         run,
         config=config,
-        student_description=s.describe(),
-        **s.recipe(),
+        student_description=student.describe(),
+        **student.recipe(),
         progress=False,
     )
     _say(
-        f"[4/5] trained the dual prompts of student {s.name} for {cfg.epochs} epochs, {result.steps} steps "
-        f"({result.seconds:.0f} s); last loss {result.last['total']:.3f}"
+        f"[4/5] trained the dual prompts of student {student.name} for {cfg.epochs} epochs, {result.steps} "
+        f"steps ({result.seconds:.0f} s); last loss {result.last['total']:.3f}"
     )
-    after = _agreement(
-        s.model, learner_for(s.model, table.classnames, load_run(run), s.tokenizer), held_out_data, held_out
-    )
-    _say(f"[5/5] done in {time.perf_counter() - start:.0f} s; run in {run}")
-    _say(f"agreement with teacher: before {before:.1f}% -> after {after:.1f}%")
-    return {"before": before, "after": after}
+    return run

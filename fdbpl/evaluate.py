@@ -14,7 +14,7 @@ from fdbpl.errors import InputValueError
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.split import Subset, select_images, split_classes
 
-__all__ = ["Accuracy", "check_run_classes", "evaluate_prompts", "harmonic_mean", "learner_for", "preprocess"]
+__all__ = ["Accuracy", "check_run_classes", "evaluate_prompts", "harmonic_mean", "preprocess"]
 
 
 @dataclass
@@ -43,32 +43,6 @@ def preprocess(image: torch.Tensor, size: int, mean: Any, std: Any) -> torch.Ten
     mean_t = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
     return (x.float() / 255.0 - mean_t) / std_t
-
-
-def learner_for(
-    student: torch.nn.Module, classnames: list[str], state: dict[str, Any] | None, tokenizer: Any = None
-) -> DualPromptLearner:
-    """A learner over ``classnames`` carrying a checkpoint's contexts (``None``: the initial prompts).
-
-    Shared contexts transfer to any class names (that is how new classes are evaluated);
-    class-specific ones only to the classes they were trained on.
-    """
-    if state is None:
-        return DualPromptLearner(student, classnames, tokenizer=tokenizer)
-    inits = state.get("inits", {})
-    n_ctx = state["n_ctx"]["positive"]
-    random_init = inits.get("positive") is None
-    learner = DualPromptLearner(
-        student,
-        classnames,
-        tokenizer=tokenizer,
-        n_ctx=n_ctx if random_init else None,
-        positive_init=inits.get("positive"),
-        negative_init=inits.get("negative"),
-        class_specific=bool(state.get("class_specific")),
-    )
-    learner.load_contexts(state["learner"])
-    return learner
 
 
 def check_run_classes(trained: list[str], folder: list[str], images: object) -> None:
@@ -122,7 +96,11 @@ def evaluate_prompts(
     if not scan.images:
         raise InputValueError(f"images: no image of the {subset} classes under {images}")
     student = student.to(device).eval()
-    learner = learner_for(student, scan.classnames, state, tokenizer).to(device)
+    if state is None:
+        learner = DualPromptLearner(student, scan.classnames, tokenizer=tokenizer)
+    else:
+        learner = DualPromptLearner.from_state_dict(student, state["learner"], scan.classnames, tokenizer)
+    learner = learner.to(device)
     text, _ = learner.normalized_features()
     correct = 0
     root = Path(images)

@@ -17,26 +17,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from fdbpl._checks import check_count, check_number
 from fdbpl.cache import RegionDataset, RILTable
 from fdbpl.cache.manifest import MANIFEST
-from fdbpl.cache.storage import write_bytes_atomic, write_json_atomic
-from fdbpl.distributed import rank_and_world
+from fdbpl.distributed import barrier, rank_and_world
 from fdbpl.errors import InputValueError
 from fdbpl.logits import logit_scale_of
 from fdbpl.losses import FDBPLLoss
 from fdbpl.prompts import DualPromptLearner
+from fdbpl.run import CHECKPOINT, RunFolder, load_run
 from fdbpl.sparsify import SparseSoftLabels
 
 __all__ = ["CHECKPOINT", "TrainConfig", "TrainResult", "load_run", "train"]
-
-CHECKPOINT = "checkpoint.pt"
-LOG = "log.jsonl"
-CONFIG = "config.json"
 
 
 @dataclass
@@ -122,48 +118,24 @@ def _flatten_crops(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _trim_log(path: Path, epochs_kept: int) -> None:
-    """Keep the log lines of the first ``epochs_kept`` epochs: the resumed run writes the
-    rest again. A line cut short (a kill or a full disk mid-write) is dropped too."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and entry["epoch"] < epochs_kept:
-            kept.append(line)
-    write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode("utf-8"))
-
-
 #: Settings that do not change what a run computes, so a resumed run may change them.
 _FREE_ON_RESUME = ("num_workers",)
 
 
-def _check_same_settings(run: Path, state: dict[str, Any], settings: dict[str, Any]) -> None:
+def _check_same_settings(folder: RunFolder, state: dict[str, Any], settings: dict[str, Any]) -> None:
     """A run resumes only with the settings it started with; name the ones that differ.
 
     A finished cosine schedule cannot be extended (its learning rate is 0 from there on),
     so more ``epochs`` is refused like any other change.
     """
+    run = folder.path
     if state.get("table_sha256") != settings["table_sha256"]:
         theirs = str(state.get("table_sha256"))
         raise InputValueError(
             f"run: {run} was trained on another table (manifest sha256 {theirs[:12]}, "
             f"this table {settings['table_sha256'][:12]}); choose a new run folder"
         )
-    recorded = state.get("settings")
-    if recorded is None:  # checkpoints of fdbpl 0.1 kept the settings in config.json only
-        config = run / CONFIG
-        recorded = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    recorded = folder.settings(state)
     before = recorded.get("config", {})
     changed = [
         f"{k}: {before[k]!r} -> {v!r}"
@@ -180,12 +152,28 @@ def _check_same_settings(run: Path, state: dict[str, Any], settings: dict[str, A
         )
 
 
-def load_run(run: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a run's checkpoint (``weights_only``: no arbitrary code)."""
-    path = Path(run) / CHECKPOINT
-    if not path.is_file():
-        raise InputValueError(f"run: {path} does not exist (no finished epoch in {run})")
-    return torch.load(path, map_location="cpu", weights_only=True)
+@dataclass
+class _Session:
+    """Everything one training run holds while it runs."""
+
+    folder: RunFolder
+    table: RILTable
+    student: torch.nn.Module
+    learner: DualPromptLearner
+    model: torch.nn.Module  # the learner, or its DistributedDataParallel wrapper
+    dataset: RegionDataset
+    sampler: _ShareSampler
+    loader: torch.utils.data.DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: FDBPLLoss
+    settings: dict[str, Any]
+    device: torch.device
+    steps_per_epoch: int
+    start_epoch: int = 0
+    step: int = 0
+    log: IO[str] | None = None
+    last: dict[str, float] = field(default_factory=dict)
 
 
 def train(
@@ -206,9 +194,9 @@ def train(
     """Train the dual prompts of ``student`` on the table's regions (Eq. 17).
 
     Writes ``RUN/config.json`` (the settings), ``RUN/log.jsonl`` (one line per step with
-    every loss part, and one per epoch) and ``RUN/checkpoint.pt`` after every epoch
-    (both prompt spaces, the class names, the table's manifest hash, optimizer and
-    schedule). A run whose checkpoint exists resumes after its last finished epoch.
+    every loss part, and one per epoch) and ``RUN/checkpoint.pt`` after every epoch (see
+    :mod:`fdbpl.run`). A run whose checkpoint exists resumes after its last finished
+    epoch, with the settings it started with.
 
     Args:
         table: the opened table (its class names are the classes trained).
@@ -224,13 +212,61 @@ def train(
 
     Raises:
         InputValueError: a checkpoint in ``run`` made for other class names, another
-            table or another prompt shape.
+            table, another prompt shape, or other settings (named).
     """
+    cfg = config or TrainConfig()
+    recipe = (image_size, mean, std)
+    session = _start_or_resume(
+        table, images, student, RunFolder(run), cfg, tokenizer, recipe, student_description or {}, device
+    )
+    _resume_or_record(session, images)
+    rank, world = rank_and_world()
+    started = time.perf_counter()
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        remaining = (cfg.epochs - session.start_epoch) * session.steps_per_epoch
+        bar = tqdm(total=remaining, unit="step", dynamic_ncols=True)
+    try:
+        for epoch in range(session.start_epoch, cfg.epochs):
+            session.dataset.set_epoch(epoch)
+            session.sampler.set_epoch(epoch)
+            seen = torch.zeros(3, dtype=torch.float64)  # items, sum of ids, sum of squared ids
+            with session.model.join() if world > 1 else contextlib.nullcontext():
+                for batch in session.loader:
+                    seen += _step(session, batch, epoch)
+                    if bar is not None:
+                        bar.set_postfix({k[:5]: f"{v:.3f}" for k, v in session.last.items()}, refresh=False)
+                        bar.update(1)
+            _end_of_epoch(session, epoch, seen)
+    finally:
+        if bar is not None:
+            bar.close()
+        if session.log is not None:
+            session.log.close()
+    if world > 1:
+        _check_same_prompts(session.learner)
+    return TrainResult(
+        session.folder.path, cfg.epochs, session.step, time.perf_counter() - started, session.last
+    )
+
+
+def _start_or_resume(
+    table: RILTable,
+    images: str | os.PathLike[str],
+    student: torch.nn.Module,
+    folder: RunFolder,
+    cfg: TrainConfig,
+    tokenizer: Any,
+    recipe: tuple[int, Any, Any],
+    student_description: dict[str, Any],
+    device: str | torch.device,
+) -> _Session:
+    """Freeze the student and build what a run trains with: learner, data, optimizer, schedule."""
     from fdbpl.cache import OPENAI_MEAN, OPENAI_STD
 
-    cfg = config or TrainConfig()
     rank, world = rank_and_world()
-    run = Path(run)
     device = torch.device(device)
     student = student.to(device).eval()
     for p in student.parameters():
@@ -249,6 +285,7 @@ def train(
         model = torch.nn.parallel.DistributedDataParallel(
             learner, device_ids=[device.index] if device.type == "cuda" else None
         )
+    image_size, mean, std = recipe
     dataset = RegionDataset(
         table,
         images,
@@ -270,122 +307,98 @@ def train(
         optimizer, T_max=max(1, cfg.epochs * steps_per_epoch)
     )
     loss_fn = FDBPLLoss(cfg.lambda_neg, cfg.lambda_diff1, cfg.lambda_diff2, cfg.alpha, cfg.delta)
-    logit_scale = logit_scale_of(student)
-
-    digest = table_hash(table)
     settings = {
         "config": asdict(cfg),
-        "table_sha256": digest,
-        "student": student_description or {},
+        "table_sha256": table_hash(table),
+        "student": student_description,
         "image_size": image_size,
     }
-    start_epoch, step = 0, 0
-    if (run / CHECKPOINT).is_file():
-        state = load_run(run)
-        _check_same_settings(run, state, settings)
-        learner.load_state_dict(state["learner"])  # refuses other class names or n_ctx
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
+    return _Session(
+        folder,
+        table,
+        student,
+        learner,
+        model,
+        dataset,
+        sampler,
+        loader,
+        optimizer,
+        scheduler,
+        loss_fn,
+        settings,
+        device,
+        steps_per_epoch,
+    )
+
+
+def _resume_or_record(session: _Session, images: str | os.PathLike[str]) -> None:
+    """Resume from the folder's checkpoint (same settings only), or record a new run's settings."""
+    rank, world = rank_and_world()
+    folder = session.folder
+    if folder.has_checkpoint():
+        state = folder.load_checkpoint()
+        _check_same_settings(folder, state, session.settings)
+        session.learner.load_state_dict(state["learner"])  # refuses other class names or n_ctx
+        session.optimizer.load_state_dict(state["optimizer"])
+        session.scheduler.load_state_dict(state["scheduler"])
+        session.start_epoch, session.step = int(state["epoch"]), int(state["step"])
         if rank == 0:
-            _trim_log(run / LOG, start_epoch)
+            folder.trim_log(session.start_epoch)
     elif rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            run / CONFIG,
-            {**settings, "table": str(table.path), "images": str(images), "world_size": world},
-        )
-        _trim_log(run / LOG, 0)  # an attempt killed before its first checkpoint starts over
+        info = {"table": str(session.table.path), "images": str(images), "world_size": world}
+        folder.write_config({**session.settings, **info})
+        folder.trim_log(0)  # an attempt killed before its first checkpoint starts over
+    session.log = folder.open_log() if rank == 0 else None
 
-    log = open(run / LOG, "a", encoding="utf-8") if rank == 0 else None
-    started = time.perf_counter()
-    last: dict[str, float] = {}
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=(cfg.epochs - start_epoch) * steps_per_epoch, unit="step", dynamic_ncols=True)
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            seen = torch.zeros(3, dtype=torch.float64)  # items, sum of ids, sum of squared ids
-            context = model.join() if world > 1 else contextlib.nullcontext()
-            with context:
-                for batch in loader:
-                    # the item of a region is its image (one item per image and epoch)
-                    ids = (
-                        batch["region"].reshape(len(batch["region"]), -1)[:, 0] // table.crops_per_image
-                    ).double()
-                    batch = _flatten_crops(batch)
-                    labels = SparseSoftLabels.from_batch(batch, table.num_classes).to(device)
-                    with torch.no_grad():
-                        image_features = student.encode_image(batch["image"].to(device))
-                    positive, negative = model()
-                    out = loss_fn(
-                        image_features, positive, negative, labels, batch["weight"].to(device), logit_scale
-                    )
-                    optimizer.zero_grad(set_to_none=True)
-                    out.total.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    step += 1
-                    seen += torch.stack([torch.tensor(float(len(ids))), ids.sum(), (ids**2).sum()])
-                    last = {k: float(v.detach()) for k, v in out._asdict().items()}
-                    if log is not None:
-                        log.write(
-                            json.dumps(
-                                {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], **last}
-                            )
-                            + "\n"
-                        )
-                    if bar is not None:
-                        bar.set_postfix({k[:5]: f"{v:.3f}" for k, v in last.items()}, refresh=False)
-                        bar.update(1)
-            if world > 1:
-                torch.distributed.all_reduce(seen)
-            if rank == 0:
-                assert log is not None
-                log.write(
-                    json.dumps(
-                        {
-                            "epoch": epoch,
-                            "epoch_done": True,
-                            "items": int(seen[0]),
-                            "item_id_sum": int(seen[1]),
-                            "item_id_square_sum": int(seen[2]),
-                        }
-                    )
-                    + "\n"
-                )
-                log.flush()
-                _save_checkpoint(
-                    run / CHECKPOINT,
-                    {
-                        "learner": learner.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "classnames": table.classnames,
-                        "table_sha256": digest,
-                        "settings": settings,
-                        "n_ctx": dict(learner.n_ctx),
-                        "inits": dict(learner.inits),
-                        "class_specific": learner.class_specific,
-                        "student": student_description or {},
-                    },
-                )
-            if world > 1:
-                torch.distributed.barrier()
-    finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
+def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
+    """One optimisation step; returns (items, sum of item ids, sum of their squares) it saw."""
+    table, device = session.table, session.device
+    # the item of a region is its image (one item per image and epoch)
+    ids = (batch["region"].reshape(len(batch["region"]), -1)[:, 0] // table.crops_per_image).double()
+    batch = _flatten_crops(batch)
+    labels = SparseSoftLabels.from_batch(batch, table.num_classes).to(device)
+    with torch.no_grad():
+        image_features = session.student.encode_image(batch["image"].to(device))
+    positive, negative = session.model()
+    weight = batch["weight"].to(device)
+    out = session.loss_fn(image_features, positive, negative, labels, weight, logit_scale_of(session.student))
+    session.optimizer.zero_grad(set_to_none=True)
+    out.total.backward()
+    session.optimizer.step()
+    session.scheduler.step()
+    session.step += 1
+    session.last = {k: float(v.detach()) for k, v in out._asdict().items()}
+    if session.log is not None:
+        lr = session.scheduler.get_last_lr()[0]
+        session.log.write(json.dumps({"epoch": epoch, "step": session.step, "lr": lr, **session.last}) + "\n")
+    return torch.stack([torch.tensor(float(len(ids))), ids.sum(), (ids**2).sum()])
+
+
+def _end_of_epoch(session: _Session, epoch: int, seen: torch.Tensor) -> None:
+    """Log what the epoch saw, on every rank together, and write the checkpoint (rank 0)."""
+    rank, world = rank_and_world()
     if world > 1:
-        _check_same_prompts(learner)
-    return TrainResult(run, cfg.epochs, step, time.perf_counter() - started, last)
+        torch.distributed.all_reduce(seen)
+    if rank == 0:
+        assert session.log is not None
+        counts = {"items": int(seen[0]), "item_id_sum": int(seen[1]), "item_id_square_sum": int(seen[2])}
+        session.log.write(json.dumps({"epoch": epoch, "epoch_done": True, **counts}) + "\n")
+        session.log.flush()
+        session.folder.save_checkpoint(
+            {
+                "learner": session.learner.state_dict(),
+                "optimizer": session.optimizer.state_dict(),
+                "scheduler": session.scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "step": session.step,
+                "classnames": session.table.classnames,
+                "table_sha256": session.settings["table_sha256"],
+                "settings": session.settings,
+                "student": session.settings["student"],
+            }
+        )
+    barrier()
 
 
 def _check_same_prompts(learner: DualPromptLearner) -> None:

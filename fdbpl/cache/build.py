@@ -298,56 +298,48 @@ def build_table(
         teacher,
         scan,
         classnames,
-        crops_per_image,
-        topk,
-        strategy,
-        seed,
-        batch_size,
-        scale,
-        ratio,
-        shard_size,
-        num_workers,
+        (crops_per_image, topk, strategy, seed, batch_size, scale, ratio, shard_size, num_workers),
     )
     rank, world = rank_and_world()
-    n = len(plan.scan.images)
-    summary = BuildSummary(
-        plan.out,
-        n * crops_per_image,
-        bytes_per_region(plan.settings),
-        0.0,
-        0,
-        rank,
-        world,
-        plan.scan.skipped,
-        plan.scan.converted,
-    )
+    summary = plan.summary(rank, world)
     with contextlib.ExitStack() as stack:
-        # Rank 0 locks and checks or prepares OUT; every rank learns the outcome, so a
-        # refusal stops all of them instead of leaving the others waiting at a barrier.
-        status: tuple[str, Any] = ("", None)
-        if rank == 0:
-            try:
-                plan.out.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(BuildLock(plan.out))
-                status = ("complete", _prepare_out(plan.out, plan.settings, overwrite))
-            except TableFormatError as e:
-                status = ("refused", str(e))
-        outcome, value = broadcast_from_rank0(status)
-        if outcome == "refused":
-            raise TableFormatError(value)
-        if not value:
-            mine = [s for s in range(plan.num_shards) if s % world == rank]
-            bar = _progress_bar(plan, mine) if progress and rank == 0 else None
-            for s in mine:
-                summary.regions_computed += _build_shard(plan, s, bar)
-            if bar is not None:
-                bar.close()
-            barrier()
-            if rank == 0:
-                _write_manifest(plan)
-            barrier()
+        if not _lock_and_prepare(plan, overwrite, stack):
+            summary.regions_computed = _build_shards(plan, progress)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _lock_and_prepare(plan: _Plan, overwrite: bool, stack: contextlib.ExitStack) -> bool:
+    """Rank 0 locks OUT (for the life of ``stack``) and checks or prepares it; every rank
+    learns the outcome, so a refusal stops all of them instead of leaving the others
+    waiting at a barrier. True if a complete table with these settings is there."""
+    status: tuple[str, Any] = ("", None)
+    if rank_and_world()[0] == 0:
+        try:
+            plan.out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(BuildLock(plan.out))
+            status = ("complete", _prepare_out(plan.out, plan.settings, overwrite))
+        except TableFormatError as e:
+            status = ("refused", str(e))
+    outcome, value = broadcast_from_rank0(status)
+    if outcome == "refused":
+        raise TableFormatError(value)
+    return bool(value)
+
+
+def _build_shards(plan: _Plan, progress: bool) -> int:
+    """Build this rank's shards, then (rank 0) the manifest; returns the regions computed."""
+    rank, world = rank_and_world()
+    mine = [s for s in range(plan.num_shards) if s % world == rank]
+    bar = _progress_bar(plan, mine) if progress and rank == 0 else None
+    computed = sum(_build_shard(plan, s, bar) for s in mine)
+    if bar is not None:
+        bar.close()
+    barrier()
+    if rank == 0:
+        _write_manifest(plan)
+    barrier()
+    return computed
 
 
 @dataclass
@@ -375,6 +367,14 @@ class _Plan:
     def num_shards(self) -> int:
         return math.ceil(len(self.scan.images) / self.shard_size)
 
+    def summary(self, rank: int, world: int) -> BuildSummary:
+        """A summary of this build with nothing computed yet."""
+        regions = len(self.scan.images) * self.crops_per_image
+        skipped, converted = self.scan.skipped, self.scan.converted
+        return BuildSummary(
+            self.out, regions, bytes_per_region(self.settings), 0.0, 0, rank, world, skipped, converted
+        )
+
     def shard_images(self, s: int) -> range:
         first = s * self.shard_size
         return range(first, min(first + self.shard_size, len(self.scan.images)))
@@ -386,17 +386,14 @@ def _plan(
     teacher: Teacher,
     scan: ScanResult | None,
     classnames: list[str] | None,
-    crops_per_image: int,
-    topk: int,
-    strategy: str,
-    seed: int,
-    batch_size: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    shard_size: int,
-    num_workers: int,
+    options: tuple[int, int, str, int, int, tuple[float, float], tuple[float, float], int, int],
 ) -> _Plan:
-    """Check the arguments and scan the images: everything a build needs before it writes."""
+    """Check the arguments and scan the images: everything a build needs before it writes.
+
+    ``options`` are :func:`build_table`'s crops per image, top-k, strategy, seed, batch
+    size, scale, ratio, shard size and workers, in that order.
+    """
+    crops_per_image, topk, strategy, seed, batch_size, scale, ratio, shard_size, num_workers = options
     if strategy not in ("mr", "ms"):
         raise InputValueError(f"strategy: expected 'mr' or 'ms', got {strategy!r}")
     for name, v in (

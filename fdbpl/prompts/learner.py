@@ -352,12 +352,54 @@ class DualPromptLearner(nn.Module):
     # -- checkpoints --------------------------------------------------------------------
 
     def get_extra_state(self) -> dict[str, Any]:
+        """The learner's whole configuration, saved with its contexts (see :meth:`from_state_dict`)."""
         return {
             "classnames": list(self.classnames),
             "n_ctx": dict(self.n_ctx),
+            "inits": dict(self.inits),
             "class_specific": self.class_specific,
             "class_token_position": self.class_token_position,
         }
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        clip_model: nn.Module,
+        state_dict: Mapping[str, Any],
+        classnames: Sequence[str] | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> DualPromptLearner:
+        """Rebuild a learner from its :meth:`state_dict`: its configuration and its contexts.
+
+        Args:
+            clip_model: the CLIP model the contexts were trained for (or one of its shape).
+            state_dict: a learner's state dict (its ``_extra_state`` holds the configuration).
+            classnames: the classes to build prompts for; default the checkpoint's own. Shared
+                contexts transfer to other class names (that is how new classes are
+                evaluated); class-specific ones only to their own classes.
+            tokenizer: the model's tokenizer (default: the text tower's).
+
+        Raises:
+            InputValueError: a state without a learner's configuration, or contexts that do
+                not fit (another width, or class-specific contexts for other classes).
+        """
+        config = state_dict.get("_extra_state")
+        if not isinstance(config, dict) or "classnames" not in config or "n_ctx" not in config:
+            raise InputValueError("state_dict: not a DualPromptLearner state (no configuration in it)")
+        inits = config.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
+        random_init = inits.get("positive") is None
+        learner = cls(
+            clip_model,
+            list(classnames) if classnames is not None else config["classnames"],
+            tokenizer=tokenizer,
+            n_ctx=config["n_ctx"]["positive"] if random_init else None,
+            positive_init=inits.get("positive"),
+            negative_init=inits.get("negative"),
+            class_specific=bool(config.get("class_specific")),
+            class_token_position=config.get("class_token_position", "end"),
+        )
+        learner.load_contexts(state_dict)
+        return learner
 
     def set_extra_state(self, state: Any) -> None:
         self._check_extra_state(state)

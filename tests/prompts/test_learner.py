@@ -302,3 +302,26 @@ def test_non_integer_or_non_positive_n_ctx_is_refused(open_clip_model, n_ctx):
     model, _ = open_clip_model
     with pytest.raises(FDBPLError, match="n_ctx: expected an integer >= 1"):
         DualPromptLearner(model, NAMES, positive_init=None, negative_init=None, n_ctx=n_ctx)
+
+
+@pytest.mark.parametrize("class_specific", [False, True])
+@pytest.mark.parametrize("inits", [("a photo of a", "a photo of no"), (None, None)])
+def test_from_state_dict_rebuilds_the_learner(open_clip_model, class_specific, inits):
+    model, _ = open_clip_model
+    kwargs = dict(positive_init=inits[0], negative_init=inits[1], class_specific=class_specific)
+    if inits[0] is None:
+        kwargs["n_ctx"] = 3
+    trained = DualPromptLearner(model, NAMES, class_token_position="middle", **kwargs)
+    with torch.no_grad():
+        trained.positive_context.add_(0.5)
+    again = DualPromptLearner.from_state_dict(model, trained.state_dict())
+    assert again.get_extra_state() == trained.get_extra_state()
+    for a, b in zip(again(), trained()):
+        assert torch.equal(a, b)
+    if not class_specific:  # shared contexts transfer to other classes
+        other = DualPromptLearner.from_state_dict(model, trained.state_dict(), ["zebra", "cat"])
+        assert other.classnames == ["zebra", "cat"]
+        assert torch.equal(other.positive_context, trained.positive_context)
+    else:
+        with pytest.raises(FDBPLError, match="first differ"):
+            DualPromptLearner.from_state_dict(model, trained.state_dict(), ["zebra", "cat"])

@@ -17,7 +17,9 @@ import fdbpl.train as train_module
 from fdbpl.cache import RILTable, build_table, clip_teacher, scan_image_folder
 from fdbpl.cache.images import decode_image
 from fdbpl.errors import FDBPLError
-from fdbpl.evaluate import evaluate_prompts, harmonic_mean, learner_for, preprocess
+from fdbpl.evaluate import evaluate_prompts, harmonic_mean, preprocess
+from fdbpl.prompts import DualPromptLearner
+from fdbpl.run import RunFolder
 from fdbpl.split import select_images, split_classes
 from fdbpl.train import TrainConfig, load_run, train
 
@@ -58,17 +60,17 @@ def test_training_logs_every_part_and_checkpoints_both_spaces(table, image_root,
     assert state["classnames"] == table.classnames and state["epoch"] == 3
     assert not torch.equal(
         state["learner"]["positive_context"],
-        learner_for(tiny_open_clip("clip")[0], table.classnames, None).positive_context.detach(),
+        DualPromptLearner(tiny_open_clip("clip")[0], table.classnames).positive_context.detach(),
     )
 
 
 def test_interrupted_training_resumes_to_the_same_prompts(table, image_root, tmp_path, monkeypatch):
     run_train(table, image_root, tmp_path / "straight")
     saves = {"n": 0, "steps_after": 0}
-    real_save, real_loss = train_module._save_checkpoint, train_module.FDBPLLoss
+    real_save, real_loss = RunFolder.save_checkpoint, train_module.FDBPLLoss
 
-    def count_saves(path, state):
-        real_save(path, state)
+    def count_saves(folder, state):
+        real_save(folder, state)
         saves["n"] += 1
 
     class CrashingLoss(real_loss):
@@ -79,12 +81,12 @@ def test_interrupted_training_resumes_to_the_same_prompts(table, image_root, tmp
                     raise KeyboardInterrupt("simulated crash in epoch 3")
             return super().forward(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", count_saves)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", count_saves)
     monkeypatch.setattr(train_module, "FDBPLLoss", CrashingLoss)
     with pytest.raises(KeyboardInterrupt):
         run_train(table, image_root, tmp_path / "resumed")
     monkeypatch.setattr(train_module, "FDBPLLoss", real_loss)
-    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", real_save)
     assert load_run(tmp_path / "resumed")["epoch"] == 2
     run_train(table, image_root, tmp_path / "resumed")
     a, b = load_run(tmp_path / "straight"), load_run(tmp_path / "resumed")
@@ -138,7 +140,9 @@ def test_evaluation_equals_a_literal_count(table, image_root, tmp_path):
     for subset in ("base", "new", "all"):
         got = evaluate_prompts(student, image_root, state, subset, tokenizer=tok, image_size=32, batch_size=5)
         keep = split_classes(len(scan.classnames), subset)
-        learner = learner_for(student, [scan.classnames[c] for c in keep], state, tok)
+        learner = DualPromptLearner.from_state_dict(
+            student, state["learner"], [scan.classnames[c] for c in keep], tok
+        )
         text = torch.nn.functional.normalize(learner()[0], dim=-1)
         correct = 0
         recs = [r for r in scan.images if r.label in keep]
@@ -278,3 +282,20 @@ def test_another_student_is_refused_naming_it(table, image_root, tmp_path):
 def test_bad_settings_are_refused(field, value, match):
     with pytest.raises(FDBPLError, match=match):
         TrainConfig(**{field: value})
+
+
+def test_a_checkpoint_of_fdbpl_0_1_still_loads_and_resumes(table, image_root, tmp_path):
+    """0.1 kept the init phrases and settings beside the learner, not in it."""
+    run = tmp_path / "run"
+    run_train(table, image_root, run, dataclasses.replace(SHORT, epochs=1))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    extra = state["learner"]["_extra_state"]
+    state.update(inits=extra.pop("inits"), n_ctx=dict(extra["n_ctx"]), class_specific=extra["class_specific"])
+    del state["settings"]
+    torch.save(state, run / "checkpoint.pt")
+    student, tok = tiny_open_clip("clip", seed=5)
+    learner = DualPromptLearner.from_state_dict(student, load_run(run)["learner"], tokenizer=tok)
+    assert learner.inits == {"positive": "a photo of a", "negative": "a photo of no"}
+    assert torch.equal(learner.positive_context, state["learner"]["positive_context"])
+    with pytest.raises(FDBPLError, match=r"epochs: 1 -> 2"):  # settings read from config.json
+        run_train(table, image_root, run, SHORT)
