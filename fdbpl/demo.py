@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from fdbpl.cache import RegionDataset, RILTable, build_table, clip_teacher, scan_image_folder
-from fdbpl.cache.crops import CropSampler, render_crop
-from fdbpl.cache.images import ScanResult, decode_image
+from fdbpl.cache.crops import CropSampler
+from fdbpl.cache.images import ScanResult
+from fdbpl.images import decode_image, render_crop
 from fdbpl.models import LoadedCLIP, load_open_clip
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.run import RunFolder, load_run

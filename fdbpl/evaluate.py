@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from fdbpl.cache.images import decode_image, scan_image_folder
+from fdbpl.cache.images import scan_image_folder
 from fdbpl.errors import InputValueError
+from fdbpl.images import OPENAI_MEAN, OPENAI_STD, decode_image, preprocess
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.split import Subset, select_images, split_classes
 
@@ -31,18 +32,6 @@ class Accuracy:
 def harmonic_mean(a: float, b: float) -> float:
     """The paper's HM of base and new accuracy."""
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
-
-
-def preprocess(image: torch.Tensor, size: int, mean: Any, std: Any) -> torch.Tensor:
-    """CLIP's test transform on a uint8 image: resize the short side (bicubic), centre-crop, normalise."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
-    x = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    x = TF.center_crop(x, [size, size])
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x.float() / 255.0 - mean_t) / std_t
 
 
 def check_run_classes(trained: list[str], folder: list[str], images: object) -> None:
@@ -87,8 +76,6 @@ def evaluate_prompts(
     Classes are the folder's (sorted; ``subset`` picks CoOp's base half, new half or all)
     and the candidates are that subset's class names only.
     """
-    from fdbpl.cache import OPENAI_MEAN, OPENAI_STD
-
     full = scan_image_folder(images, classnames, check=False)
     if state is not None and "classnames" in state:
         check_run_classes(list(state["classnames"]), full.classnames, images)

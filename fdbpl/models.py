@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from fdbpl.errors import InputValueError
+from fdbpl.images import InputRecipe
 
 __all__ = ["LoadedCLIP", "load_open_clip"]
 
@@ -34,14 +35,14 @@ class LoadedCLIP:
     tokenizer: Any
     seed: int | None = None  # the seed of a random initialisation, None for real weights
 
+    @property
+    def input_recipe(self) -> InputRecipe:
+        """The model's input as one value: side, mean and std."""
+        return InputRecipe(self.image_size, self.mean, self.std)
+
     def recipe(self) -> dict[str, Any]:
         """The keyword arguments :func:`fdbpl.train.train` and evaluation take from a loaded model."""
-        return {
-            "tokenizer": self.tokenizer,
-            "image_size": self.image_size,
-            "mean": self.mean,
-            "std": self.std,
-        }
+        return {"tokenizer": self.tokenizer, **self.input_recipe.as_kwargs()}
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ from fdbpl.cache import RegionDataset, RILTable
 from fdbpl.cache.manifest import MANIFEST
 from fdbpl.distributed import barrier, rank_and_world
 from fdbpl.errors import InputValueError
+from fdbpl.images import OPENAI_MEAN, OPENAI_STD
 from fdbpl.logits import logit_scale_of
 from fdbpl.losses import FDBPLLoss
 from fdbpl.prompts import DualPromptLearner
@@ -264,8 +265,6 @@ def _start_or_resume(
     device: str | torch.device,
 ) -> _Session:
     """Freeze the student and build what a run trains with: learner, data, optimizer, schedule."""
-    from fdbpl.cache import OPENAI_MEAN, OPENAI_STD
-
     rank, world = rank_and_world()
     device = torch.device(device)
     student = student.to(device).eval()

@@ -18,7 +18,6 @@ manifest is written last, after its checksum.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import time
@@ -29,22 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 
-import fdbpl
-from fdbpl._checks import check_count, check_probabilities
-from fdbpl.cache.crops import INTERPOLATION, CropSampler, check_range, render_crop
+from fdbpl._checks import check_count
+from fdbpl.cache.codec import encode_labels
+from fdbpl.cache.crops import CropSampler, check_range
 from fdbpl.cache.images import ScanResult, read_image, scan_image_folder
 from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
-    CHECKSUM,
     MANIFEST,
-    SCHEMA_VERSION,
-    WEIGHT_SCALE,
     TableFormatError,
     bytes_per_region,
-    list_hash,
     read_json_file,
     settings_of,
     shard_name,
+    table_settings,
+    write_manifest,
 )
 from fdbpl.cache.shards import (
     BuildLock,
@@ -55,11 +52,11 @@ from fdbpl.cache.shards import (
     shard_checksums,
     unknown_entries,
 )
-from fdbpl.cache.storage import json_bytes, write_bytes_atomic, write_json_atomic
+from fdbpl.cache.storage import write_json_atomic
 from fdbpl.cache.teacher import Teacher
 from fdbpl.distributed import barrier, broadcast_from_rank0, rank_and_world
 from fdbpl.errors import InputValueError
-from fdbpl.sparsify import class_id_dtype, information_weight, sparsify
+from fdbpl.images import render_crop
 
 __all__ = ["BuildSummary", "build_table"]
 
@@ -93,62 +90,6 @@ class BuildSummary:
                 f"skipped (unreadable): {len(self.skipped)} file(s), e.g. {self.skipped[0][0]}: {self.skipped[0][1]}"
             )
         return "\n".join(lines)
-
-
-def _settings(
-    scan: ScanResult,
-    teacher: Teacher,
-    topk: int,
-    strategy: str,
-    crops_per_image: int,
-    sampler: CropSampler,
-    shard_size: int,
-) -> dict[str, Any]:
-    c = len(scan.classnames)
-    largest = max(max(r.width, r.height) for r in scan.images)
-    dtypes = {
-        "box": "uint16" if largest <= np.iinfo(np.uint16).max else "int32",
-        "flip": "uint8",
-        "indices": class_id_dtype(c).name,
-        "values": "float16",
-        "weight": "uint16",
-    }
-    if strategy == "ms":
-        dtypes["fill"] = "float32"
-    images = [r.to_json() for r in scan.images]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "num_classes": c,
-        "topk": topk,
-        "strategy": strategy,
-        "crops_per_image": crops_per_image,
-        "shard_size": shard_size,
-        "crops": {
-            "kind": "random_resized_crop",
-            "scale": list(sampler.scale),
-            "ratio": list(sampler.ratio),
-            "flip_probability": 0.5,
-            "interpolation": INTERPOLATION,
-            "antialias": True,
-            "order": "crop, resize, flip, normalise",
-        },
-        "teacher": {
-            **teacher.description,
-            "image_size": teacher.image_size,
-            "mean": list(teacher.mean),
-            "std": list(teacher.std),
-        },
-        "seed": sampler.seed,
-        "classnames": list(scan.classnames),
-        "classnames_sha256": list_hash(list(scan.classnames)),
-        "images": images,
-        "images_sha256": list_hash([[r.path, r.width, r.height] for r in scan.images]),
-        "weight_scale": WEIGHT_SCALE,
-        "dtypes": dtypes,
-        "skipped": [list(s) for s in scan.skipped],
-        "converted": list(scan.converted),
-        "fdbpl_version": fdbpl.__version__,
-    }
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -224,26 +165,6 @@ class _PendingGroups(torch.utils.data.Dataset):
             "boxes": torch.from_numpy(np.concatenate(boxes)),
             "flips": torch.from_numpy(np.concatenate(flips)),
         }
-
-
-def _labels_rows(probs: torch.Tensor, num_classes: int, topk: int, strategy: str) -> dict[str, np.ndarray]:
-    if probs.ndim != 2 or probs.shape[1] != num_classes:
-        raise InputValueError(
-            f"teacher: expected probabilities of shape (B, {num_classes}) for {num_classes} classes, "
-            f"got {tuple(probs.shape)}"
-        )
-    probs = probs.detach().cpu()  # half-precision teachers are checked at their own tolerance
-    check_probabilities("teacher", probs)
-    w = information_weight(probs)  # Eq. 6 on the teacher's full distribution
-    labels = sparsify(probs, topk, strategy)  # type: ignore[arg-type]
-    rows = {
-        "indices": labels.indices.numpy(),
-        "values": labels.values.numpy().astype(np.float16),
-        "weight": np.rint(w.double().numpy() * WEIGHT_SCALE).astype(np.uint16),
-    }
-    if strategy == "ms":
-        rows["fill"] = labels.fill.numpy().astype(np.float32)
-    return rows
 
 
 def build_table(
@@ -413,7 +334,7 @@ def _plan(
     if not 1 <= topk <= c:
         raise InputValueError(f"topk: expected 1 <= K <= C={c} (the number of classes), got {topk}")
     sampler = CropSampler(scale, ratio, int(seed))
-    settings = _settings(scan, teacher, topk, strategy, crops_per_image, sampler, shard_size)
+    settings = table_settings(scan, teacher, topk, strategy, crops_per_image, sampler, shard_size)
     return _Plan(root, out, scan, teacher, sampler, settings, batch_size, num_workers)
 
 
@@ -447,7 +368,9 @@ def _build_shard(plan: _Plan, s: int, bar: Any) -> int:
     for g, batch in zip(pending, loader):
         rows = slice(g.start * m, g.stop * m)
         parts = [
-            _labels_rows(plan.teacher(chunk), settings["num_classes"], settings["topk"], settings["strategy"])
+            encode_labels(
+                plan.teacher(chunk), settings["num_classes"], settings["topk"], settings["strategy"]
+            )
             for chunk in batch["crops"].split(plan.batch_size)
         ]
         for name in parts[0]:
@@ -467,7 +390,7 @@ def _build_shard(plan: _Plan, s: int, bar: Any) -> int:
 
 
 def _write_manifest(plan: _Plan) -> None:
-    """The last step: the manifest (with every shard's checksums), its own checksum first."""
+    """The last step: the manifest, with every shard's checksums."""
     missing = [s for s in range(plan.num_shards) if not (plan.out / shard_name(s)).is_dir()]
     if missing:
         raise TableFormatError(f"out: shards {missing[:5]} were not finished by their ranks")
@@ -480,7 +403,4 @@ def _write_manifest(plan: _Plan) -> None:
         }
         for s in range(plan.num_shards)
     ]
-    data = json_bytes({**plan.settings, "shards": shards})
-    write_json_atomic(plan.out / CHECKSUM, {MANIFEST: hashlib.sha256(data).hexdigest()})
-    write_bytes_atomic(plan.out / MANIFEST, data)
-    (plan.out / BUILD_SETTINGS).unlink(missing_ok=True)
+    write_manifest(plan.out, plan.settings, shards)

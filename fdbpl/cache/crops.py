@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from fdbpl._checks import check_number
 from fdbpl.errors import InputValueError
+from fdbpl.images import render_crop  # re-exported: it lived here
 
-__all__ = ["CropSampler", "check_range", "render_crop"]
+__all__ = ["CropSampler", "check_range", "render_crop"]  # render_crop lives in fdbpl.images
 
 #: The resampling recorded in the manifest: torchvision's BICUBIC with antialiasing.
 INTERPOLATION = "bicubic"
@@ -91,37 +91,3 @@ class CropSampler:
         else:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
-
-
-def render_crop(
-    image: torch.Tensor,
-    box: tuple[int, int, int, int] | torch.Tensor | np.ndarray,
-    flip: bool,
-    size: int,
-    mean: tuple[float, float, float] | torch.Tensor,
-    std: tuple[float, float, float] | torch.Tensor,
-) -> torch.Tensor:
-    """Cut, resize (bicubic, antialiased, on uint8), flip and normalise one crop.
-
-    Args:
-        image: ``(3, H, W)`` uint8 RGB.
-        box: ``(top, left, height, width)`` in source pixels.
-        flip: mirror left-right after resizing.
-        size: output side S.
-        mean, std: per-channel normalisation of ``[0, 1]`` pixel values.
-
-    Returns:
-        ``(3, S, S)`` float32.
-    """
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
-    top, left, height, width = (int(v) for v in box)
-    crop = TF.resized_crop(
-        image, top, left, height, width, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True
-    )
-    if flip:
-        crop = crop.flip(-1)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (crop.float() / 255.0 - mean_t) / std_t

@@ -9,16 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fdbpl.cache.crops import render_crop
 from fdbpl.cache.images import read_image
 from fdbpl.cache.manifest import TableFormatError
 from fdbpl.cache.table import RILTable
 from fdbpl.errors import InputValueError
+from fdbpl.images import OPENAI_MEAN, OPENAI_STD, render_crop
 
 __all__ = ["OPENAI_MEAN", "OPENAI_STD", "RegionDataset"]
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class RegionDataset(torch.utils.data.Dataset):

@@ -9,11 +9,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fdbpl.cache.manifest import TableFormatError
 from fdbpl.errors import InputValueError
+from fdbpl.images import decode_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -27,9 +27,6 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-
-#: PIL modes of 16-bit greyscale images (PNG, TIFF), scaled to 8 bits on decoding.
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 @dataclass(frozen=True)
@@ -90,26 +87,6 @@ def read_image(root: Path, record: ImageRecord) -> torch.Tensor:
             f"{record.width}x{record.height}"
         )
     return image
-
-
-def decode_image(path: str | os.PathLike[str] | bytes) -> torch.Tensor:
-    """Decode an image file (a path, or its bytes) to a ``(3, H, W)`` uint8 RGB tensor.
-
-    Other modes are converted; 16-bit greyscale (``I;16``, ``I``) is scaled to 8 bits
-    (divided by 257), not clipped at 255 as PIL's own conversion does.
-    """
-    from PIL import Image
-
-    source = io.BytesIO(path) if isinstance(path, bytes) else path
-    with Image.open(source) as img:
-        img.load()
-        if img.mode in _SIXTEEN_BIT:
-            grey = np.asarray(img, dtype=np.float64) / 257.0
-            array = np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
-        else:
-            rgb = img.convert("RGB") if img.mode != "RGB" else img
-            array = np.asarray(rgb, dtype=np.uint8).copy()
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def _classnames_from(root: Path, folders: list[str], classnames: list[str] | None) -> list[str]:

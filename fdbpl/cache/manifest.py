@@ -6,11 +6,20 @@ import hashlib
 import json
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import fdbpl
+from fdbpl.cache.codec import WEIGHT_SCALE, column_dtypes
+from fdbpl.cache.crops import INTERPOLATION
+from fdbpl.cache.storage import json_bytes, write_bytes_atomic, write_json_atomic
 from fdbpl.errors import InputValueError
+
+if TYPE_CHECKING:
+    from fdbpl.cache.crops import CropSampler
+    from fdbpl.cache.images import ScanResult
+    from fdbpl.cache.teacher import Teacher
 
 __all__ = [
     "BUILD_SETTINGS",
@@ -29,7 +38,9 @@ __all__ = [
     "read_json_file",
     "settings_of",
     "shard_name",
+    "table_settings",
     "validate_manifest",
+    "write_manifest",
 ]
 
 SCHEMA_VERSION = 1
@@ -51,8 +62,6 @@ COLUMNS = {
     "weight": "(R,) uint16 information weight w of the teacher's full distribution, w = q / 65535",
 }
 
-#: Fixed-point scale of the stored information weight.
-WEIGHT_SCALE = 65535
 
 #: The dtypes a column may have (the ones a build writes).
 _DTYPES = {
@@ -105,6 +114,63 @@ def bytes_per_region(settings: dict[str, Any]) -> int:
         int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
         for shape, dtype in column_specs(settings, 1).values()
     )
+
+
+def table_settings(
+    scan: ScanResult,
+    teacher: Teacher,
+    topk: int,
+    strategy: str,
+    crops_per_image: int,
+    sampler: CropSampler,
+    shard_size: int,
+) -> dict[str, Any]:
+    """Everything a manifest records except its shards: what a build's command and inputs
+    determine (a build with the same settings finishes or reuses the same table)."""
+    c = len(scan.classnames)
+    largest = max(max(r.width, r.height) for r in scan.images)
+    images = [r.to_json() for r in scan.images]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "num_classes": c,
+        "topk": topk,
+        "strategy": strategy,
+        "crops_per_image": crops_per_image,
+        "shard_size": shard_size,
+        "crops": {
+            "kind": "random_resized_crop",
+            "scale": list(sampler.scale),
+            "ratio": list(sampler.ratio),
+            "flip_probability": 0.5,
+            "interpolation": INTERPOLATION,
+            "antialias": True,
+            "order": "crop, resize, flip, normalise",
+        },
+        "teacher": {
+            **teacher.description,
+            "image_size": teacher.image_size,
+            "mean": list(teacher.mean),
+            "std": list(teacher.std),
+        },
+        "seed": sampler.seed,
+        "classnames": list(scan.classnames),
+        "classnames_sha256": list_hash(list(scan.classnames)),
+        "images": images,
+        "images_sha256": list_hash([[r.path, r.width, r.height] for r in scan.images]),
+        "weight_scale": WEIGHT_SCALE,
+        "dtypes": column_dtypes(c, largest, strategy),
+        "skipped": [list(s) for s in scan.skipped],
+        "converted": list(scan.converted),
+        "fdbpl_version": fdbpl.__version__,
+    }
+
+
+def write_manifest(out: Path, settings: dict[str, Any], shards: list[dict[str, Any]]) -> None:
+    """Write the manifest (a build's last step), with the SHA-256 of its bytes written first."""
+    data = json_bytes({**settings, "shards": shards})
+    write_json_atomic(out / CHECKSUM, {MANIFEST: hashlib.sha256(data).hexdigest()})
+    write_bytes_atomic(out / MANIFEST, data)
+    (out / BUILD_SETTINGS).unlink(missing_ok=True)
 
 
 def settings_of(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fdbpl.cache.crops import render_crop
 from fdbpl.cache.images import read_image
 from fdbpl.cache.table import RILTable
 from fdbpl.errors import InputValueError
+from fdbpl.images import render_crop
 
 __all__ = ["plot_table"]
 

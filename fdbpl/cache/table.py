@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fdbpl.cache.codec import decode_labels, decode_weights
 from fdbpl.cache.images import ImageRecord
 from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
     CHECKSUM,
     MANIFEST,
-    WEIGHT_SCALE,
     TableFormatError,
     bytes_per_region,
     check_regular_file,
@@ -270,18 +270,14 @@ class RILTable:
     def labels(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> SparseSoftLabels:
         """The teacher's sparse labels of several regions, :math:`(N, K)`, float32 values."""
         ids = self._ids(region_ids)
-        indices = torch.from_numpy(self._gather("indices", ids).astype(np.int64))
-        values = torch.from_numpy(self._gather("values", ids))
-        if self.strategy == "ms":
-            fill = torch.from_numpy(self._gather("fill", ids))
-        else:
-            fill = torch.zeros(len(ids), dtype=torch.float32)
-        return SparseSoftLabels(indices, values, fill, self.num_classes)
+        fill = self._gather("fill", ids) if self.strategy == "ms" else None
+        return decode_labels(
+            self._gather("indices", ids), self._gather("values", ids), fill, self.num_classes
+        )
 
     def weights(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """Information weights :math:`w` (Eq. 6, teacher's full distribution), :math:`(N,)` float32."""
-        q = self._gather("weight", self._ids(region_ids))
-        return torch.from_numpy(q.astype(np.float32) / WEIGHT_SCALE)
+        return torch.from_numpy(decode_weights(self._gather("weight", self._ids(region_ids))))
 
     def boxes(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Crop boxes ``(N, 4)`` (top, left, height, width) and flips ``(N,)`` bool."""
@@ -306,7 +302,7 @@ class RILTable:
             "indices": cols["indices"][row],
             "values": cols["values"][row],
             "fill": cols["fill"][row] if "fill" in cols else np.float32(0),
-            "weight": np.float32(cols["weight"][row]) / np.float32(WEIGHT_SCALE),
+            "weight": decode_weights(cols["weight"][row]),
         }
 
     def region(self, i: int) -> RegionRecord:

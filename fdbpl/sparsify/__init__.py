@@ -8,7 +8,6 @@ This subpackage imports neither open_clip nor torchvision.
 
 from fdbpl.sparsify.entropy import entropy, information_weight
 from fdbpl.sparsify.labels import SparseSoftLabels
-from fdbpl.sparsify.storage import class_id_dtype
 from fdbpl.sparsify.topk import Strategy, sparsify, topk_mr, topk_ms
 
 __all__ = [
@@ -21,3 +20,12 @@ __all__ = [
     "topk_mr",
     "topk_ms",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # class_id_dtype moved to the table's codec (fdbpl.cache.codec); the old name keeps working.
+    if name == "class_id_dtype":
+        from fdbpl.cache.codec import class_id_dtype
+
+        return class_id_dtype
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
