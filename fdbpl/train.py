@@ -176,6 +176,11 @@ class _Session:
     log: IO[str] | None = None
     last: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def logit_scale(self) -> torch.Tensor | float:
+        """The frozen student's logit multiplier."""
+        return logit_scale_of(self.student)
+
 
 def train(
     table: RILTable,
@@ -361,7 +366,7 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
         image_features = session.student.encode_image(batch["image"].to(device))
     positive, negative = session.model()
     weight = batch["weight"].to(device)
-    out = session.loss_fn(image_features, positive, negative, labels, weight, logit_scale_of(session.student))
+    out = session.loss_fn(image_features, positive, negative, labels, weight, session.logit_scale)
     session.optimizer.zero_grad(set_to_none=True)
     out.total.backward()
     session.optimizer.step()

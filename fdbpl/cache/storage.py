@@ -1,7 +1,7 @@
-"""Atomic JSON writes and pickle-free column reads for the table's files.
+"""Atomic writes, file digests and pickle-free column reads for the table's (and the run's) files.
 
 Columns are written through memory maps in a shard's ``.partial`` folder, which is
-renamed when complete (see :mod:`fdbpl.cache.build`).
+renamed when complete (see :mod:`fdbpl.cache.shards`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["file_digest", "json_bytes", "load_column", "read_json", "write_bytes_atomic", "write_json_atomic"]
+__all__ = ["file_digest", "json_bytes", "load_column", "write_bytes_atomic", "write_json_atomic"]
 
 
 def json_bytes(data: Any) -> bytes:
@@ -62,11 +62,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def load_column(path: str | os.PathLike[str]) -> np.ndarray:
