@@ -82,7 +82,16 @@ def check_size(name: str, t: torch.Tensor, dim: int, size: int, what: str) -> No
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
-    if value_checks_enabled() and not bool(torch.isfinite(t).all()):
+    check_all_finite((name, t))
+
+
+def check_all_finite(*named: tuple[str, torch.Tensor]) -> None:
+    """Refuse NaN or infinity in any of the tensors, with one host synchronisation."""
+    if not value_checks_enabled() or not named:
+        return
+    ok = torch.stack([torch.isfinite(t).all() for _, t in named])
+    if not bool(ok.all()):
+        name = named[int((~ok).nonzero()[0, 0])][0]
         raise InputValueError(f"{name}: expected finite values, got NaN or infinity")
 
 
@@ -116,8 +125,9 @@ def check_weight(name: str, weight: torch.Tensor, n: int) -> None:
     check_size(name, weight, 0, n, "N, the batch size")
     if value_checks_enabled():
         weight = weight.detach()
-        check_finite(name, weight)
-        if weight.numel() and bool(((weight < 0) | (weight > 1)).any()):
+        # one synchronisation: NaN fails both comparisons, infinity the range
+        if weight.numel() and not bool(((weight >= 0) & (weight <= 1)).all()):
+            check_finite(name, weight)
             raise InputValueError(
                 f"{name}: expected values in [0, 1], got min {float(weight.min()):.6g} "
                 f"and max {float(weight.max()):.6g}"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from fdbpl._checks import (
-    check_finite,
+    check_all_finite,
     check_floating,
     check_labels,
     check_ndim,
@@ -49,13 +49,14 @@ def check_features(
     check_ndim("image_features", image_features, 2, "(N, D)")
     check_ndim("positive_text_features", positive_text_features, 2, "(C, D)")
     check_ndim("negative_text_features", negative_text_features, 2, "(C, D)")
-    for name, t in (
+    named = (
         ("image_features", image_features),
         ("positive_text_features", positive_text_features),
         ("negative_text_features", negative_text_features),
-    ):
+    )
+    for name, t in named:
         check_floating(name, t)
-        check_finite(name, t)
+    check_all_finite(*named)
     if positive_text_features.shape != negative_text_features.shape:
         raise ShapeError(
             "positive_text_features and negative_text_features must have the same shape (C, D), "
