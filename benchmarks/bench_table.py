@@ -45,14 +45,14 @@ def write_fkd(table: RILTable, folder: Path) -> list[Path]:
     files = []
     for image in range(table.num_images):
         ids = np.arange(image * m, (image + 1) * m)
-        labels = table.labels(ids)
-        boxes, flips = table.boxes(ids)
+        regions = table.regions(ids)
+        labels = regions.labels
         record = {
-            "coords": torch.from_numpy(boxes),
-            "flip": torch.from_numpy(flips),
+            "coords": torch.from_numpy(regions.boxes),
+            "flip": torch.from_numpy(regions.flips),
             "indices": labels.indices.to(torch.int16 if table.num_classes < 2**15 else torch.int32),
             "values": labels.values.half(),
-            "weight": table.weights(ids).half(),
+            "weight": regions.weights.half(),
         }
         path = folder / f"{image:06d}.pt"
         torch.save(record, path)
@@ -92,7 +92,7 @@ def read_benchmark(args: argparse.Namespace, tmp: Path) -> None:
 
     def read_table_batched() -> None:
         for batch in np.array_split(ids, len(ids) // 128):
-            table.labels(batch), table.weights(batch), table.boxes(batch)
+            table.regions(batch)
 
     def read_fkd() -> None:
         for i in ids:

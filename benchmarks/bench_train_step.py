@@ -115,14 +115,15 @@ def main() -> None:
             row = table.read(rid)
             rows.append(row)
             crops.append(render_crop(img, row["box"], bool(row["flip"]), size_s, MEAN, STD))
-        labels = table.labels(region_ids)
-        return torch.stack(crops), labels, table.weights(region_ids), crops
+        regions = table.regions(region_ids)
+        return torch.stack(crops), regions.labels, regions.weights, crops
 
     def fdbpl_step(online: bool = False) -> None:
         x, labels, w, _ = replay()
         teacher_in = None
         if online:  # the teacher's view of the same regions, then its probabilities
-            boxes, flips = table.boxes(region_ids)
+            regions = table.regions(region_ids)
+            boxes, flips = regions.boxes, regions.flips
             teacher_in = torch.stack(
                 [
                     render_crop(img, b, bool(fl), size_t, MEAN, STD)

@@ -128,7 +128,7 @@ def _agreement(
         item = data[i]
         feats = F.normalize(student.encode_image(item["image"]).float(), dim=-1)
         pred = (feats @ text.float().T).argmax(dim=1)
-        teacher_top1 = table.labels(item["region"]).top1
+        teacher_top1 = table.regions(item["region"]).labels.top1
         agree += int((pred == teacher_top1).sum())
         total += len(pred)
     return 100.0 * agree / total
@@ -221,7 +221,7 @@ def _tables(
         root, out / "held-out-table", zero_shot, scan=test_scan, crops_per_image=cfg.held_out_crops, **common
     )
     table, held_out = RILTable.open(out / "table"), RILTable.open(out / "held-out-table")
-    top1 = held_out.labels(range(len(held_out))).top1
+    top1 = held_out.regions(range(len(held_out))).labels.top1
     truth = torch.tensor(held_out.image_labels).repeat_interleave(held_out.crops_per_image)
     _say(
         f"[3/5] RIL tables: {len(table)} training and {len(held_out)} held-out regions, Top-{table.topk} "

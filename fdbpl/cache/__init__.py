@@ -10,7 +10,7 @@ from fdbpl.cache.crops import CropSampler, render_crop
 from fdbpl.cache.dataset import OPENAI_MEAN, OPENAI_STD, RegionDataset
 from fdbpl.cache.images import ImageRecord, ScanResult, decode_image, scan_image_folder
 from fdbpl.cache.manifest import COLUMNS, SCHEMA_VERSION, TableFormatError
-from fdbpl.cache.table import RegionRecord, RILTable
+from fdbpl.cache.table import RegionRecord, Regions, RILTable
 from fdbpl.cache.teacher import Teacher, clip_teacher
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "RILTable",
     "RegionDataset",
     "RegionRecord",
+    "Regions",
     "ScanResult",
     "TableFormatError",
     "Teacher",

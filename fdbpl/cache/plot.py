@@ -28,7 +28,7 @@ def plot_table(
         raise ImportError("Please install matplotlib to plot tables (pip install 'fdbpl[plot]')") from e
     if images is None:
         raise InputValueError("images: --plot needs the image folder the table was built on (--images DIR)")
-    w = table.weights(np.arange(len(table))).numpy()
+    w = table.regions(np.arange(len(table))).weights.numpy()
     order = np.argsort(w, kind="stable")
     picks = {"lowest w": order[:per_row], "highest w": order[::-1][:per_row]}
     fig = plt.figure(figsize=(per_row * 1.4, 6.2))
@@ -41,7 +41,8 @@ def plot_table(
     records = table.image_records
     decoded: dict[int, object] = {}
     for row, (title, ids) in enumerate(picks.items(), start=1):
-        boxes, flips = table.boxes(ids)
+        regions = table.regions(ids)
+        boxes, flips = regions.boxes, regions.flips
         for col, (rid, box, flip) in enumerate(zip(ids, boxes, flips)):
             image_index = int(rid) // table.crops_per_image
             if image_index not in decoded:
@@ -49,7 +50,7 @@ def plot_table(
             crop = render_crop(decoded[image_index], box, bool(flip), 96, (0, 0, 0), (1, 1, 1))  # type: ignore[arg-type]
             ax = fig.add_subplot(grid[row, col])
             ax.imshow(crop.permute(1, 2, 0).clamp(0, 1).numpy())
-            top = table.labels([rid]).top1.item()
+            top = regions.labels.top1[col].item()
             ax.set_title(f"w={w[rid]:.2f}\n{table.classnames[top][:14]}", fontsize=7)
             ax.axis("off")
             if col == 0:

@@ -22,7 +22,7 @@ def table_report(table: RILTable, verified: bool = False) -> str:
     """What a table holds, how it was built, and a histogram of its information weights."""
     m = table.manifest
     teacher = m["teacher"]
-    w = table.weights(np.arange(len(table))).numpy()
+    w = table.regions(np.arange(len(table))).weights.numpy()
     mib = len(table) * table.bytes_per_region / 2**20
     lines = [
         f"table       {table.path}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,28 @@ from fdbpl.cache.storage import file_digest, json_bytes, load_column
 from fdbpl.errors import InputValueError
 from fdbpl.sparsify import SparseSoftLabels
 
-__all__ = ["RILTable", "RegionRecord"]
+__all__ = ["RILTable", "RegionRecord", "Regions"]
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Stored regions (:meth:`RILTable.regions`): which images, which crops, and what the
+    teacher said of them."""
+
+    ids: np.ndarray  # (N,) int64 region ids
+    image_index: np.ndarray  # (N,) int64, the image of each region
+    boxes: np.ndarray  # (N, 4) int64 crop boxes (top, left, height, width) in source pixels
+    flips: np.ndarray  # (N,) bool, mirrored left-right
+    labels: SparseSoftLabels  # (N, K) the teacher's Top-K labels
+    weights: torch.Tensor  # (N,) float32 information weights (Eq. 6)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass(frozen=True)
 class RegionRecord:
-    """One stored region: which image, which crop, and the teacher's labels for it."""
+    """One stored region (deprecated with :meth:`RILTable.region`; see :class:`Regions`)."""
 
     region: int
     image_index: int
@@ -267,22 +284,45 @@ class RILTable:
             )
         return ids
 
-    def labels(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> SparseSoftLabels:
-        """The teacher's sparse labels of several regions, :math:`(N, K)`, float32 values."""
+    def regions(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> Regions:
+        """Stored regions by id: the one way to read a table (``read`` is a dataset's
+        per-item fast path over the raw columns).
+
+        Args:
+            region_ids: :math:`(N,)` region ids in ``[0, len(table))``.
+
+        Returns:
+            :class:`Regions`: their images, crop boxes and flips, the teacher's sparse
+            labels :math:`(N, K)` and information weights :math:`(N,)`.
+        """
         ids = self._ids(region_ids)
         fill = self._gather("fill", ids) if self.strategy == "ms" else None
-        return decode_labels(
-            self._gather("indices", ids), self._gather("values", ids), fill, self.num_classes
+        return Regions(
+            ids=ids,
+            image_index=ids // self.crops_per_image,
+            boxes=self._gather("box", ids).astype(np.int64),
+            flips=self._gather("flip", ids).astype(bool),
+            labels=decode_labels(
+                self._gather("indices", ids), self._gather("values", ids), fill, self.num_classes
+            ),
+            weights=torch.from_numpy(decode_weights(self._gather("weight", ids))),
         )
 
+    def labels(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> SparseSoftLabels:
+        """Deprecated: ``regions(ids).labels``."""
+        _deprecated("labels(ids)", "regions(ids).labels")
+        return self.regions(region_ids).labels
+
     def weights(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Information weights :math:`w` (Eq. 6, teacher's full distribution), :math:`(N,)` float32."""
-        return torch.from_numpy(decode_weights(self._gather("weight", self._ids(region_ids))))
+        """Deprecated: ``regions(ids).weights``."""
+        _deprecated("weights(ids)", "regions(ids).weights")
+        return self.regions(region_ids).weights
 
     def boxes(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Crop boxes ``(N, 4)`` (top, left, height, width) and flips ``(N,)`` bool."""
-        ids = self._ids(region_ids)
-        return self._gather("box", ids).astype(np.int64), self._gather("flip", ids).astype(bool)
+        """Deprecated: ``regions(ids).boxes`` and ``.flips``."""
+        _deprecated("boxes(ids)", "regions(ids).boxes and .flips")
+        regions = self.regions(region_ids)
+        return regions.boxes, regions.flips
 
     def read(self, i: int) -> dict[str, np.ndarray]:
         """One region's stored columns as they are on disk (the fast path for per-item reads).
@@ -306,14 +346,18 @@ class RILTable:
         }
 
     def region(self, i: int) -> RegionRecord:
-        """One region's record."""
-        ids = self._ids([i])
-        box, flip = self.boxes(ids)
+        """Deprecated: ``regions([i])``."""
+        _deprecated("region(i)", "regions([i])")
+        one = self.regions([i])
         return RegionRecord(
             region=int(i),
-            image_index=int(i) // self.crops_per_image,
-            box=tuple(int(v) for v in box[0]),  # type: ignore[arg-type]
-            flip=bool(flip[0]),
-            labels=self.labels(ids),
-            weight=float(self.weights(ids)[0]),
+            image_index=int(one.image_index[0]),
+            box=tuple(int(v) for v in one.boxes[0]),  # type: ignore[arg-type]
+            flip=bool(one.flips[0]),
+            labels=one.labels,
+            weight=float(one.weights[0]),
         )
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"RILTable.{old} is deprecated: use RILTable.{new}", DeprecationWarning, stacklevel=3)

@@ -91,7 +91,8 @@ def test_round_trip_equals_the_teacher_on_the_recorded_crops(built, image_root):
         for image_index in group:
             image = decode_image(image_root / table.image_paths[image_index])
             boxes, flips = sampler.sample(image_index, image.shape[1], image.shape[2], m)
-            stored_boxes, stored_flips = table.boxes(np.arange(image_index * m, image_index * m + m))
+            stored = table.regions(np.arange(image_index * m, image_index * m + m))
+            stored_boxes, stored_flips = stored.boxes, stored.flips
             np.testing.assert_array_equal(stored_boxes, boxes)
             np.testing.assert_array_equal(stored_flips, flips)
             crops += [
@@ -101,12 +102,12 @@ def test_round_trip_equals_the_teacher_on_the_recorded_crops(built, image_root):
         probs = torch.cat([teacher(c) for c in torch.stack(crops).split(BUILD["batch_size"])])
         want = sparsify(probs, 3, strategy)
         ids = np.arange(group.start * m, group.stop * m)
-        got = table.labels(ids)
+        got = table.regions(ids).labels
         assert torch.equal(got.indices, want.indices)
         torch.testing.assert_close(got.values, want.values.half().float(), rtol=0, atol=0)
         torch.testing.assert_close(got.fill, want.fill.float(), rtol=0, atol=0)
         w = torch.round(information_weight(probs).double() * 65535) / 65535
-        torch.testing.assert_close(table.weights(ids).double(), w, rtol=0, atol=1e-7)
+        torch.testing.assert_close(table.regions(ids).weights.double(), w, rtol=0, atol=1e-7)
 
 
 def assert_stored_labels_fit(probs: torch.Tensor, stored_indices, stored_values, strategy: str) -> None:
@@ -159,6 +160,7 @@ def test_label_comparison_can_fail(built, image_root):
         assert_stored_labels_fit(probs, worst, item["values"][None], strategy)
 
 
+@pytest.mark.filterwarnings("ignore:RILTable.* is deprecated:DeprecationWarning")
 def test_region_record(built):
     out, _, _, _ = built
     table = RILTable.open(out)
@@ -424,7 +426,7 @@ def test_a_half_precision_teacher_is_accepted(image_root, tmp_path):
     build_table(image_root, tmp_path / "t", teacher, **dict(BUILD, topk=2))
     table = RILTable.open(tmp_path / "t")
     torch.testing.assert_close(
-        table.labels(range(len(table))).to_dense().sum(1), torch.ones(len(table)), atol=1e-2, rtol=0
+        table.regions(range(len(table))).labels.to_dense().sum(1), torch.ones(len(table)), atol=1e-2, rtol=0
     )
 
 
@@ -440,3 +442,24 @@ def test_a_refused_distributed_build_stops_every_rank(image_root, teacher_files,
     )
     assert r.returncode != 0
     assert r.stderr.count("holds a table built with other settings") == 2  # both ranks say why
+
+
+def test_regions_is_the_one_way_to_read_and_the_old_views_warn(built):
+    out, _, _, _ = built
+    table = RILTable.open(out)
+    ids = np.array([0, 7, len(table) - 1])
+    regions = table.regions(ids)
+    assert len(regions) == 3 and regions.image_index.tolist() == (ids // table.crops_per_image).tolist()
+    with pytest.warns(DeprecationWarning, match=r"use RILTable.regions\(ids\).labels"):
+        labels = table.labels(ids)
+    assert torch.equal(labels.to_dense(), regions.labels.to_dense())
+    with pytest.warns(DeprecationWarning):
+        assert torch.equal(table.weights(ids), regions.weights)
+    with pytest.warns(DeprecationWarning):
+        boxes, flips = table.boxes(ids)
+    np.testing.assert_array_equal(boxes, regions.boxes)
+    np.testing.assert_array_equal(flips, regions.flips)
+    for i, region_id in enumerate(ids):
+        row = table.read(int(region_id))  # the dataset's fast path: raw stored columns
+        np.testing.assert_array_equal(row["box"], regions.boxes[i])
+        assert float(row["weight"]) == float(regions.weights[i])

@@ -47,9 +47,9 @@ def test_a_dataloader_batch_becomes_sparse_labels(table, image_root):
     batch = next(iter(torch.utils.data.DataLoader(data, batch_size=6)))
     assert batch["image"].shape == (6, 3, 16, 16)
     labels = SparseSoftLabels.from_batch(batch, table.num_classes)
-    want = table.labels(batch["region"])
+    want = table.regions(batch["region"]).labels
     torch.testing.assert_close(labels.to_dense(), want.to_dense())
-    torch.testing.assert_close(batch["weight"], table.weights(batch["region"]))
+    torch.testing.assert_close(batch["weight"], table.regions(batch["region"]).weights)
 
 
 def test_bad_roots_and_counts(table, image_root, tmp_path):
