@@ -11,7 +11,7 @@ import torch
 
 from fdbpl.cache.images import scan_image_folder
 from fdbpl.errors import InputValueError
-from fdbpl.images import OPENAI_MEAN, OPENAI_STD, decode_image, preprocess
+from fdbpl.images import InputRecipe, decode_image, preprocess
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.split import Subset, select_images, split_classes
 
@@ -70,12 +70,19 @@ def evaluate_prompts(
     std: Any = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    recipe: InputRecipe | None = None,
 ) -> Accuracy:
     """Top-1 accuracy of the student with the (learned) positive prompts on an image folder.
 
     Classes are the folder's (sorted; ``subset`` picks CoOp's base half, new half or all)
-    and the candidates are that subset's class names only.
+    and the candidates are that subset's class names only. The student's input is
+    ``recipe`` (:class:`~fdbpl.images.InputRecipe`) or ``image_size``, ``mean`` and ``std``.
+
+    Raises:
+        InputValueError: a run trained on classes that are neither the folder's nor its
+            base half (:func:`check_run_classes`), or no image of the subset.
     """
+    recipe = InputRecipe.of(recipe, image_size, mean, std)
     full = scan_image_folder(images, classnames, check=False)
     if state is not None and "classnames" in state:
         check_run_classes(list(state["classnames"]), full.classnames, images)
@@ -94,10 +101,7 @@ def evaluate_prompts(
     for start in range(0, len(scan.images), batch_size):
         recs = scan.images[start : start + batch_size]
         x = torch.stack(
-            [
-                preprocess(decode_image(root / r.path), image_size, mean or OPENAI_MEAN, std or OPENAI_STD)
-                for r in recs
-            ]
+            [preprocess(decode_image(root / r.path), recipe.size, recipe.mean, recipe.std) for r in recs]
         )
         feats = torch.nn.functional.normalize(student.encode_image(x.to(device)).float(), dim=-1)
         pred = (feats @ text.float().T).argmax(dim=1).cpu()

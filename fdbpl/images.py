@@ -44,9 +44,21 @@ class InputRecipe:
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
 
-    def as_kwargs(self) -> dict[str, object]:
-        """``image_size``, ``mean`` and ``std``, the keyword arguments fdbpl's functions take."""
-        return {"image_size": self.size, "mean": self.mean, "std": self.std}
+    @classmethod
+    def of(
+        cls,
+        recipe: InputRecipe | None = None,
+        image_size: int = 224,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> InputRecipe:
+        """``recipe`` if given, else one from the separate ``image_size``, ``mean`` and
+        ``std`` that fdbpl's functions also take (CLIP's normalisation by default)."""
+        if recipe is not None:
+            return recipe
+        mean_tuple = tuple(float(v) for v in (mean if mean is not None else OPENAI_MEAN))
+        std_tuple = tuple(float(v) for v in (std if std is not None else OPENAI_STD))
+        return cls(int(image_size), mean_tuple, std_tuple)  # type: ignore[arg-type]
 
 
 def normalize(

@@ -42,7 +42,7 @@ class LoadedCLIP:
 
     def recipe(self) -> dict[str, Any]:
         """The keyword arguments :func:`fdbpl.train.train` and evaluation take from a loaded model."""
-        return {"tokenizer": self.tokenizer, **self.input_recipe.as_kwargs()}
+        return {"tokenizer": self.tokenizer, "recipe": self.input_recipe}
 
     def describe(self) -> dict[str, Any]:
         return {

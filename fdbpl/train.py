@@ -26,7 +26,7 @@ from fdbpl.cache import RegionDataset, RILTable
 from fdbpl.cache.manifest import MANIFEST
 from fdbpl.distributed import barrier, rank_and_world
 from fdbpl.errors import InputValueError
-from fdbpl.images import OPENAI_MEAN, OPENAI_STD
+from fdbpl.images import InputRecipe
 from fdbpl.logits import logit_scale_of
 from fdbpl.losses import FDBPLLoss
 from fdbpl.prompts import DualPromptLearner
@@ -196,6 +196,7 @@ def train(
     student_description: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    recipe: InputRecipe | None = None,
 ) -> TrainResult:
     """Train the dual prompts of ``student`` on the table's regions (Eq. 17).
 
@@ -211,17 +212,19 @@ def train(
         run: the run's folder.
         config: hyper-parameters (:class:`TrainConfig`).
         tokenizer: the student's tokenizer (default: open_clip's).
-        image_size, mean, std: the student's input recipe.
+        image_size, mean, std: the student's input recipe, or ``recipe``.
         student_description: what to record about the student.
         device: where to train.
         progress: show a progress bar (rank 0).
+        recipe: the student's input as one value (:class:`~fdbpl.images.InputRecipe`,
+            e.g. a loaded model's ``input_recipe``); replaces the three above.
 
     Raises:
         InputValueError: a checkpoint in ``run`` made for other class names, another
             table, another prompt shape, or other settings (named).
     """
     cfg = config or TrainConfig()
-    recipe = (image_size, mean, std)
+    recipe = InputRecipe.of(recipe, image_size, mean, std)
     session = _start_or_resume(
         table, images, student, RunFolder(run), cfg, tokenizer, recipe, student_description or {}, device
     )
@@ -265,7 +268,7 @@ def _start_or_resume(
     folder: RunFolder,
     cfg: TrainConfig,
     tokenizer: Any,
-    recipe: tuple[int, Any, Any],
+    recipe: InputRecipe,
     student_description: dict[str, Any],
     device: str | torch.device,
 ) -> _Session:
@@ -289,16 +292,7 @@ def _start_or_resume(
         model = torch.nn.parallel.DistributedDataParallel(
             learner, device_ids=[device.index] if device.type == "cuda" else None
         )
-    image_size, mean, std = recipe
-    dataset = RegionDataset(
-        table,
-        images,
-        image_size=image_size,
-        mean=mean or OPENAI_MEAN,
-        std=std or OPENAI_STD,
-        crops_per_image=cfg.crops_per_image,
-        seed=cfg.seed,
-    )
+    dataset = RegionDataset(table, images, crops_per_image=cfg.crops_per_image, seed=cfg.seed, recipe=recipe)
     sampler = _ShareSampler(len(dataset), rank, world, cfg.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=False
@@ -315,7 +309,7 @@ def _start_or_resume(
         "config": asdict(cfg),
         "table_sha256": table_hash(table),
         "student": student_description,
-        "image_size": image_size,
+        "image_size": recipe.size,
     }
     return _Session(
         folder,

@@ -3,34 +3,39 @@
 - :func:`build_table` computes them (sharded over ``torch.distributed`` ranks, resumable).
 - :class:`RILTable` reads them (memory-mapped, validated, never pickled).
 - :class:`RegionDataset` replays each crop from its stored box and flip for training.
+
+Image decoding, crops and normalisation live in :mod:`fdbpl.images`; the names that
+used to be exported from here (``decode_image``, ``render_crop``, ``OPENAI_MEAN``,
+``OPENAI_STD``) and the format's internals (``COLUMNS``, ``SCHEMA_VERSION``,
+``RegionRecord``) still import from here but are no longer part of its interface.
 """
 
 from fdbpl.cache.build import BuildSummary, build_table
-from fdbpl.cache.crops import CropSampler, render_crop
-from fdbpl.cache.dataset import OPENAI_MEAN, OPENAI_STD, RegionDataset
-from fdbpl.cache.images import ImageRecord, ScanResult, decode_image, scan_image_folder
-from fdbpl.cache.manifest import COLUMNS, SCHEMA_VERSION, TableFormatError
-from fdbpl.cache.table import RegionRecord, Regions, RILTable
+from fdbpl.cache.crops import CropSampler
+from fdbpl.cache.dataset import RegionDataset
+from fdbpl.cache.images import ImageRecord, ScanResult, scan_image_folder
+from fdbpl.cache.manifest import COLUMNS as COLUMNS
+from fdbpl.cache.manifest import SCHEMA_VERSION as SCHEMA_VERSION
+from fdbpl.cache.manifest import TableFormatError
+from fdbpl.cache.table import RegionRecord as RegionRecord
+from fdbpl.cache.table import Regions, RILTable
 from fdbpl.cache.teacher import Teacher, clip_teacher
+from fdbpl.images import OPENAI_MEAN as OPENAI_MEAN
+from fdbpl.images import OPENAI_STD as OPENAI_STD
+from fdbpl.images import decode_image as decode_image
+from fdbpl.images import render_crop as render_crop
 
 __all__ = [
-    "COLUMNS",
-    "OPENAI_MEAN",
-    "OPENAI_STD",
-    "SCHEMA_VERSION",
     "BuildSummary",
     "CropSampler",
     "ImageRecord",
     "RILTable",
     "RegionDataset",
-    "RegionRecord",
     "Regions",
     "ScanResult",
     "TableFormatError",
     "Teacher",
     "build_table",
     "clip_teacher",
-    "decode_image",
-    "render_crop",
     "scan_image_folder",
 ]

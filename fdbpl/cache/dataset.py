@@ -13,9 +13,9 @@ from fdbpl.cache.images import read_image
 from fdbpl.cache.manifest import TableFormatError
 from fdbpl.cache.table import RILTable
 from fdbpl.errors import InputValueError
-from fdbpl.images import OPENAI_MEAN, OPENAI_STD, render_crop
+from fdbpl.images import OPENAI_MEAN, OPENAI_STD, InputRecipe, render_crop
 
-__all__ = ["OPENAI_MEAN", "OPENAI_STD", "RegionDataset"]
+__all__ = ["RegionDataset"]
 
 
 class RegionDataset(torch.utils.data.Dataset):
@@ -48,6 +48,8 @@ class RegionDataset(torch.utils.data.Dataset):
         length: items per epoch (default: the number of images); item ``i`` uses image
             ``i % num_images``.
         seed: the region draw's seed.
+        recipe: the student's input as one value (:class:`~fdbpl.images.InputRecipe`);
+            replaces ``image_size``, ``mean`` and ``std``.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class RegionDataset(torch.utils.data.Dataset):
         crops_per_image: int = 1,
         length: int | None = None,
         seed: int = 0,
+        recipe: InputRecipe | None = None,
     ) -> None:
         if not 1 <= crops_per_image <= table.crops_per_image:
             raise InputValueError(
@@ -74,15 +77,17 @@ class RegionDataset(torch.utils.data.Dataset):
                 f"root: {len(missing)} of the table's {table.num_images} images are not under {self.root}, "
                 f"e.g. {missing[0]}"
             )
-        self.image_size = int(image_size)
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
+        self.recipe = InputRecipe.of(recipe, image_size, mean, std)
         self.crops_per_image = crops_per_image
         self.length = table.num_images if length is None else int(length)
         self.seed = int(seed)
         self.epoch = 0
         self._labels = table.image_labels
         self._records = table.image_records
+
+    @property
+    def image_size(self) -> int:
+        return self.recipe.size
 
     def set_epoch(self, epoch: int) -> None:
         """Draw other regions: call once per epoch, before iterating."""
@@ -115,7 +120,9 @@ class RegionDataset(torch.utils.data.Dataset):
                 )
         crops = torch.stack(
             [
-                render_crop(image, r["box"], bool(r["flip"]), self.image_size, self.mean, self.std)
+                render_crop(
+                    image, r["box"], bool(r["flip"]), self.recipe.size, self.recipe.mean, self.recipe.std
+                )
                 for r in rows
             ]
         )
