@@ -41,8 +41,12 @@ class ImageRecord:
     sha256: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        record: dict[str, object] = {"path": self.path, "width": self.width, "height": self.height}
-        record["label"] = self.label
+        record: dict[str, object] = {
+            "path": self.path,
+            "width": self.width,
+            "height": self.height,
+            "label": self.label,
+        }
         if self.sha256 is not None:
             record["sha256"] = self.sha256
         return record
