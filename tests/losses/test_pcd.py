@@ -71,14 +71,21 @@ def test_first_order_equals_literal_eq13(batch, alpha):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+#: CLASS_PATH_RATIO values that force the fused loss over item pairs or over classes.
+PATHS = {"items": 10**9, "classes": 0}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("exact_neighbours", [0, 1, pcd.EXACT_NEIGHBOURS])
 @given(pcd_batches(max_n=12, max_c=9), st.sampled_from([0.0, 0.1, 0.5, -0.2]))
-def test_second_order_fused_equals_literal_double_loop(exact_neighbours, batch, delta):
-    """Both paths of the fused form, the Gram expansion and the directly built nearest classes."""
+def test_second_order_fused_equals_literal_double_loop(path, exact_neighbours, batch, delta):
+    """Every path of the fused form (over item pairs or over classes; the Gram expansion and
+    the directly built nearest classes) against the literal double loop, values and gradients."""
     f, pos, neg, labels, w = requires_grad(batch)
     w = w.clone().requires_grad_()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pcd, "EXACT_NEIGHBOURS", exact_neighbours)
+        patch.setattr(pcd, "CLASS_PATH_RATIO", PATHS[path])
         got = second_order_difference_loss(f, pos, neg, labels, w, delta=delta)
     want = literal_second(f, pos, neg, labels, w, delta)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
@@ -239,6 +246,7 @@ def as_accurate_as_the_plain_formula(batch, factor: float) -> bool:
     return all(e_f <= factor * e_p + 4 * eps * scale for (e_f, scale), (e_p, _) in zip(fused, plain))
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
 @given(
     st.integers(0, 2**31 - 1),
     st.floats(1e-5, 1e-2),
@@ -246,15 +254,31 @@ def as_accurate_as_the_plain_formula(batch, factor: float) -> bool:
     st.integers(1, 5),
     st.sampled_from([8, 48]),
 )
-def test_near_tie_pairs_are_as_accurate_as_the_plain_float32_formula(seed, gap, near, far, n):
+def test_near_tie_pairs_are_as_accurate_as_the_plain_float32_formula(path, seed, gap, near, far, n):
     """Near-identical classes among others: within 2x of the plain float32 formula's error
     against float64, for the value and every gradient."""
-    assert as_accurate_as_the_plain_formula(near_tie_batch(seed, gap, near, far, n=n), factor=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pcd, "CLASS_PATH_RATIO", PATHS[path])
+        assert as_accurate_as_the_plain_formula(near_tie_batch(seed, gap, near, far, n=n), factor=2)
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
 @given(st.integers(0, 2**31 - 1), st.floats(1e-5, 1e-2), st.integers(2, 4), st.integers(2, 4))
-def test_several_clusters_of_near_ties_stay_accurate(seed, gap, near, clusters):
-    assert as_accurate_as_the_plain_formula(near_tie_batch(seed, gap, near, 2, clusters), factor=2)
+def test_several_clusters_of_near_ties_stay_accurate(path, seed, gap, near, clusters):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pcd, "CLASS_PATH_RATIO", PATHS[path])
+        assert as_accurate_as_the_plain_formula(near_tie_batch(seed, gap, near, 2, clusters), factor=2)
+
+
+@given(pcd_batches(max_n=40, max_c=6, max_d=8, common=10.0))
+def test_the_class_path_is_chosen_for_batches_with_many_more_items_than_classes(batch):
+    """Both paths compute the same loss; the shapes choose the cheaper one."""
+    f, pos, neg, labels, w = batch
+    got = second_order_difference_loss(f, pos, neg, labels, w, reduction="none")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pcd, "CLASS_PATH_RATIO", PATHS["items"])
+        want = second_order_difference_loss(f, pos, neg, labels, w, reduction="none")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
 def test_the_near_tie_check_fails_without_the_exact_neighbours(monkeypatch):

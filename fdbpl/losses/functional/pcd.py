@@ -20,6 +20,7 @@ from fdbpl.logits import NORM_EPS
 from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
 
 __all__ = [
+    "CLASS_PATH_RATIO",
     "EXACT_NEIGHBOURS",
     "NORM_EPS",
     "first_order_difference_loss",
@@ -31,6 +32,11 @@ __all__ = [
 #: nearest other classes of the batch directly, as the plain formula does, instead of
 #: through the Gram expansion (which cannot resolve near-identical classes).
 EXACT_NEIGHBOURS = 4
+
+#: The fused second-order loss works over classes, not over the batch's item pairs, when
+#: the batch has at least this many times more items than there are classes (C x C and
+#: N x C products are then cheaper than N x N ones; both give the same values).
+CLASS_PATH_RATIO = 4
 
 #: Relative resolution of the fused second-order distances, by dtype: a pair with
 #: ``||E_i - E_j||^2 <= RESOLUTION * (|E_i|^2 + |E_j|^2) + NORM_EPS**2`` counts as a zero
@@ -190,31 +196,24 @@ def second_order_difference_loss(
     :math:`P = f E^\top` and :math:`\|D^{(2)}_{y_i,y_j}\|^2 = G_{ii} + G_{jj} - 2G_{ij}`
     with :math:`G = E E^\top`: two :math:`N \times D \times N` products, memory
     :math:`O(ND + N^2)`, static shapes (it traces and compiles) and no host
-    synchronisation. Centring changes nothing mathematically (differences ignore a
-    common shift) but keeps float32 accurate: the positive and negative prompts differ by
-    one word, so the difference vectors share a large common component and the
-    uncentred Gram expansion would cancel catastrophically.
+    synchronisation. Centring keeps float32 accurate: the two prompts differ by one word,
+    so the difference vectors share a large component that would cancel catastrophically.
+    With :data:`~fdbpl.losses.functional.pcd.CLASS_PATH_RATIO` times more items than
+    classes the sums run over classes instead (:math:`P` is :math:`(N, C)`, :math:`G` is
+    :math:`(C, C)`, each class weighted by its items' total :math:`w`); the shapes choose.
 
     Near ties: the Gram expansion resolves a distance only to about
-    :math:`\sqrt{\text{RESOLUTION}}\,(\|E_i\| + \|E_j\|)`, too coarse for two classes whose
-    difference vectors are nearly the same. So for each anchor the
-    :data:`~fdbpl.losses.functional.pcd.EXACT_NEIGHBOURS` nearest other classes of the
-    batch (by the Gram estimate) are summed from their difference vectors
-    :math:`D^{(1)}_{y_i} - D^{(1)}_c` built directly, :math:`m` fixed blocks of
-    :math:`(N, D)` (static shapes), weighted by :math:`w_i` times the class's total
-    weight: those pairs are as accurate as the plain float32 formula, values and
-    gradients.
+    :math:`\sqrt{\text{RESOLUTION}}\,(\|E_i\| + \|E_j\|)`, so for each anchor the
+    :data:`~fdbpl.losses.functional.pcd.EXACT_NEIGHBOURS` nearest other classes (by the
+    Gram estimate) are summed from difference vectors :math:`D^{(1)}_{y_i} - D^{(1)}_c`
+    built directly (static shapes): as accurate as the plain float32 formula, values and
+    gradients. Past them, a pair below :data:`~fdbpl.losses.functional.pcd.RESOLUTION`
+    (64 machine epsilons) times :math:`\|E_i\|^2 + \|E_j\|^2` is treated as zero.
 
     Zero norms: a pair whose difference vector has norm at most
-    :data:`~fdbpl.logits.NORM_EPS` has cosine 0 (the term is
-    :math:`\max(0, \delta)\, w_i w_j`) and passes no gradient, as in the first-order loss.
-    Past the nearest classes an anchor's pairs come from the Gram expansion, which
-    rounds at :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine epsilons) times
-    :math:`\|E_i\|^2 + \|E_j\|^2`: a pair below that (an anchor with more than
-    ``EXACT_NEIGHBOURS`` near-identical classes) is treated as zero rather than given a
-    cosine made of round-off. A zero image feature gives cosines of 0 and no gradient.
-    Values and gradients stay finite. A batch with a single class gives exactly 0, and so
-    does :math:`N = 1`.
+    :data:`~fdbpl.logits.NORM_EPS` has cosine 0 (the term is :math:`\max(0, \delta)\,
+    w_i w_j`) and passes no gradient, as in the first-order loss; so does a zero image
+    feature. Values and gradients stay finite; one class, or :math:`N = 1`, gives 0.
 
     Args:
         image_features: :math:`(N, D)` image features :math:`f(x_i)`.
@@ -261,12 +260,26 @@ def second_order_unchecked(
     f = image_features.to(dtype)
     f = f * _inverse_norm(f)[:, None]
     d1 = positive_text_features.to(dtype) - negative_text_features.to(dtype)
+    w = weight.to(dtype)
+    if n >= CLASS_PATH_RATIO * d1.shape[0]:
+        per_anchor = _per_anchor_by_classes(f, d1, labels, w, delta)
+    else:
+        per_anchor = _per_anchor_by_items(f, d1, labels, w, delta)
+    if reduction == "sum":
+        return per_anchor.sum()
+    return reduce(per_anchor / max(n - 1, 1), reduction)
+
+
+def _per_anchor_by_items(
+    f: torch.Tensor, d1: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, delta: float
+) -> torch.Tensor:
+    """Per-anchor sums of Eq. 16 from (N, N) products over the batch's items."""
+    n = f.shape[0]
     rows = d1.index_select(0, labels)
     # Centre in two steps: subtracting one of the rows is exact where rows are close (a
     # large shared component), then the mean centres what is left.
     e = rows - rows[:1]
     e = e - e.mean(dim=0, keepdim=True)
-    w = weight.to(dtype)
     # per item: the first item of its class, and the total weight of its class
     first = torch.full((d1.shape[0],), n, dtype=labels.dtype, device=labels.device)
     first = first.scatter_reduce_(0, labels, torch.arange(n, device=labels.device), "amin")[labels]
@@ -275,12 +288,53 @@ def second_order_unchecked(
     pair_weight = torch.outer(w, w).masked_fill_(same, 0.0)
     # pairs that cannot be a near class: the same class, or not the first item of its class
     blocked = same | (first != torch.arange(n, device=labels.device))[None, :]
-    per_anchor = _SecondOrderHinge.apply(
-        f, e, rows.detach(), first, blocked, pair_weight, w, class_weight, delta
-    )
-    if reduction == "sum":
-        return per_anchor.sum()
-    return reduce(per_anchor / max(n - 1, 1), reduction)
+    return _SecondOrderHinge.apply(f, e, rows.detach(), first, blocked, pair_weight, w, class_weight, delta)
+
+
+def _per_anchor_by_classes(
+    f: torch.Tensor, d1: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, delta: float
+) -> torch.Tensor:
+    """Per-anchor sums of Eq. 16 from (N, C) and (C, C) products, for batches with more items
+    than classes: a pair's terms depend on its second item only through that item's class,
+
+    .. math:: \\sum_j w_i w_j [y_i \\ne y_j] h_{i, y_j} = w_i \\sum_{c \\ne y_i} W_c h_{i, c},
+        \\qquad W_c = \\sum_{j: y_j = c} w_j,
+
+    with :math:`P = f E^\\top` (N, C), :math:`G = E E^\\top` (C, C) over the centred class
+    difference vectors, and each class's :data:`EXACT_NEIGHBOURS` nearest present classes
+    summed from directly built difference vectors, as in the item path. Autograd
+    differentiates it; every tensor is at most (N, C), (C, C) or (N, m, D).
+    """
+    c = d1.shape[0]
+    rows = d1.index_select(0, labels)
+    e = d1 - rows[:1]  # centred on the batch, in two steps as in the item path
+    e = e - (rows - rows[:1]).mean(dim=0, keepdim=True)
+    class_w = w.new_zeros(c).index_add(0, labels, w)
+    e_sq = (e * e).sum(dim=1)
+    sq = torch.addmm(e_sq[:, None] + e_sq[None, :], e, e.T, alpha=-2)  # (C, C)
+    p = f @ e.T  # (N, C)
+    numer = p.gather(1, labels[:, None]) - p
+    floor = RESOLUTION[e.dtype] * e_sq
+    unresolved = sq <= floor[:, None] + floor[None, :] + NORM_EPS**2
+    # each class's nearest present classes, their difference vectors built directly
+    m = min(EXACT_NEIGHBOURS, c)
+    blocked = torch.eye(c, dtype=torch.bool, device=sq.device) | (class_w == 0)[None, :]
+    near = sq.detach().masked_fill(blocked, float("inf")).topk(m, dim=1, largest=False, sorted=False)
+    valid = torch.isfinite(near.values)
+    diff = d1[:, None, :] - d1.index_select(0, near.indices.flatten()).view(c, m, d1.shape[1])
+    near_sq = (diff * diff).sum(dim=2)
+    sq = torch.scatter(sq, 1, near.indices, torch.where(valid, near_sq, sq.gather(1, near.indices)))
+    near_unresolved = torch.where(valid, near_sq <= NORM_EPS**2, unresolved.gather(1, near.indices))
+    unresolved = torch.scatter(unresolved, 1, near.indices, near_unresolved)
+    inv_norm = torch.where(unresolved, 0.0, sq.clamp_min(NORM_EPS**2).rsqrt())
+    # per anchor, the numerators of its class's nearest classes from the exact vectors
+    near_numer = torch.linalg.vecdot(diff.index_select(0, labels), f[:, None, :])  # (N, m)
+    candidates, valid = near.indices.index_select(0, labels), valid.index_select(0, labels)
+    numer = torch.scatter(numer, 1, candidates, torch.where(valid, near_numer, numer.gather(1, candidates)))
+    s2 = numer * inv_norm.index_select(0, labels)
+    other = labels[:, None] != torch.arange(c, device=labels.device)[None, :]
+    class_pair_weight = torch.where(other, class_w[None, :], 0.0)
+    return w * (class_pair_weight * torch.relu(s2 + delta)).sum(dim=1)
 
 
 def pcd_loss(
