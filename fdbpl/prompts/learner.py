@@ -27,6 +27,11 @@ _RANDOM_N_CTX = 16  # CoOp's default context length without an init phrase
 _PLACEHOLDER = "X"
 
 
+def _first_difference(a: Sequence[str], b: Sequence[str]) -> int:
+    """The first index where two lists of class names differ (the shorter length if none)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def _token_counts(tokenizer: Tokenizer, texts: list[str], context_length: int) -> torch.Tensor:
     """Tokens per text including start and end markers, counted without truncation where possible."""
     try:
@@ -386,11 +391,19 @@ class DualPromptLearner(nn.Module):
         config = state_dict.get("_extra_state")
         if not isinstance(config, dict) or "classnames" not in config or "n_ctx" not in config:
             raise InputValueError("state_dict: not a DualPromptLearner state (no configuration in it)")
+        names = list(classnames) if classnames is not None else list(config["classnames"])
+        if config.get("class_specific") and names != list(config["classnames"]):
+            first = _first_difference(config["classnames"], names)
+            raise InputValueError(
+                f"classnames: class-specific contexts belong to the {len(config['classnames'])} classes they "
+                f"were trained on, {len(names)} other class names given (they first differ at index {first}); "
+                "evaluate them on their own classes (fdbpl evaluate --classes all)"
+            )
         inits = config.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
         random_init = inits.get("positive") is None
         learner = cls(
             clip_model,
-            list(classnames) if classnames is not None else config["classnames"],
+            names,
             tokenizer=tokenizer,
             n_ctx=config["n_ctx"]["positive"] if random_init else None,
             positive_init=inits.get("positive"),
@@ -411,10 +424,7 @@ class DualPromptLearner(nn.Module):
         mine = self.get_extra_state()
         if state["classnames"] != mine["classnames"]:
             theirs = state["classnames"]
-            first = next(
-                (i for i, (a, b) in enumerate(zip(theirs, mine["classnames"])) if a != b),
-                min(len(theirs), len(mine["classnames"])),
-            )
+            first = _first_difference(theirs, mine["classnames"])
             raise InputValueError(
                 f"state_dict: the checkpoint was made for {len(theirs)} class names, this learner has "
                 f"{len(mine['classnames'])}; they first differ at index {first}: "
