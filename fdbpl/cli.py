@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -564,7 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _check_args(args)
     try:
-        return int(args.handler(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args.handler(args))
     except FDBPLError as e:
         print(f"fdbpl {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -574,6 +577,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a full disk, a permission, a vanished file: the system's words, one line
         print(f"fdbpl {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _one_line_warning(command: str) -> Callable[..., None]:
+    """Warnings as one line, ``fdbpl CMD: warning: ...``, without a source line."""
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        print(f"fdbpl {command}: warning: {message}", file=sys.stderr)
+
+    return show
 
 
 def _check_args(args: argparse.Namespace) -> None:
