@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import torch
 
@@ -173,6 +174,11 @@ def check_logits(name: str, logits: torch.Tensor) -> None:
         raise InputValueError(
             f"{name}: row {int(dead.nonzero()[0, 0])} has no finite logit (every class masked with -inf)"
         )
+
+
+def first_difference(a: Sequence[object], b: Sequence[object]) -> int:
+    """The first index where two sequences differ (the shorter length if one extends the other)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def check_count(name: str, value: object, minimum: int = 1) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from fdbpl._checks import first_difference
 from fdbpl.cache.images import scan_image_folder
 from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe, decode_image, preprocess
@@ -46,7 +47,7 @@ def check_run_classes(trained: list[str], folder: list[str], images: object) -> 
     if trained in (folder, base):
         return
     want = base if len(trained) == len(base) else folder
-    first = next((i for i, (a, b) in enumerate(zip(trained, want)) if a != b), min(len(trained), len(want)))
+    first = first_difference(trained, want)
     theirs = trained[first] if first < len(trained) else "<end>"
     mine = want[first] if first < len(want) else "<end>"
     raise InputValueError(

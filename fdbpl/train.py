@@ -171,15 +171,11 @@ class _Session:
     settings: dict[str, Any]
     device: torch.device
     steps_per_epoch: int
+    logit_scale: torch.Tensor | float  # the frozen student's, read once
     start_epoch: int = 0
     step: int = 0
     log: IO[str] | None = None
     last: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def logit_scale(self) -> torch.Tensor | float:
-        """The frozen student's logit multiplier."""
-        return logit_scale_of(self.student)
 
 
 def train(
@@ -326,6 +322,7 @@ def _start_or_resume(
         settings,
         device,
         steps_per_epoch,
+        logit_scale_of(student),
     )
 
 

@@ -122,9 +122,9 @@ def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> bool:
                 "pass overwrite=True (--overwrite) to replace it, or choose another folder"
             )
         clear(out)
-    elif unknown_entries(out):
+    elif others := unknown_entries(out):
         raise TableFormatError(
-            f"out: {out} is not empty and holds no fdbpl table ({unknown_entries(out)[0]} is there); "
+            f"out: {out} is not empty and holds no fdbpl table ({others[0]} is there); "
             "choose an empty or new folder"
         )
     write_json_atomic(settings_path, settings)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fdbpl._checks import first_difference
 from fdbpl.cache.codec import decode_labels, decode_weights
 from fdbpl.cache.images import ImageRecord
 from fdbpl.cache.manifest import (
@@ -119,9 +120,9 @@ def _verify_shard(folder: Path, entry: dict[str, Any]) -> None:
 
 
 def _first_difference(theirs: Sequence[Any], mine: Sequence[Any]) -> str:
-    for i, (a, b) in enumerate(zip(theirs, mine)):
-        if a != b:
-            return f"first difference at index {i}: {a!r} in the table vs {b!r} given"
+    i = first_difference(theirs, mine)
+    if i < min(len(theirs), len(mine)):
+        return f"first difference at index {i}: {theirs[i]!r} in the table vs {mine[i]!r} given"
     return f"the table has {len(theirs)}, {len(mine)} given"
 
 

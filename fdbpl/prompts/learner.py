@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fdbpl._checks import check_count
+from fdbpl._checks import check_count, first_difference
 from fdbpl.errors import InputValueError
 from fdbpl.logits import clip_logits, logit_scale_of
 from fdbpl.prompts.text_tower import TextTower, Tokenizer
@@ -25,11 +25,6 @@ SPACES = ("positive", "negative")
 
 _RANDOM_N_CTX = 16  # CoOp's default context length without an init phrase
 _PLACEHOLDER = "X"
-
-
-def _first_difference(a: Sequence[str], b: Sequence[str]) -> int:
-    """The first index where two lists of class names differ (the shorter length if none)."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _token_counts(tokenizer: Tokenizer, texts: list[str], context_length: int) -> torch.Tensor:
@@ -393,7 +388,7 @@ class DualPromptLearner(nn.Module):
             raise InputValueError("state_dict: not a DualPromptLearner state (no configuration in it)")
         names = list(classnames) if classnames is not None else list(config["classnames"])
         if config.get("class_specific") and names != list(config["classnames"]):
-            first = _first_difference(config["classnames"], names)
+            first = first_difference(config["classnames"], names)
             raise InputValueError(
                 f"classnames: class-specific contexts belong to the {len(config['classnames'])} classes they "
                 f"were trained on, {len(names)} other class names given (they first differ at index {first}); "
@@ -424,7 +419,7 @@ class DualPromptLearner(nn.Module):
         mine = self.get_extra_state()
         if state["classnames"] != mine["classnames"]:
             theirs = state["classnames"]
-            first = _first_difference(theirs, mine["classnames"])
+            first = first_difference(theirs, mine["classnames"])
             raise InputValueError(
                 f"state_dict: the checkpoint was made for {len(theirs)} class names, this learner has "
                 f"{len(mine['classnames'])}; they first differ at index {first}: "
