@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fdbpl._checks import check_count, first_difference
 from fdbpl.errors import InputValueError
@@ -74,6 +75,13 @@ class DualPromptLearner(nn.Module):
             ``"end"`` (default), ``"middle"`` or ``"front"``, as in CoOp.
         truncate: cut sequences to the longest tokenized prompt (default). ``False`` runs
             the full context length, which gives the same features more slowly.
+        class_chunk_size: encode at most this many classes (of each space) at a time, and
+            keep no activations: each chunk is recomputed in the backward pass with its
+            upstream gradient (activation checkpointing per chunk), so the text pass's
+            peak memory is set by the chunk, not by C. The features and gradients are the
+            unchunked ones (to float round-off); the backward pass runs each chunk's
+            forward once more. ``None`` (default): all classes in one pass. It is not part
+            of the state dict; change it any time (``learner.class_chunk_size = 100``).
 
     Raises:
         InputValueError: an empty or duplicated class list, a class whose prompt does not
@@ -105,9 +113,11 @@ class DualPromptLearner(nn.Module):
         class_specific: bool = False,
         class_token_position: ClassTokenPosition = "end",
         truncate: bool = True,
+        class_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         classnames = self._check_classnames(classnames)
+        self.class_chunk_size = class_chunk_size
         if class_token_position not in ("end", "middle", "front"):
             raise InputValueError(
                 f"class_token_position: expected 'end', 'middle' or 'front', got {class_token_position!r}"
@@ -228,6 +238,15 @@ class DualPromptLearner(nn.Module):
             rows.append(row[:length])
         return torch.tensor(rows, device=device)
 
+    @property
+    def class_chunk_size(self) -> int | None:
+        """Classes per chunk of the text pass (``None``: all at once); see the class docs."""
+        return self._class_chunk_size
+
+    @class_chunk_size.setter
+    def class_chunk_size(self, value: int | None) -> None:
+        self._class_chunk_size = None if value is None else check_count("class_chunk_size", value)
+
     # -- selection ----------------------------------------------------------------------
 
     @property
@@ -289,7 +308,9 @@ class DualPromptLearner(nn.Module):
         """
         if space not in SPACES:
             raise InputValueError(f"space: expected 'positive' or 'negative', got {space!r}")
-        idx = self.class_indices(classes)
+        return self._embeddings(space, self.class_indices(classes))
+
+    def _embeddings(self, space: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         template = getattr(self, f"_{space}_template")
         if template.device != self._tower.device:
             raise InputValueError(
@@ -309,6 +330,9 @@ class DualPromptLearner(nn.Module):
     def forward(self, classes: ClassSelection = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Text features of both spaces, :math:`g(V)` and :math:`g(\\bar V)`, in one text pass.
 
+        With :attr:`class_chunk_size` set, the pass runs chunk by chunk and keeps no
+        activations (each chunk is recomputed in backward); the result is the same.
+
         Args:
             classes: ``None`` for all classes, or a subset as ids or names (e.g. the base
                 classes of a base-to-new split); features come in that order.
@@ -317,10 +341,23 @@ class DualPromptLearner(nn.Module):
             ``(positive_text_features, negative_text_features)``, each :math:`(C', D)`, as
             ``encode_text`` returns them (not normalised).
         """
-        pos, pos_pool = self.prompt_embeddings("positive", classes)
-        neg, neg_pool = self.prompt_embeddings("negative", classes)
+        idx = self.class_indices(classes)
+        chunk = self._class_chunk_size
+        if chunk is None or len(idx) <= chunk:
+            return self._encode(idx)
+        recompute = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        parts = [
+            checkpoint(self._encode, part, use_reentrant=False) if recompute else self._encode(part)
+            for part in idx.split(chunk)
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both spaces' features of the classes ``idx`` in one batched text pass."""
+        pos, pos_pool = self._embeddings("positive", idx)
+        neg, neg_pool = self._embeddings("negative", idx)
         features = self._tower.encode_embeddings(torch.cat([pos, neg]), torch.cat([pos_pool, neg_pool]))
-        return features[: len(pos)], features[len(pos) :]
+        return features[: len(idx)], features[len(idx) :]
 
     def normalized_features(self, classes: ClassSelection = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward`'s features, L2-normalised along D."""
@@ -513,5 +550,6 @@ class DualPromptLearner(nn.Module):
         return (
             f"num_classes={self.num_classes}, n_ctx={self.n_ctx}, class_specific={self.class_specific}, "
             f"class_token_position={self.class_token_position!r}, sequence_length={self.sequence_length}, "
+            f"class_chunk_size={self._class_chunk_size}, "
             f"text_tower={self._tower.kind!r}"
         )

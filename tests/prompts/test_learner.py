@@ -325,3 +325,89 @@ def test_from_state_dict_rebuilds_the_learner(open_clip_model, class_specific, i
     else:
         with pytest.raises(FDBPLError, match=r"class-specific contexts belong to the 5 classes .* index 0\)"):
             DualPromptLearner.from_state_dict(model, trained.state_dict(), ["zebra", "cat"])
+
+
+# -- class_chunk_size: the text pass in chunks, recomputed in backward ------------------
+
+
+def _features_and_grads(learner, classes):
+    learner.zero_grad()
+    pos, neg = learner(classes)
+    # an upstream gradient that differs per class and per space
+    weight = torch.linspace(-1, 2, pos.numel()).view_as(pos)
+    ((pos * weight).sum() + (neg.square() * weight).sum()).backward()
+    return pos.detach(), neg.detach(), learner.positive_context.grad.clone(), learner.negative_context.grad.clone()
+
+
+@given(
+    chunk=st.integers(1, 6),
+    classes=st.none() | st.lists(st.integers(0, len(NAMES) - 1), min_size=1, max_size=8),
+    class_specific=st.booleans(),
+    position=st.sampled_from(["end", "middle", "front"]),
+)
+def test_chunked_text_pass_equals_the_unchunked_one(open_clip_model, chunk, classes, class_specific, position):
+    model, _ = open_clip_model
+    whole = DualPromptLearner(model, NAMES, class_specific=class_specific, class_token_position=position)
+    with torch.no_grad():  # contexts away from their init, so that every class differs
+        whole.positive_context.add_(0.05 * torch.randn_like(whole.positive_context))
+    chunked = DualPromptLearner(
+        model, NAMES, class_specific=class_specific, class_token_position=position, class_chunk_size=chunk
+    )
+    chunked.load_state_dict(whole.state_dict())
+    want = _features_and_grads(whole, classes)
+    got = _features_and_grads(chunked, classes)
+    for w, g in zip(want, got):  # float32 round-off of sums taken in another order (float64: below)
+        assert float((g - w).norm()) <= 1e-5 * float(w.norm())
+
+
+def _saved_bytes(learner):
+    """Bytes autograd keeps for the backward pass of one forward (what the peak grows with)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        pos, neg = learner()
+    return total, pos, neg
+
+
+def test_chunked_pass_keeps_no_activations_and_does_not_grow_with_c(open_clip_model):
+    model, _ = open_clip_model
+    names = [f"class number {i}" for i in range(48)]
+    saved = {}
+    for c in (12, 48):
+        for chunk in (None, 4):
+            learner = DualPromptLearner(model, names[:c], class_chunk_size=chunk)
+            saved[c, chunk], pos, neg = _saved_bytes(learner)
+            (pos.sum() + neg.sum()).backward()  # and the backward runs
+    assert saved[48, None] > 2 * saved[12, None] > 0  # unchunked: activations grow with C
+    # chunked: only each chunk's class ids are kept, a few bytes per class
+    assert saved[48, 4] < 64 * 48 < saved[12, None] / 100
+
+
+def test_chunked_pass_without_gradients_and_in_float64():
+    model, _ = tiny_open_clip("clip")
+    model = model.double()
+    whole = DualPromptLearner(model, NAMES)
+    chunked = DualPromptLearner(model, NAMES, class_chunk_size=2)
+    chunked.load_state_dict(whole.state_dict())
+    with torch.no_grad():
+        for w, g in zip(whole(), chunked()):
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    got, want = _features_and_grads(chunked, None), _features_and_grads(whole, None)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10 * float(w.abs().max()))
+
+
+@pytest.mark.parametrize("chunk", [0, -1, 2.5, True, "10"])
+def test_bad_class_chunk_size_is_refused(open_clip_model, chunk):
+    model, _ = open_clip_model
+    with pytest.raises(FDBPLError, match="class_chunk_size"):
+        DualPromptLearner(model, NAMES, class_chunk_size=chunk)
+    learner = DualPromptLearner(model, NAMES)
+    with pytest.raises(FDBPLError, match="class_chunk_size"):
+        learner.class_chunk_size = chunk
+    assert learner.class_chunk_size is None
