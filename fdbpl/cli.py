@@ -19,7 +19,7 @@ import torch
 
 import fdbpl
 from fdbpl._checks import check_count, check_number
-from fdbpl.cache import RILTable, build_table, clip_teacher, scan_image_folder
+from fdbpl.cache import RILTable, build_table, clip_student_features, clip_teacher, scan_image_folder
 from fdbpl.cache.crops import check_range
 from fdbpl.cache.images import check_distinct_classnames
 from fdbpl.cache.report import table_report
@@ -31,7 +31,7 @@ from fdbpl.evaluate import evaluate_prompts, harmonic_mean
 from fdbpl.models import LoadedCLIP, load_open_clip
 from fdbpl.run import CHECKPOINT, CONFIG, LOG, RunFolder
 from fdbpl.split import select_images
-from fdbpl.train import TrainConfig, train
+from fdbpl.train import IMAGE_FEATURES, TrainConfig, train
 
 __all__ = ["build_parser", "main"]
 
@@ -201,6 +201,17 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
         help="classes kept: CoOp's base half (first half of the sorted classes), new half, or all",
     )
     p.add_argument(
+        "--student",
+        help="also store this student's image feature of every crop (open_clip name or config JSON), so "
+        "that training skips the frozen image encoder; not for methods that learn vision prompts "
+        "(default: labels only)",
+    )
+    p.add_argument(
+        "--student-pretrained",
+        help="the student's weights: open_clip tag, checkpoint path, or 'none' for random weights seeded "
+        "by --seed; required for a named --student",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="replace a table in OUT built with other settings"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -268,6 +279,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="context tokens, randomly initialised (default: the init phrases 'a photo of a' / 'a photo of no')",
     )
     p.add_argument("--class-specific", action="store_true", help="one context per class (CoOp's CSC)")
+    p.add_argument(
+        "--image-features",
+        choices=IMAGE_FEATURES,
+        default=d.image_features,
+        help="the student's image features: the table's stored ones (cached; refused if another "
+        "student's), the image encoder on the replayed crops (encode), or cached when the table has "
+        f"them (auto) (default: {d.image_features})",
+    )
+    p.add_argument(
+        "--class-chunk-size",
+        type=_integer(1),
+        help="encode the class prompts this many classes at a time, recomputed in backward: bounds the "
+        "text pass's memory for many classes (default: all classes at once)",
+    )
     p.add_argument(
         "--crops-per-image",
         type=_integer(1),
@@ -415,6 +440,10 @@ def _build_cache(args: argparse.Namespace) -> int:
         classnames = _read_classnames(args.classnames) if args.classnames else None
         scan = select_images(scan_image_folder(args.images, classnames), args.subset, args.shots, args.seed)
         loaded = load_open_clip(args.teacher, args.pretrained, device=device, seed=args.seed)
+        student = None
+        if args.student:
+            s = load_open_clip(args.student, args.student_pretrained, device=device, seed=args.seed)
+            student = clip_student_features(s.model, s.input_recipe, _described(s))
         teacher = clip_teacher(
             loaded.model,
             scan.classnames,
@@ -430,6 +459,7 @@ def _build_cache(args: argparse.Namespace) -> int:
             args.images,
             args.out,
             teacher,
+            student=student,
             scan=scan,
             crops_per_image=args.crops_per_image,
             topk=args.topk,
@@ -482,6 +512,8 @@ def _train(args: argparse.Namespace) -> int:
             crops_per_image=args.crops_per_image,
             num_workers=args.num_workers,
             seed=args.seed,
+            image_features=args.image_features,
+            class_chunk_size=args.class_chunk_size,
         )
         result = train(
             table,

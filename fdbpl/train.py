@@ -33,7 +33,14 @@ from fdbpl.prompts import DualPromptLearner
 from fdbpl.run import CHECKPOINT, RunFolder, load_run
 from fdbpl.sparsify import SparseSoftLabels
 
-__all__ = ["CHECKPOINT", "TrainConfig", "TrainResult", "load_run", "train"]
+__all__ = ["CHECKPOINT", "IMAGE_FEATURES", "TrainConfig", "TrainResult", "load_run", "train"]
+
+
+#: Where a training step takes the student's image features from:
+#: ``"auto"``: the table's stored ones when it has them (refused if they belong to another
+#: student), else the image encoder on the replayed crops; ``"cached"``: the table's (an
+#: error without them); ``"encode"``: always the image encoder.
+IMAGE_FEATURES = ("auto", "cached", "encode")
 
 
 @dataclass
@@ -43,6 +50,10 @@ class TrainConfig:
     The paper trains 50 epochs with SGD at learning rate 0.1, cosine annealing, batch 128;
     it gives no values for the loss weights, :math:`\\alpha` or :math:`\\delta` (ours: 1, 1,
     1, 1, 0.1). Momentum 0.9 and weight decay 5e-4 are CoOp's.
+
+    ``image_features`` says where the student's image features come from (see
+    :data:`IMAGE_FEATURES`); ``class_chunk_size`` bounds the text pass's memory (see
+    :class:`~fdbpl.prompts.DualPromptLearner`).
     """
 
     epochs: int = 50
@@ -62,6 +73,8 @@ class TrainConfig:
     crops_per_image: int = 1
     num_workers: int = 0
     seed: int = 0
+    image_features: str = "auto"
+    class_chunk_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crops_per_image"):
@@ -70,6 +83,12 @@ class TrainConfig:
             check_count(name, getattr(self, name), minimum=0)
         if self.n_ctx is not None:
             check_count("n_ctx", self.n_ctx)
+        if self.class_chunk_size is not None:
+            check_count("class_chunk_size", self.class_chunk_size)
+        if self.image_features not in IMAGE_FEATURES:
+            raise InputValueError(
+                f"image_features: expected one of {list(IMAGE_FEATURES)}, got {self.image_features!r}"
+            )
         check_number("lr", self.lr, positive=True)
         for name in ("momentum", "weight_decay", "lambda_neg", "lambda_diff1", "lambda_diff2", "alpha"):
             check_number(name, getattr(self, name), minimum=0.0)
@@ -114,13 +133,13 @@ class _ShareSampler(torch.utils.data.Sampler[int]):
 
 def _flatten_crops(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """(B, n, ...) items with several crops per image -> (B * n, ...)."""
-    if batch["image"].ndim == 5:
+    if batch["region"].ndim == 2:
         return {k: v.flatten(0, 1) for k, v in batch.items()}
     return batch
 
 
 #: Settings that do not change what a run computes, so a resumed run may change them.
-_FREE_ON_RESUME = ("num_workers",)
+_FREE_ON_RESUME = ("num_workers", "class_chunk_size")
 
 
 def _check_same_settings(folder: RunFolder, state: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -282,13 +301,21 @@ def _start_or_resume(
         positive_init=cfg.positive_init,
         negative_init=cfg.negative_init,
         class_specific=cfg.class_specific,
+        class_chunk_size=cfg.class_chunk_size,
     ).to(device)
     model: torch.nn.Module = learner
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             learner, device_ids=[device.index] if device.type == "cuda" else None
         )
-    dataset = RegionDataset(table, images, crops_per_image=cfg.crops_per_image, seed=cfg.seed, recipe=recipe)
+    dataset = RegionDataset(
+        table,
+        images,
+        crops_per_image=cfg.crops_per_image,
+        seed=cfg.seed,
+        recipe=recipe,
+        features=_stored_features(table, student, recipe, cfg.image_features),
+    )
     sampler = _ShareSampler(len(dataset), rank, world, cfg.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=False
@@ -326,6 +353,15 @@ def _start_or_resume(
     )
 
 
+def _stored_features(table: RILTable, student: torch.nn.Module, recipe: InputRecipe, how: str) -> bool:
+    """Whether steps take the table's stored image features (see :data:`IMAGE_FEATURES`);
+    stored features of another student or input recipe are refused."""
+    if how == "encode" or (how == "auto" and not table.has_features):
+        return False
+    table.check_student(student, recipe)  # also refuses "cached" on a table without features
+    return True
+
+
 def _resume_or_record(session: _Session, images: str | os.PathLike[str]) -> None:
     """Resume from the folder's checkpoint (same settings only), or record a new run's settings."""
     rank, world = rank_and_world()
@@ -353,8 +389,11 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
     ids = (batch["region"].reshape(len(batch["region"]), -1)[:, 0] // table.crops_per_image).double()
     batch = _flatten_crops(batch)
     labels = SparseSoftLabels.from_batch(batch, table.num_classes).to(device)
-    with torch.no_grad():
-        image_features = session.student.encode_image(batch["image"].to(device))
+    if "features" in batch:  # stored by the table: the frozen image encoder's output
+        image_features = batch["features"].to(device=device, dtype=torch.float32)
+    else:
+        with torch.no_grad():
+            image_features = session.student.encode_image(batch["image"].to(device))
     positive, negative = session.model()
     weight = batch["weight"].to(device)
     out = session.loss_fn(image_features, positive, negative, labels, weight, session.logit_scale)

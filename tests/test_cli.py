@@ -206,6 +206,29 @@ def test_evaluate_refuses_a_folder_of_other_classes(image_root, teacher_files, t
     assert run_main(["evaluate", run, image_root], capsys)[0] == 0
 
 
+def test_a_table_with_student_features_trains_without_the_image_encoder(
+    image_root, teacher_files, tmp_path, capsys
+):
+    config, checkpoint = teacher_files
+    table, student = tmp_path / "t", ["--student", config, "--pretrained", checkpoint]
+    argv = _build_args(image_root, table, teacher_files, "--crops-per-image", 2, "--topk", 2)
+    assert run_main([*argv, "--student", config, "--student-pretrained", checkpoint], capsys)[0] == 0
+    assert main(["inspect", str(table)]) == 0
+    assert "features    fdbpl-tiny-teacher (" in capsys.readouterr().out
+    train = ["train", table, image_root, *student, "--epochs", 1, "--batch-size", 4, "--no-progress"]
+    assert run_main([*train, "--out", tmp_path / "run", "--image-features", "cached"], capsys)[0] == 0
+    assert run_main([*train, "--out", tmp_path / "chunked", "--class-chunk-size", "2"], capsys)[0] == 0
+    # another student's weights: refused in one line, naming the way out
+    other = tmp_path / "other.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["visual.proj"] = state["visual.proj"] * 2
+    torch.save(state, other)
+    code, err = run_main([*train, "--out", tmp_path / "r2", "--student", config, "--pretrained", other], capsys)
+    assert code == 2 and "belong to another student" in err and "--image-features encode" in err, err
+    code, err = run_main(["build-cache", image_root, tmp_path / "t3", *teacher_args(teacher_files), "--student", "ViT-B-32"], capsys)
+    assert code == 2 and "ViT-B-32 needs weights" in err, err
+
+
 def test_ctrl_c_prints_one_line_and_exits_130(image_root, teacher_files, tmp_path):
     import signal
     import time

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fdbpl._checks import check_count
-from fdbpl.cache.codec import encode_labels
+from fdbpl.cache.codec import encode_features, encode_labels
 from fdbpl.cache.crops import CropSampler, check_range
 from fdbpl.cache.images import ScanResult, read_image, scan_image_folder
 from fdbpl.cache.manifest import (
@@ -53,6 +53,7 @@ from fdbpl.cache.shards import (
     unknown_entries,
 )
 from fdbpl.cache.storage import write_json_atomic
+from fdbpl.cache.student import StudentFeatures
 from fdbpl.cache.teacher import Teacher
 from fdbpl.distributed import barrier, broadcast_from_rank0, rank_and_world
 from fdbpl.errors import InputValueError
@@ -142,29 +143,41 @@ class _PendingGroups(torch.utils.data.Dataset):
         crops_per_image: int,
         sampler: CropSampler,
         teacher: Teacher,
+        student: StudentFeatures | None,
     ) -> None:
         self.root, self.scan, self.groups = root, scan, groups
         self.m, self.sampler = crops_per_image, sampler
-        # the crop recipe only: the teacher itself stays in the main process
+        # the crop recipes only: the models themselves stay in the main process
         self.recipe = (teacher.image_size, teacher.mean, teacher.std)
+        self.student_recipe = None
+        if student is not None:
+            r = student.recipe
+            self.student_recipe = None if (r.size, r.mean, r.std) == self.recipe else (r.size, r.mean, r.std)
 
     def __len__(self) -> int:
         return len(self.groups)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        crops, boxes, flips = [], [], []
+        crops, student_crops, boxes, flips = [], [], [], []
         for i in self.groups[k]:
             rec = self.scan.images[i]
             image = read_image(self.root, rec)  # the scanned image: same size and SHA-256
             b, f = self.sampler.sample(i, rec.height, rec.width, self.m)
             crops.extend(render_crop(image, box, bool(fl), *self.recipe) for box, fl in zip(b, f))
+            if self.student_recipe is not None:  # the crop as the student sees it when replayed
+                student_crops.extend(
+                    render_crop(image, box, bool(fl), *self.student_recipe) for box, fl in zip(b, f)
+                )
             boxes.append(b)
             flips.append(f)
-        return {
+        batch = {
             "crops": torch.stack(crops),
             "boxes": torch.from_numpy(np.concatenate(boxes)),
             "flips": torch.from_numpy(np.concatenate(flips)),
         }
+        if student_crops:
+            batch["student_crops"] = torch.stack(student_crops)
+        return batch
 
 
 def build_table(
@@ -172,6 +185,7 @@ def build_table(
     out: str | os.PathLike[str],
     teacher: Teacher,
     *,
+    student: StudentFeatures | None = None,
     scan: ScanResult | None = None,
     classnames: list[str] | None = None,
     crops_per_image: int = 500,
@@ -196,6 +210,10 @@ def build_table(
         images: an image-folder tree, one sub-folder per class (sorted order).
         out: the table's folder (created).
         teacher: a :class:`~fdbpl.cache.Teacher` (e.g. :func:`~fdbpl.cache.clip_teacher`).
+        student: also store the student's image feature of every crop (float16,
+            L2-normalised; :func:`~fdbpl.cache.clip_student_features`), rendered with the
+            student's own recipe, so that training skips the frozen image encoder. Only
+            for methods that learn no vision prompts.
         scan: the folder's scan, if already made (:func:`~fdbpl.cache.scan_image_folder`).
         classnames: class names for the folders (default: folder names, ``_`` as space).
         crops_per_image: M, regions per image (the paper: 500).
@@ -217,6 +235,7 @@ def build_table(
         Path(images),
         Path(out),
         teacher,
+        student,
         scan,
         classnames,
         (crops_per_image, topk, strategy, seed, batch_size, scale, ratio, shard_size, num_workers),
@@ -271,6 +290,7 @@ class _Plan:
     out: Path
     scan: ScanResult
     teacher: Teacher
+    student: StudentFeatures | None
     sampler: CropSampler
     settings: dict[str, Any]
     batch_size: int
@@ -305,6 +325,7 @@ def _plan(
     root: Path,
     out: Path,
     teacher: Teacher,
+    student: StudentFeatures | None,
     scan: ScanResult | None,
     classnames: list[str] | None,
     options: tuple[int, int, str, int, int, tuple[float, float], tuple[float, float], int, int],
@@ -334,8 +355,8 @@ def _plan(
     if not 1 <= topk <= c:
         raise InputValueError(f"topk: expected 1 <= K <= C={c} (the number of classes), got {topk}")
     sampler = CropSampler(scale, ratio, int(seed))
-    settings = table_settings(scan, teacher, topk, strategy, crops_per_image, sampler, shard_size)
-    return _Plan(root, out, scan, teacher, sampler, settings, batch_size, num_workers)
+    settings = table_settings(scan, teacher, topk, strategy, crops_per_image, sampler, shard_size, student)
+    return _Plan(root, out, scan, teacher, student, sampler, settings, batch_size, num_workers)
 
 
 def _progress_bar(plan: _Plan, shards: list[int]) -> Any:
@@ -361,7 +382,7 @@ def _build_shard(plan: _Plan, s: int, bar: Any) -> int:
         bar.update(int(cols["done"].sum()) * m)
     pending = [g for g in groups if not all(cols["done"][list(g)])]
     absolute = [range(images.start + g.start, images.start + g.stop) for g in pending]
-    dataset = _PendingGroups(plan.root, plan.scan, absolute, m, plan.sampler, plan.teacher)
+    dataset = _PendingGroups(plan.root, plan.scan, absolute, m, plan.sampler, plan.teacher, plan.student)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=plan.num_workers)
     computed = 0
     settings = plan.settings
@@ -375,6 +396,11 @@ def _build_shard(plan: _Plan, s: int, bar: Any) -> int:
         ]
         for name in parts[0]:
             cols[name][rows] = np.concatenate([p[name] for p in parts])
+        if plan.student is not None:  # same groups and chunks as the teacher: the same bytes every time
+            crops = batch.get("student_crops", batch["crops"])
+            cols["features"][rows] = np.concatenate(
+                [encode_features(plan.student(chunk)) for chunk in crops.split(plan.batch_size)]
+            )
         cols["box"][rows] = batch["boxes"].numpy()
         cols["flip"][rows] = batch["flips"].numpy()
         for name, col in cols.items():

@@ -23,6 +23,7 @@ __all__ = [
     "column_dtypes",
     "decode_labels",
     "decode_weights",
+    "encode_features",
     "encode_labels",
 ]
 
@@ -53,8 +54,11 @@ def class_id_dtype(num_classes: int) -> np.dtype:
     raise InputValueError(f"num_classes: at most {np.iinfo(np.int32).max} classes, got {num_classes}")
 
 
-def column_dtypes(num_classes: int, largest_side: int, strategy: str) -> dict[str, str]:
-    """Each column's dtype for a table of C classes over images of at most ``largest_side`` px."""
+def column_dtypes(
+    num_classes: int, largest_side: int, strategy: str, features: bool = False
+) -> dict[str, str]:
+    """Each column's dtype for a table of C classes over images of at most ``largest_side`` px
+    (``features``: with the student's image features)."""
     dtypes = {
         "box": "uint16" if largest_side <= np.iinfo(np.uint16).max else "int32",
         "flip": "uint8",
@@ -64,6 +68,8 @@ def column_dtypes(num_classes: int, largest_side: int, strategy: str) -> dict[st
     }
     if strategy == "ms":
         dtypes["fill"] = "float32"
+    if features:
+        dtypes["features"] = "float16"
     return dtypes
 
 
@@ -95,6 +101,11 @@ def decode_labels(indices: np.ndarray, values: np.ndarray, fill: Any, num_classe
     return SparseSoftLabels(
         torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(values), fill_t, num_classes
     )
+
+
+def encode_features(features: torch.Tensor) -> np.ndarray:
+    """The student's ``(B, D)`` normalised image features as stored rows (float16)."""
+    return features.detach().cpu().numpy().astype(np.float16)
 
 
 def decode_weights(stored: np.ndarray) -> np.ndarray:

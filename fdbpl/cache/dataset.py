@@ -39,9 +39,15 @@ class RegionDataset(torch.utils.data.Dataset):
     leading dimension n (n distinct regions). A default ``DataLoader`` collates them;
     :meth:`fdbpl.sparsify.SparseSoftLabels.from_batch` turns a batch into labels.
 
+    From a table that stores the student's image features (built with a student), items
+    carry ``features`` :math:`(D,)` float16 (L2-normalised) in place of ``image``: no image
+    is read or decoded, and the training step skips the frozen image encoder. Check the
+    student first (:meth:`RILTable.check_student`): the features belong to one image tower.
+
     Args:
         table: the opened table.
-        root: the image folder the table was built on.
+        root: the image folder the table was built on (not read, and may be ``None``, when
+            items carry stored features).
         image_size: the student's input side S.
         mean, std: the student's normalisation.
         crops_per_image: regions per item.
@@ -50,12 +56,15 @@ class RegionDataset(torch.utils.data.Dataset):
         seed: the region draw's seed.
         recipe: the student's input as one value (:class:`~fdbpl.images.InputRecipe`);
             replaces ``image_size``, ``mean`` and ``std``.
+        features: items carry the stored student features instead of images; default
+            (``None``): when the table stores them. ``True`` on a table without them is
+            an error.
     """
 
     def __init__(
         self,
         table: RILTable,
-        root: str | os.PathLike[str],
+        root: str | os.PathLike[str] | None,
         image_size: int = 224,
         mean: Sequence[float] = OPENAI_MEAN,
         std: Sequence[float] = OPENAI_STD,
@@ -63,15 +72,26 @@ class RegionDataset(torch.utils.data.Dataset):
         length: int | None = None,
         seed: int = 0,
         recipe: InputRecipe | None = None,
+        features: bool | None = None,
     ) -> None:
         if not 1 <= crops_per_image <= table.crops_per_image:
             raise InputValueError(
                 f"crops_per_image: expected 1 <= n <= {table.crops_per_image} (the table's regions per image), "
                 f"got {crops_per_image}"
             )
+        if features and not table.has_features:
+            raise InputValueError(
+                f"features: the table {table.path} stores no student image features "
+                "(build it with a student: fdbpl build-cache --student MODEL)"
+            )
+        self.features = table.has_features if features is None else bool(features)
         self.table = table
-        self.root = Path(root)
-        missing = [p for p in table.image_paths if not (self.root / p).is_file()]
+        if root is None and not self.features:
+            raise InputValueError("root: the image folder is needed to replay crops (the table stores no features)")
+        self.root = Path(root) if root is not None else None
+        missing = []
+        if self.root is not None and not self.features:
+            missing = [p for p in table.image_paths if not (self.root / p).is_file()]
         if missing:
             raise InputValueError(
                 f"root: {len(missing)} of the table's {table.num_images} images are not under {self.root}, "
@@ -108,26 +128,8 @@ class RegionDataset(torch.utils.data.Dataset):
             raise IndexError(f"item {i} outside [0, {self.length})")
         ids = self.region_ids(i)
         image_index = i % self.table.num_images
-        record = self._records[image_index]
-        image = read_image(self.root, record)
         rows = [self.table.read(int(r)) for r in ids]
-        for r, row in zip(ids, rows):
-            top, left, height, width = (int(v) for v in row["box"])
-            if height < 1 or width < 1 or top + height > record.height or left + width > record.width:
-                raise TableFormatError(
-                    f"table: region {int(r)} has box {[top, left, height, width]} outside its "
-                    f"{record.width}x{record.height} image {record.path}"
-                )
-        crops = torch.stack(
-            [
-                render_crop(
-                    image, r["box"], bool(r["flip"]), self.recipe.size, self.recipe.mean, self.recipe.std
-                )
-                for r in rows
-            ]
-        )
         item = {
-            "image": crops,
             "indices": torch.from_numpy(np.stack([r["indices"] for r in rows]).astype(np.int64)),
             "values": torch.from_numpy(np.stack([r["values"] for r in rows])),
             "fill": torch.tensor([float(r["fill"]) for r in rows], dtype=torch.float32),
@@ -135,6 +137,31 @@ class RegionDataset(torch.utils.data.Dataset):
             "region": torch.from_numpy(ids),
             "label": torch.full((len(ids),), self._labels[image_index], dtype=torch.long),
         }
+        if self.features:
+            item["features"] = torch.from_numpy(np.stack([r["features"] for r in rows]))
+        else:
+            item["image"] = self._crops(image_index, ids, rows)
         if self.crops_per_image == 1:
             item = {k: v[0] for k, v in item.items()}
         return item
+
+    def _crops(self, image_index: int, ids: np.ndarray, rows: list[dict[str, np.ndarray]]) -> torch.Tensor:
+        """The stored regions of one image, rendered with the student's recipe."""
+        assert self.root is not None
+        record = self._records[image_index]
+        image = read_image(self.root, record)
+        for r, row in zip(ids, rows):
+            top, left, height, width = (int(v) for v in row["box"])
+            if height < 1 or width < 1 or top + height > record.height or left + width > record.width:
+                raise TableFormatError(
+                    f"table: region {int(r)} has box {[top, left, height, width]} outside its "
+                    f"{record.width}x{record.height} image {record.path}"
+                )
+        return torch.stack(
+            [
+                render_crop(
+                    image, r["box"], bool(r["flip"]), self.recipe.size, self.recipe.mean, self.recipe.std
+                )
+                for r in rows
+            ]
+        )

@@ -19,6 +19,7 @@ from fdbpl.errors import InputValueError
 if TYPE_CHECKING:
     from fdbpl.cache.crops import CropSampler
     from fdbpl.cache.images import ScanResult
+    from fdbpl.cache.student import StudentFeatures
     from fdbpl.cache.teacher import Teacher
 
 __all__ = [
@@ -60,6 +61,7 @@ COLUMNS = {
     "values": "(R, K) float16 Top-K probabilities (MS: the teacher's; MR: re-normalised)",
     "fill": "(R,) float32 probability of each class outside the Top-K (MS only)",
     "weight": "(R,) uint16 information weight w of the teacher's full distribution, w = q / 65535",
+    "features": "(R, D) float16 L2-normalised student image feature of the crop (tables built with a student)",
 }
 
 
@@ -71,6 +73,7 @@ _DTYPES = {
     "values": ("float16",),
     "fill": ("float32",),
     "weight": ("uint16",),
+    "features": ("float16",),
 }
 
 #: The largest image side a table may record (int32 boxes).
@@ -102,10 +105,9 @@ def column_specs(settings: dict[str, Any], rows: int) -> dict[str, tuple[tuple[i
     """Each column's shape for ``rows`` regions and its dtype name, from a manifest's settings."""
     k = settings["topk"]
     widths = {"box": (4,), "indices": (k,), "values": (k,)}
-    return {
-        name: ((rows, *widths.get(name, ())), settings["dtypes"][name])
-        for name in column_names(settings["strategy"])
-    }
+    if "student" in settings:
+        widths["features"] = (settings["student"]["feature_dim"],)
+    return {name: ((rows, *widths.get(name, ())), settings["dtypes"][name]) for name in column_names(settings)}
 
 
 def bytes_per_region(settings: dict[str, Any]) -> int:
@@ -124,6 +126,7 @@ def table_settings(
     crops_per_image: int,
     sampler: CropSampler,
     shard_size: int,
+    student: StudentFeatures | None = None,
 ) -> dict[str, Any]:
     """Everything a manifest records except its shards: what a build's command and inputs
     determine (a build with the same settings finishes or reuses the same table)."""
@@ -152,13 +155,14 @@ def table_settings(
             "mean": list(teacher.mean),
             "std": list(teacher.std),
         },
+        **({"student": student.manifest_entry()} if student is not None else {}),
         "seed": sampler.seed,
         "classnames": list(scan.classnames),
         "classnames_sha256": list_hash(list(scan.classnames)),
         "images": images,
         "images_sha256": list_hash([[r.path, r.width, r.height] for r in scan.images]),
         "weight_scale": WEIGHT_SCALE,
-        "dtypes": column_dtypes(c, largest, strategy),
+        "dtypes": column_dtypes(c, largest, strategy, student is not None),
         "skipped": [list(s) for s in scan.skipped],
         "converted": list(scan.converted),
         "fdbpl_version": fdbpl.__version__,
@@ -255,7 +259,7 @@ def _check_images(manifest: dict[str, Any], where: str) -> None:
 
 def _check_dtypes(manifest: dict[str, Any], where: str) -> None:
     dtypes = manifest["dtypes"]
-    for name in column_names(manifest["strategy"]):
+    for name in column_names(manifest):
         allowed = _DTYPES[name]
         if dtypes.get(name) not in allowed:
             raise TableFormatError(
@@ -295,9 +299,28 @@ def shard_name(s: int) -> str:
     return f"shard-{s:05d}"
 
 
-def column_names(strategy: str) -> list[str]:
-    """The stored columns of a table of this strategy, in file order."""
-    return [name for name in COLUMNS if name != "fill" or strategy == "ms"]
+def column_names(settings: dict[str, Any]) -> list[str]:
+    """The stored columns of a table with these settings (its manifest), in file order:
+    ``fill`` for MS tables only, ``features`` for tables built with a student."""
+    skip = {"fill"} if settings["strategy"] != "ms" else set()
+    if "student" not in settings:
+        skip.add("features")
+    return [name for name in COLUMNS if name not in skip]
+
+
+def _check_student(manifest: dict[str, Any], where: str) -> None:
+    student = manifest.get("student")
+    if student is None:
+        return
+    if not isinstance(student, dict):
+        raise TableFormatError(f"{where}: field 'student' is not an object")
+    dim, size = student.get("feature_dim"), student.get("image_size")
+    if not _is_int(dim) or not 1 <= dim <= 1 << 20:
+        raise TableFormatError(f"{where}: student feature_dim {dim!r} is not a feature width")
+    if not _is_int(size) or size < 1:
+        raise TableFormatError(f"{where}: student image_size {size!r} is not a size in pixels")
+    if not _is_sha256(student.get("image_tower_sha256")):
+        raise TableFormatError(f"{where}: student image_tower_sha256 is not a SHA-256 digest")
 
 
 def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
@@ -331,6 +354,7 @@ def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
             f"{where}: classnames do not match their stored classnames_sha256 (the list was changed)"
         )
     _check_images(manifest, where)
+    _check_student(manifest, where)
     _check_dtypes(manifest, where)
     image_size = manifest["teacher"].get("image_size")
     if not _is_int(image_size) or image_size < 1:

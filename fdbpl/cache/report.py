@@ -18,6 +18,16 @@ def _histogram(values: np.ndarray, bins: int = 10, width: int = 40) -> list[str]
     ]
 
 
+def _student_line(table: RILTable) -> str:
+    student = table.student
+    if student is None:
+        return "features    none stored (training runs the student's image encoder)"
+    return (
+        f"features    {student.get('name', '?')} ({student.get('pretrained', '?')}), D = {student['feature_dim']}, "
+        f"{student['image_size']} px, float16, image tower sha256 {student['image_tower_sha256'][:12]}"
+    )
+
+
 def table_report(table: RILTable, verified: bool = False) -> str:
     """What a table holds, how it was built, and a histogram of its information weights."""
     m = table.manifest
@@ -37,6 +47,7 @@ def table_report(table: RILTable, verified: bool = False) -> str:
         f"template {teacher.get('template', '?')!r}, temperature {teacher.get('temperature', '?')}",
         f"crops       scale {m['crops'].get('scale')}, ratio {[round(r, 3) for r in m['crops'].get('ratio', [])]}, "
         f"flip p={m['crops'].get('flip_probability')}, {m['crops'].get('interpolation')}, seed {m['seed']}",
+        _student_line(table),
         f"weight w    mean {w.mean():.3f}, min {w.min():.3f}, max {w.max():.3f}",
         *_histogram(w),
     ]

@@ -47,6 +47,7 @@ class Regions:
     flips: np.ndarray  # (N,) bool, mirrored left-right
     labels: SparseSoftLabels  # (N, K) the teacher's Top-K labels
     weights: torch.Tensor  # (N,) float32 information weights (Eq. 6)
+    features: torch.Tensor | None = None  # (N, D) float16 student image features, if stored
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,7 +70,9 @@ def _open_column(file: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     check_regular_file(file, "table: column file")
     try:
         col = load_column(file)
-    except ValueError as e:
+    except OSError:
+        raise
+    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
         raise TableFormatError(f"table: column file {file} is unreadable or truncated ({e})") from None
     if col.shape != shape or col.dtype != np.dtype(dtype):
         raise TableFormatError(
@@ -256,11 +259,62 @@ class RILTable:
     def bytes_per_region(self) -> int:
         return bytes_per_region(self.manifest)
 
+    @property
+    def student(self) -> dict[str, Any] | None:
+        """What the table records of the student whose image features it stores (``None``:
+        no features): its description, ``feature_dim``, input recipe and ``image_tower_sha256``."""
+        student = self.manifest.get("student")
+        return dict(student) if student is not None else None
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the table stores the student's image feature of every region."""
+        return "student" in self.manifest
+
+    def check_student(self, model: torch.nn.Module, recipe: Any = None) -> None:
+        """Refuse a student other than the one whose image features the table stores.
+
+        Args:
+            model: the student CLIP (its image tower's weights are hashed and compared).
+            recipe: the student's :class:`~fdbpl.images.InputRecipe`, if known: its side,
+                mean and std must be the ones the features were computed with.
+
+        Raises:
+            TableFormatError: the table stores no features, or they belong to another
+                image tower or input recipe (both named).
+        """
+        from fdbpl.cache.student import image_tower_digest
+
+        stored = self.student
+        if stored is None:
+            raise TableFormatError(
+                f"table: {self.path} stores no student image features (build it with a student: "
+                "fdbpl build-cache --student MODEL)"
+            )
+        digest = image_tower_digest(model)
+        if digest != stored["image_tower_sha256"]:
+            who = stored.get("name") or "another model"
+            raise TableFormatError(
+                f"student: the table's image features belong to another student ({who}, "
+                f"{stored.get('pretrained', '?')}; image tower sha256 {stored['image_tower_sha256'][:12]}, "
+                f"this student's {digest[:12]}); train with that student, encode the images instead "
+                "(--image-features encode), or rebuild the table with this one"
+            )
+        if recipe is not None:
+            theirs = (stored["image_size"], list(stored["mean"]), list(stored["std"]))
+            mine = (recipe.size, list(recipe.mean), list(recipe.std))
+            if theirs != mine:
+                raise TableFormatError(
+                    f"student: the table's image features were computed at size {theirs[0]}, mean "
+                    f"{theirs[1]}, std {theirs[2]}; this run's input is size {mine[0]}, mean {mine[1]}, "
+                    f"std {mine[2]}"
+                )
+
     def __repr__(self) -> str:
         return (
             f"RILTable({str(self.path)!r}, regions={len(self)}, images={self.num_images}, "
             f"crops_per_image={self.crops_per_image}, num_classes={self.num_classes}, topk={self.topk}, "
-            f"strategy={self.strategy!r})"
+            f"strategy={self.strategy!r}, features={self.has_features})"
         )
 
     # -- reads --------------------------------------------------------------------------
@@ -294,7 +348,8 @@ class RILTable:
 
         Returns:
             :class:`Regions`: their images, crop boxes and flips, the teacher's sparse
-            labels :math:`(N, K)` and information weights :math:`(N,)`.
+            labels :math:`(N, K)` and information weights :math:`(N,)`, and the student's
+            image features :math:`(N, D)` float16 if the table stores them.
         """
         ids = self._ids(region_ids)
         fill = self._gather("fill", ids) if self.strategy == "ms" else None
@@ -307,6 +362,7 @@ class RILTable:
                 self._gather("indices", ids), self._gather("values", ids), fill, self.num_classes
             ),
             weights=torch.from_numpy(decode_weights(self._gather("weight", ids))),
+            features=torch.from_numpy(self._gather("features", ids)) if self.has_features else None,
         )
 
     def labels(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> SparseSoftLabels:
@@ -330,14 +386,15 @@ class RILTable:
 
         Returns:
             ``box`` (4,), ``flip`` (), ``indices`` (K,), ``values`` (K,) float16, ``fill``
-            () float32 (0 for MR) and ``weight`` () float32, as numpy arrays.
+            () float32 (0 for MR) and ``weight`` () float32, as numpy arrays; and
+            ``features`` (D,) float16 for a table that stores the student's features.
         """
         i = int(i)
         if not 0 <= i < len(self):
             raise InputValueError(f"region: expected an id in [0, {len(self)}), got {i}")
         shard, row = divmod(i, self._rows_per_shard)
         cols = self._shards[shard]
-        return {
+        out = {
             "box": cols["box"][row],
             "flip": cols["flip"][row],
             "indices": cols["indices"][row],
@@ -345,6 +402,9 @@ class RILTable:
             "fill": cols["fill"][row] if "fill" in cols else np.float32(0),
             "weight": decode_weights(cols["weight"][row]),
         }
+        if "features" in cols:
+            out["features"] = cols["features"][row]
+        return out
 
     def region(self, i: int) -> RegionRecord:
         """Deprecated: ``regions([i])``."""
