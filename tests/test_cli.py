@@ -223,9 +223,14 @@ def test_a_table_with_student_features_trains_without_the_image_encoder(
     state = torch.load(checkpoint, weights_only=True)
     state["visual.proj"] = state["visual.proj"] * 2
     torch.save(state, other)
-    code, err = run_main([*train, "--out", tmp_path / "r2", "--student", config, "--pretrained", other], capsys)
+    code, err = run_main(
+        [*train, "--out", tmp_path / "r2", "--student", config, "--pretrained", other], capsys
+    )
     assert code == 2 and "belong to another student" in err and "--image-features encode" in err, err
-    code, err = run_main(["build-cache", image_root, tmp_path / "t3", *teacher_args(teacher_files), "--student", "ViT-B-32"], capsys)
+    code, err = run_main(
+        ["build-cache", image_root, tmp_path / "t3", *teacher_args(teacher_files), "--student", "ViT-B-32"],
+        capsys,
+    )
     assert code == 2 and "ViT-B-32 needs weights" in err, err
 
 

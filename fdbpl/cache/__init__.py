@@ -19,8 +19,8 @@ from fdbpl.cache.images import ImageRecord, ScanResult, scan_image_folder
 from fdbpl.cache.manifest import COLUMNS as COLUMNS
 from fdbpl.cache.manifest import SCHEMA_VERSION as SCHEMA_VERSION
 from fdbpl.cache.manifest import TableFormatError
-from fdbpl.cache.table import RegionRecord as RegionRecord
 from fdbpl.cache.student import StudentFeatures, clip_student_features, image_tower_digest
+from fdbpl.cache.table import RegionRecord as RegionRecord
 from fdbpl.cache.table import Regions, RILTable
 from fdbpl.cache.teacher import Teacher, clip_teacher
 from fdbpl.images import OPENAI_MEAN as OPENAI_MEAN

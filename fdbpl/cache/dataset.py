@@ -87,7 +87,9 @@ class RegionDataset(torch.utils.data.Dataset):
         self.features = table.has_features if features is None else bool(features)
         self.table = table
         if root is None and not self.features:
-            raise InputValueError("root: the image folder is needed to replay crops (the table stores no features)")
+            raise InputValueError(
+                "root: the image folder is needed to replay crops (the table stores no features)"
+            )
         self.root = Path(root) if root is not None else None
         missing = []
         if self.root is not None and not self.features:

@@ -107,7 +107,9 @@ def column_specs(settings: dict[str, Any], rows: int) -> dict[str, tuple[tuple[i
     widths = {"box": (4,), "indices": (k,), "values": (k,)}
     if "student" in settings:
         widths["features"] = (settings["student"]["feature_dim"],)
-    return {name: ((rows, *widths.get(name, ())), settings["dtypes"][name]) for name in column_names(settings)}
+    return {
+        name: ((rows, *widths.get(name, ())), settings["dtypes"][name]) for name in column_names(settings)
+    }
 
 
 def bytes_per_region(settings: dict[str, Any]) -> int:

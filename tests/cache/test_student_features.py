@@ -47,7 +47,12 @@ def build(image_root, out, student_model, recipe, **kwargs):
     student = clip_student_features(student_model, recipe, {"name": "tiny", "pretrained": "none"})
     options = dict(crops_per_image=6, topk=3, batch_size=8, shard_size=4, progress=False)
     build_table(
-        image_root, out, toy_teacher(len(scan.classnames)), student=student, scan=scan, **{**options, **kwargs}
+        image_root,
+        out,
+        toy_teacher(len(scan.classnames)),
+        student=student,
+        scan=scan,
+        **{**options, **kwargs},
     )
     return RILTable.open(out)
 
@@ -83,7 +88,9 @@ FLOAT16_ROUNDING = 2**-12 + 1e-5
 
 @pytest.mark.parametrize("same_recipe", [False, True])
 def test_stored_features_are_the_replayed_crops_features(tmp_path, image_root, student, same_recipe):
-    model, recipe = (tiny_student(image_size=16), TEACHER_RECIPE) if same_recipe else (student, STUDENT_RECIPE)
+    model, recipe = (
+        (tiny_student(image_size=16), TEACHER_RECIPE) if same_recipe else (student, STUDENT_RECIPE)
+    )
     table = build(image_root, tmp_path / "t", model, recipe)
     ids = np.arange(len(table))
     stored = table.regions(ids).features
@@ -91,7 +98,11 @@ def test_stored_features_are_the_replayed_crops_features(tmp_path, image_root, s
     want = replayed_features(table, image_root, model, recipe, ids)
     torch.testing.assert_close(stored.float(), want, rtol=0, atol=FLOAT16_ROUNDING)
     # the check can fail: the same crops rendered with the other model's recipe are far off
-    swapped = (STUDENT_RECIPE.mean, STUDENT_RECIPE.std) if same_recipe else (TEACHER_RECIPE.mean, TEACHER_RECIPE.std)
+    swapped = (
+        (STUDENT_RECIPE.mean, STUDENT_RECIPE.std)
+        if same_recipe
+        else (TEACHER_RECIPE.mean, TEACHER_RECIPE.std)
+    )
     other = InputRecipe(recipe.size, *swapped)
     wrong = replayed_features(table, image_root, model, other, ids)
     assert float((stored.float() - wrong).abs().max()) > 50 * FLOAT16_ROUNDING
@@ -115,10 +126,14 @@ def test_a_rebuilt_shard_has_the_same_bytes(tmp_path, table, image_root, student
     shutil.copytree(table.path, copy_dir)
     shutil.rmtree(copy_dir / "shard-00001")
     (copy_dir / "manifest.json").unlink()
-    (copy_dir / "build.json").write_bytes(json_bytes({k: v for k, v in table.manifest.items() if k != "shards"}))
+    (copy_dir / "build.json").write_bytes(
+        json_bytes({k: v for k, v in table.manifest.items() if k != "shards"})
+    )
     again = build(image_root, copy_dir, student, STUDENT_RECIPE)
     for name in ("features.npy", "values.npy", "sha256.json"):
-        assert (copy_dir / "shard-00001" / name).read_bytes() == (table.path / "shard-00001" / name).read_bytes()
+        assert (copy_dir / "shard-00001" / name).read_bytes() == (
+            table.path / "shard-00001" / name
+        ).read_bytes()
     assert again.manifest == table.manifest
 
 
@@ -128,7 +143,9 @@ def test_dataset_items_carry_features_and_read_no_image(table, tmp_path):
     assert "image" not in item
     assert item["features"].shape == (2, EMBED_DIM) and item["features"].dtype == torch.float16
     np.testing.assert_array_equal(item["features"].numpy(), table.regions(item["region"]).features.numpy())
-    batch = next(iter(torch.utils.data.DataLoader(RegionDataset(table, tmp_path / "nothing here"), batch_size=4)))
+    batch = next(
+        iter(torch.utils.data.DataLoader(RegionDataset(table, tmp_path / "nothing here"), batch_size=4))
+    )
     assert batch["features"].shape == (4, EMBED_DIM)
 
 
@@ -143,11 +160,19 @@ def test_dataset_can_still_replay_images(table, image_root):
 def test_features_on_a_table_without_them_are_refused(tmp_path, image_root, student):
     scan = scan_image_folder(image_root)
     out = tmp_path / "plain"
-    build_table(image_root, out, toy_teacher(len(scan.classnames)), scan=scan, crops_per_image=2, topk=2, progress=False)
+    build_table(
+        image_root,
+        out,
+        toy_teacher(len(scan.classnames)),
+        scan=scan,
+        crops_per_image=2,
+        topk=2,
+        progress=False,
+    )
     plain = RILTable.open(out)
     assert not plain.has_features and plain.student is None and plain.regions([0]).features is None
     assert "image" in RegionDataset(plain, image_root, image_size=16)[0]
-    with pytest.raises(FDBPLError, match="features: the table .* stores no student image features"):
+    with pytest.raises(FDBPLError, match=r"features: the table .* stores no student image features"):
         RegionDataset(plain, image_root, features=True)
     with pytest.raises(TableFormatError, match="stores no student image features"):
         plain.check_student(student)
@@ -185,7 +210,7 @@ def test_image_tower_digest_sees_one_ulp_anywhere(student, which, ulps):
 
 def test_image_tower_digest_sees_the_dtype(student):
     assert image_tower_digest(copy.deepcopy(student).half()) != image_tower_digest(student)
-    with pytest.raises(FDBPLError, match="has no image tower at .visual"):
+    with pytest.raises(FDBPLError, match=r"has no image tower at \.visual"):
         image_tower_digest(torch.nn.Linear(2, 2))
 
 
@@ -219,7 +244,9 @@ def test_training_from_stored_features_follows_training_from_images(tmp_path, ta
     encoded = _train(table, image_root, student, tmp_path / "encoded", "encode")
     auto = _train(table, image_root, student, tmp_path / "auto", "auto", class_chunk_size=2)
     assert cached.steps == encoded.steps > 0
-    a, b, c = (torch.load(r.run / "checkpoint.pt", weights_only=True)["learner"] for r in (cached, encoded, auto))
+    a, b, c = (
+        torch.load(r.run / "checkpoint.pt", weights_only=True)["learner"] for r in (cached, encoded, auto)
+    )
     for key in ("positive_context", "negative_context"):
         # the same run up to the float16 rounding of the features
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-3 * float(b[key].abs().max()))

@@ -336,7 +336,12 @@ def _features_and_grads(learner, classes):
     # an upstream gradient that differs per class and per space
     weight = torch.linspace(-1, 2, pos.numel()).view_as(pos)
     ((pos * weight).sum() + (neg.square() * weight).sum()).backward()
-    return pos.detach(), neg.detach(), learner.positive_context.grad.clone(), learner.negative_context.grad.clone()
+    return (
+        pos.detach(),
+        neg.detach(),
+        learner.positive_context.grad.clone(),
+        learner.negative_context.grad.clone(),
+    )
 
 
 @given(
@@ -345,7 +350,9 @@ def _features_and_grads(learner, classes):
     class_specific=st.booleans(),
     position=st.sampled_from(["end", "middle", "front"]),
 )
-def test_chunked_text_pass_equals_the_unchunked_one(open_clip_model, chunk, classes, class_specific, position):
+def test_chunked_text_pass_equals_the_unchunked_one(
+    open_clip_model, chunk, classes, class_specific, position
+):
     model, _ = open_clip_model
     whole = DualPromptLearner(model, NAMES, class_specific=class_specific, class_token_position=position)
     with torch.no_grad():  # contexts away from their init, so that every class differs
