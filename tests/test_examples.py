@@ -7,20 +7,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_coop_loop_example_runs(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--no-student-features"]])
+def test_coop_loop_example_runs(tmp_path, extra):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "coop_loop.py"), "--out", str(tmp_path), "--epochs", "2"],
+        [
+            sys.executable,
+            str(ROOT / "examples" / "coop_loop.py"),
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "2",
+            *extra,
+        ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"epoch 1: total -?\d", r.stdout)
+    assert ("encoded from the replayed crops" if extra else "stored in the table") in r.stdout
     state = torch.load(tmp_path / "prompts.pt", weights_only=True)
     assert {"positive_context", "negative_context"} <= set(state)
 
