@@ -1,6 +1,8 @@
-"""One training step (batch 32, C = 100): CoOp vs FDBPL from the table vs an online teacher.
+"""One training step (C = 100): CoOp vs FDBPL from the table (with and without stored
+student features) vs an online teacher.
 
-    python benchmarks/bench_train_step.py [--repeats 2] [--student ViT-B-32] [--teacher ViT-L-14]
+    python benchmarks/bench_train_step.py [--batch 32 128] [--repeats 2] [--student ViT-B-32]
+        [--teacher ViT-L-14] [--skip-online]
 
 Random-initialised open_clip models (the timings do not depend on the weights). Each step
 starts from decoded images and includes everything the method does per step:
@@ -9,9 +11,15 @@ starts from decoded images and includes everything the method does per step:
   cut to their real length, to isolate what FDBPL itself adds);
 - fdbpl: a batch of regions replayed from the RIL table with their stored labels, student
   image features, both prompt spaces in one cut pass, FDBPLLoss (Eq. 17), backward;
+- cached: fdbpl's step from a table that stores the student's image features (built
+  with ``student=``): no image is decoded and the image encoder does not run
+  (cached_full: the same with ``share_prefix=False``, every prompt computed in full);
 - online: fdbpl's step plus the teacher's image forward on the same crops (its text
   features cached), the way distillation-based prompt learning runs without a table.
-Printed: fdbpl/coop (target <= 1.15) and online/fdbpl (target >= 4.5), side by side.
+Printed, side by side per batch size: fdbpl/coop (target <= 1.15), cached/coop (targets
+<= 0.3 at batch 32, <= 0.2 at batch 128), fdbpl/cached (target >= 1.4), online/fdbpl
+(target >= 4.5), and one epoch of a 16-shot, 100-class table (1600 images, one region
+each) in steps of the batch size.
 """
 
 from __future__ import annotations
@@ -32,9 +40,10 @@ from _measure import median_times
 from bench_prompt_learner import imagenet_names
 
 from fdbpl import set_value_checks
-from fdbpl.cache import RILTable, Teacher, build_table, render_crop, scan_image_folder
+from fdbpl.cache import RILTable, Teacher, build_table, clip_student_features, render_crop, scan_image_folder
 from fdbpl.cache.crops import CropSampler
 from fdbpl.cache.images import decode_image
+from fdbpl.images import InputRecipe
 from fdbpl.losses import FDBPLLoss
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.sparsify import SparseSoftLabels
@@ -45,56 +54,72 @@ MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", default="ViT-B-32")
-    parser.add_argument("--teacher", default="ViT-L-14")
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--student", default="ViT-B-32", help="open_clip config of the student (default: ViT-B-32)"
+    )
+    parser.add_argument(
+        "--teacher", default="ViT-L-14", help="open_clip config of the teacher (default: ViT-L-14)"
+    )
+    parser.add_argument("--classes", type=int, default=100, help="C (default: 100)")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[32, 128], help="batch sizes (default: 32 128)"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds per variant (default: 2)")
+    parser.add_argument("--skip-online", action="store_true", help="do not time the online teacher")
     args = parser.parse_args()
     set_value_checks(False)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         student = open_clip.create_model(args.student).eval()
-        teacher = open_clip.create_model(args.teacher).eval()
-    for p in [*student.parameters(), *teacher.parameters()]:
+        teacher = None if args.skip_online else open_clip.create_model(args.teacher).eval()
+    for p in student.parameters():
         p.requires_grad_(False)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; student {args.student}, "
+        f"teacher {args.teacher}, C = {args.classes} (random init)"
+    )
+    for batch in args.batch:
+        bench_one_batch(args, student, teacher, batch)
+
+
+def _side(model: torch.nn.Module) -> int:
+    size = model.visual.image_size
+    return size[0] if isinstance(size, tuple) else size
+
+
+def bench_one_batch(args: argparse.Namespace, student: torch.nn.Module, teacher, batch: int) -> None:
     names = imagenet_names(args.classes)
-    size_s = (
-        student.visual.image_size[0]
-        if isinstance(student.visual.image_size, tuple)
-        else student.visual.image_size
-    )
-    size_t = (
-        teacher.visual.image_size[0]
-        if isinstance(teacher.visual.image_size, tuple)
-        else teacher.visual.image_size
-    )
+    size_s = _side(student)
     tmp = Path(tempfile.mkdtemp(prefix="fdbpl-bench-"))
-    images = draw_image_folder(tmp / "img", per_class=args.batch // 8, size=(320, 256))
+    images = draw_image_folder(tmp / "img", per_class=max(1, batch // 8), size=(320, 256))
     scan = scan_image_folder(images)
     scan.classnames = names
     rand = Teacher(
         lambda x: torch.softmax(4 * torch.randn(x.shape[0], len(names)), 1), 8, (0.5,) * 3, (0.5,) * 3
     )
-    build_table(images, tmp / "table", rand, scan=scan, crops_per_image=50, topk=20, progress=False)
+    features = clip_student_features(student, InputRecipe(size_s, MEAN, STD), {"name": args.student})
+    # 2 crops per image: the step replays one region of each image; the student encodes all at build time
+    build_table(
+        images, tmp / "table", rand, student=features, scan=scan, crops_per_image=2, topk=20, progress=False
+    )
     table = RILTable.open(tmp / "table")
     decoded = [decode_image(images / p) for p in table.image_paths]
     region_ids = torch.arange(len(decoded)) * table.crops_per_image
-    tokenizer = open_clip.get_tokenizer(args.student)
 
-    coop = DualPromptLearner(student, names, truncate=False)  # CoOp: 77 tokens, the positive space only
+    # CoOp: 77 tokens, the positive space only, every prompt in full
+    coop = DualPromptLearner(student, names, truncate=False, share_prefix=False)
     fdbpl = DualPromptLearner(student, names)
+    fdbpl_full = DualPromptLearner(student, names, share_prefix=False)  # the shared start not reused
     loss_fn = FDBPLLoss()
     scale = student.logit_scale.exp()
-    with torch.no_grad():
-        teacher_text = F.normalize(
-            teacher.encode_text(open_clip.get_tokenizer(args.teacher)([f"a photo of a {c}." for c in names])),
-            dim=-1,
-        )
+    teacher_text = None
+    if teacher is not None:
+        with torch.no_grad():
+            tokens = open_clip.get_tokenizer(args.teacher)([f"a photo of a {c}." for c in names])
+            teacher_text = F.normalize(teacher.encode_text(tokens), dim=-1)
     sampler = CropSampler()
     hard_labels = torch.randint(0, len(names), (len(decoded),))
-    del tokenizer
 
     def coop_step(learner: DualPromptLearner = coop) -> None:
         crops = []
@@ -109,59 +134,71 @@ def main() -> None:
         loss.backward()
         learner.zero_grad()
 
-    def replay() -> tuple[torch.Tensor, SparseSoftLabels, torch.Tensor, list[torch.Tensor]]:
-        crops, rows = [], []
+    def replay() -> tuple[torch.Tensor, SparseSoftLabels, torch.Tensor]:
+        crops = []
         for rid, img in zip(region_ids.tolist(), decoded):
             row = table.read(rid)
-            rows.append(row)
             crops.append(render_crop(img, row["box"], bool(row["flip"]), size_s, MEAN, STD))
         regions = table.regions(region_ids)
-        return torch.stack(crops), regions.labels, regions.weights, crops
+        return torch.stack(crops), regions.labels, regions.weights
 
     def fdbpl_step(online: bool = False) -> None:
-        x, labels, w, _ = replay()
-        teacher_in = None
+        x, labels, w = replay()
         if online:  # the teacher's view of the same regions, then its probabilities
             regions = table.regions(region_ids)
-            boxes, flips = regions.boxes, regions.flips
+            size_t = _side(teacher)
             teacher_in = torch.stack(
                 [
                     render_crop(img, b, bool(fl), size_t, MEAN, STD)
-                    for img, b, fl in zip(decoded, boxes, flips)
+                    for img, b, fl in zip(decoded, regions.boxes, regions.flips)
                 ]
             )
             with torch.no_grad():
-                probs = torch.softmax(
+                labels = torch.softmax(
                     100 * F.normalize(teacher.encode_image(teacher_in), dim=-1) @ teacher_text.T, dim=1
                 )
         with torch.no_grad():
             f = student.encode_image(x)
         pos, neg = fdbpl()
-        out = loss_fn(f, pos, neg, probs if online else labels, w, scale)
-        out.total.backward()
+        loss_fn(f, pos, neg, labels, w, scale).total.backward()
         fdbpl.zero_grad()
 
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; student {args.student}, teacher {args.teacher}, "
-        f"batch {len(decoded)}, C = {len(names)} (random init)"
-    )
-    times = median_times(
-        {
-            "coop": coop_step,
-            "coop_cut": lambda: coop_step(fdbpl),
-            "fdbpl": fdbpl_step,
-            "online": lambda: fdbpl_step(online=True),
-        },
-        args.repeats,
-        torch.device("cpu"),
-    )
+    def cached_step(learner: DualPromptLearner = fdbpl) -> None:
+        regions = table.regions(region_ids)  # labels, weights and the stored image features
+        pos, neg = learner()
+        loss_fn(regions.features.float(), pos, neg, regions.labels, regions.weights, scale).total.backward()
+        learner.zero_grad()
+
+    fns = {
+        "coop": coop_step,
+        "coop_cut": lambda: coop_step(fdbpl),
+        "fdbpl": fdbpl_step,
+        "cached": cached_step,
+        "cached_full": lambda: cached_step(fdbpl_full),
+    }
+    if teacher is not None:
+        fns["online"] = lambda: fdbpl_step(online=True)
+    times = median_times(fns, args.repeats, torch.device("cpu"))
+    print(f"batch {len(decoded)}:")
     for name, t in times.items():
-        print(f"  {name:<7} {t:8.2f} s/step")
-    print(f"  fdbpl/coop   {times['fdbpl'] / times['coop']:.2f}   (target <= 1.15)")
+        print(f"  {name:<9} {t:8.3f} s/step")
+    target = 0.3 if batch <= 32 else 0.2
+    print(f"  fdbpl/coop     {times['fdbpl'] / times['coop']:.2f}   (target <= 1.15)")
     print(
-        f"  fdbpl/coop_cut {times['fdbpl'] / times['coop_cut']:.2f} (CoOp with prompts cut as fdbpl cuts them)"
+        f"  fdbpl/coop_cut {times['fdbpl'] / times['coop_cut']:.2f}   (CoOp with prompts cut as fdbpl cuts them)"
     )
-    print(f"  online/fdbpl {times['online'] / times['fdbpl']:.2f}   (target >= 4.5)")
+    print(f"  cached/coop    {times['cached'] / times['coop']:.2f}   (target <= {target})")
+    print(f"  fdbpl/cached   {times['fdbpl'] / times['cached']:.2f}   (target >= 1.4)")
+    print(
+        f"  cached_full/cached {times['cached_full'] / times['cached']:.2f} (computing the shared prompt start once)"
+    )
+    if "online" in times:
+        print(f"  online/fdbpl   {times['online'] / times['fdbpl']:.2f}   (target >= 4.5)")
+    steps = -(-1600 // len(decoded))
+    print(
+        f"  one epoch of a 16-shot, {args.classes}-class table ({steps} steps): coop {steps * times['coop']:.0f} s, "
+        f"fdbpl {steps * times['fdbpl']:.0f} s, cached {steps * times['cached']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -82,6 +83,13 @@ class DualPromptLearner(nn.Module):
             unchunked ones (to float round-off); the backward pass runs each chunk's
             forward once more. ``None`` (default): all classes in one pass. It is not part
             of the state dict; change it any time (``learner.class_chunk_size = 100``).
+        share_prefix: with ``class_token_position="end"`` and a shared context, every
+            prompt of a space starts with the same start token and context, and causal
+            attention makes their activations the same in every prompt: compute them once
+            per space (:meth:`TextTower.encode_shared_prefix`) and run only the rest of each
+            prompt per class (default). The features are the same to float round-off; it
+            is checked once here on a few classes, and a tower whose blocks it does not
+            reproduce is run in full (with a warning). :attr:`shares_prefix` says which.
 
     Raises:
         InputValueError: an empty or duplicated class list, a class whose prompt does not
@@ -114,6 +122,7 @@ class DualPromptLearner(nn.Module):
         class_token_position: ClassTokenPosition = "end",
         truncate: bool = True,
         class_chunk_size: int | None = None,
+        share_prefix: bool = True,
     ) -> None:
         super().__init__()
         classnames = self._check_classnames(classnames)
@@ -165,6 +174,14 @@ class DualPromptLearner(nn.Module):
             self.register_buffer(f"_{space}_pool", pools[space], persistent=False)
             order = self._order(self.n_ctx[space], name_lens, length, tower.device)
             self.register_buffer(f"_{space}_order", order, persistent=False)
+        self.shares_prefix = False
+        if (
+            share_prefix
+            and class_token_position == "end"
+            and not self.class_specific
+            and tower.can_share_prefix
+        ):
+            self.shares_prefix = self._shared_prefix_agrees()
 
     # -- construction helpers -----------------------------------------------------------
 
@@ -354,6 +371,41 @@ class DualPromptLearner(nn.Module):
 
     def _encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both spaces' features of the classes ``idx`` in one batched text pass."""
+        if self.shares_prefix:
+            pos, neg = (self._encode_shared(space, idx) for space in SPACES)
+            return pos, neg
+        return self._encode_full(idx)
+
+    def _encode_shared(self, space: str, idx: torch.Tensor) -> torch.Tensor:
+        """One space's features, its start token and context computed once for all classes."""
+        template = getattr(self, f"_{space}_template")
+        n = self.n_ctx[space]
+        ctx = getattr(self, f"{space}_context").to(template.dtype)
+        prefix = torch.cat([template[0, :1], ctx])
+        rest = template.index_select(0, idx)[:, 1 + n :]
+        pool = getattr(self, f"_{space}_pool").index_select(0, idx) - (1 + n)
+        return self._tower.encode_shared_prefix(prefix, rest, pool)
+
+    def _shared_prefix_agrees(self) -> bool:
+        """Whether the shared-prefix pass reproduces the full one here, on a few classes."""
+        idx = torch.arange(min(8, self.num_classes), device=self._positive_pool.device)
+        with torch.no_grad():
+            want = self._encode_full(idx)
+            got = [self._encode_shared(space, idx) for space in SPACES]
+        tolerance = 1e-4 if self._tower.cast_dtype in (torch.float32, torch.float64) else 2e-2
+        for g, w in zip(got, want):
+            error = float((g.float() - w.float()).norm() / w.float().norm().clamp_min(1e-30))
+            if not error <= tolerance:
+                warnings.warn(
+                    f"the text tower's blocks are not reproduced by the shared-prefix pass (relative error "
+                    f"{error:.1e}): every prompt is computed in full",
+                    stacklevel=3,
+                )
+                return False
+        return True
+
+    def _encode_full(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both spaces' features, every prompt computed in full, in one batched pass."""
         pos, pos_pool = self._embeddings("positive", idx)
         neg, neg_pool = self._embeddings("negative", idx)
         features = self._tower.encode_embeddings(torch.cat([pos, neg]), torch.cat([pos_pool, neg_pool]))
@@ -550,6 +602,6 @@ class DualPromptLearner(nn.Module):
         return (
             f"num_classes={self.num_classes}, n_ctx={self.n_ctx}, class_specific={self.class_specific}, "
             f"class_token_position={self.class_token_position!r}, sequence_length={self.sequence_length}, "
-            f"class_chunk_size={self._class_chunk_size}, "
+            f"class_chunk_size={self._class_chunk_size}, shares_prefix={self.shares_prefix}, "
             f"text_tower={self._tower.kind!r}"
         )

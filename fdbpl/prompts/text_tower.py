@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fdbpl.errors import FDBPLError
@@ -252,6 +253,55 @@ class TextTower:
             return proj(pooled)
         return pooled @ proj
 
+    # -- a shared prompt start, computed once ------------------------------------------------
+
+    @property
+    def can_share_prefix(self) -> bool:
+        """Whether :meth:`encode_shared_prefix` can run this tower: a causal mask, and blocks
+        of the plain pre-norm form ``x + ls_1(attn(ln_1(x)))``, ``x + ls_2(mlp(ln_2(x)))``
+        with a standard ``nn.MultiheadAttention`` (open_clip's and OpenAI-clip's blocks)."""
+        if self.attn_mask is None or not self.can_truncate:
+            return False
+        return all(_plain_block(blk) for blk in self.transformer.resblocks)
+
+    def encode_shared_prefix(
+        self, prefix: torch.Tensor, rest: torch.Tensor, pool_index: torch.Tensor
+    ) -> torch.Tensor:
+        """``encode_text`` of sequences that all start with the same ``prefix``, computing the
+        prefix's activations once.
+
+        Under causal attention the first P positions of every sequence see only the prefix,
+        so their activations are the same in every sequence at every layer: they are
+        computed once, and the rest of each sequence attends to their keys and values. The
+        result equals :meth:`encode_embeddings` of ``cat(prefix, rest)`` to float round-off
+        (:attr:`can_share_prefix` must hold; forward hooks on the blocks do not run).
+
+        Args:
+            prefix: :math:`(P, W)` token embeddings of the shared start.
+            rest: :math:`(B, S, W)` token embeddings of what follows it in each sequence.
+            pool_index: :math:`(B,)` the position to pool at, counted within ``rest``.
+
+        Returns:
+            :math:`(B, D)` text features, not normalised.
+        """
+        p, s = prefix.shape[0], rest.shape[1]
+        pos = self.positional_embedding[: p + s].to(self.cast_dtype)
+        x_p = (prefix + pos[:p])[None]
+        x_s = rest + pos[p:]
+        mask = self.attn_mask[: p + s, : p + s].to(device=rest.device, dtype=rest.dtype)
+        for blk in self.transformer.resblocks:
+            x_p, x_s = _shared_prefix_block(blk, x_p, x_s, mask)
+        x = self.ln_final(x_s)
+        if self.kind == "openai_clip":
+            x = x.type(self.cast_dtype)
+        pooled = x[torch.arange(x.shape[0], device=x.device), pool_index]
+        proj = self.text_projection
+        if proj is None:
+            return pooled
+        if isinstance(proj, nn.Module):
+            return proj(pooled)
+        return pooled @ proj
+
     def _openai_blocks(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # OpenAI-clip blocks keep a fixed (L, L) mask inside; run them with the cut one.
         if mask is not None:
@@ -261,3 +311,47 @@ class TextTower:
             x = x + blk.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
             x = x + blk.mlp(blk.ln_2(x))
         return x
+
+
+def _plain_block(blk: nn.Module) -> bool:
+    """A pre-norm residual block with a standard multi-head self-attention and nothing else."""
+    attn = getattr(blk, "attn", None)
+    return (
+        isinstance(attn, nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and all(isinstance(getattr(blk, n, None), nn.Module) for n in ("ln_1", "ln_2", "mlp"))
+        and not any(hasattr(blk, n) for n in ("ln_1_kv", "ln_attn", "ln_inner", "attn_mask_fn"))
+        and {name for name, _ in blk.named_children()} <= {"ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2"}
+    )
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """(B, L, W) -> (B, h, L, W / h)."""
+    return x.unflatten(-1, (h, -1)).transpose(1, 2)
+
+
+def _shared_prefix_block(
+    blk: nn.Module, x_p: torch.Tensor, x_s: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block over a shared prefix ``x_p`` (1, P, W) and the rest ``x_s`` (B, S, W)."""
+    attn: nn.MultiheadAttention = blk.attn
+    h, p, b = attn.num_heads, x_p.shape[1], x_s.shape[0]
+    q_p, k_p, v_p = (
+        _heads(t, h) for t in F.linear(blk.ln_1(x_p), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    )
+    q_s, k_s, v_s = (
+        _heads(t, h) for t in F.linear(blk.ln_1(x_s), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    )
+    out_p = F.scaled_dot_product_attention(q_p, k_p, v_p, attn_mask=mask[:p, :p])
+    keys = torch.cat([k_p.expand(b, -1, -1, -1), k_s], dim=2)
+    values = torch.cat([v_p.expand(b, -1, -1, -1), v_s], dim=2)
+    out_s = F.scaled_dot_product_attention(q_s, keys, values, attn_mask=mask[p:, :])
+    ls_1 = getattr(blk, "ls_1", nn.Identity())
+    ls_2 = getattr(blk, "ls_2", nn.Identity())
+    x_p = x_p + ls_1(attn.out_proj(out_p.transpose(1, 2).flatten(2)))
+    x_s = x_s + ls_1(attn.out_proj(out_s.transpose(1, 2).flatten(2)))
+    x_p = x_p + ls_2(blk.mlp(blk.ln_2(x_p)))
+    x_s = x_s + ls_2(blk.mlp(blk.ln_2(x_s)))
+    return x_p, x_s

@@ -418,3 +418,51 @@ def test_bad_class_chunk_size_is_refused(open_clip_model, chunk):
     with pytest.raises(FDBPLError, match="class_chunk_size"):
         learner.class_chunk_size = chunk
     assert learner.class_chunk_size is None
+
+
+# -- share_prefix: the start token and context computed once per space ------------------
+
+
+@given(
+    classes=st.none() | st.lists(st.integers(0, len(NAMES) - 1), min_size=1, max_size=6),
+    random_init=st.booleans(),
+    chunk=st.none() | st.integers(1, 4),
+)
+def test_shared_prefix_pass_equals_the_full_pass(model_and_tokenizer, classes, random_init, chunk):
+    model, tok = model_and_tokenizer
+    inits = dict(positive_init=None, negative_init=None, n_ctx=3) if random_init else {}
+    full = DualPromptLearner(model, NAMES, tokenizer=tok, share_prefix=False, **inits)
+    with torch.no_grad():
+        full.negative_context.add_(0.05 * torch.randn_like(full.negative_context))
+    shared = DualPromptLearner(model, NAMES, tokenizer=tok, class_chunk_size=chunk, **inits)
+    shared.load_state_dict(full.state_dict())
+    assert shared.shares_prefix and not full.shares_prefix
+    for w, g in zip(_features_and_grads(full, classes), _features_and_grads(shared, classes)):
+        assert float((g - w).norm()) <= 1e-5 * float(w.norm())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(class_specific=True), dict(class_token_position="middle"), dict(class_token_position="front")],
+)
+def test_prompts_without_a_shared_start_are_computed_in_full(open_clip_model, kwargs):
+    model, _ = open_clip_model
+    assert not DualPromptLearner(model, NAMES, **kwargs).shares_prefix
+
+
+def test_a_tower_the_shared_pass_does_not_reproduce_is_run_in_full():
+    model, tok = tiny_open_clip("clip")
+    block = model.transformer.resblocks[0]  # not the last: ln_final would undo a scaling
+    plain_forward = block.forward
+    block.forward = lambda x, attn_mask=None, **kw: plain_forward(x, attn_mask=attn_mask) * 1.5  # patched
+    with pytest.warns(UserWarning, match="not reproduced by the shared-prefix pass"):
+        learner = DualPromptLearner(model, NAMES)
+    assert not learner.shares_prefix
+    pos, _ = learner()
+    torch.testing.assert_close(
+        pos, encode(model, tok, [f"a photo of a {c}." for c in NAMES]), rtol=0, atol=1e-5
+    )
+    # a block with extra parts is not even tried
+    model2, _ = tiny_open_clip("clip")
+    model2.transformer.resblocks[0].add_module("ln_extra", torch.nn.LayerNorm(64))
+    assert not DualPromptLearner(model2, NAMES).shares_prefix
