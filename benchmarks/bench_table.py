@@ -8,6 +8,9 @@
    >= 50x) and bytes per region (target <= 4K + 16).
 2. Build: a ViT-B-32 teacher (random init, 224 px) builds a small table; its regions/s
    against the teacher's pure forward throughput on the same crops (target >= 0.9).
+3. Features: ``RegionDataset`` items/s from a table that stores the student's image
+   features (D = 512, as ViT-B/32) against the same table's crops replayed at 224 px
+   (decode, crop, resize, normalise), and the bytes per region of both.
 """
 
 from __future__ import annotations
@@ -24,9 +27,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fdbpl.cache import RILTable, Teacher, build_table, clip_teacher, render_crop, scan_image_folder
+from fdbpl.cache import (
+    RegionDataset,
+    RILTable,
+    StudentFeatures,
+    Teacher,
+    build_table,
+    clip_teacher,
+    render_crop,
+    scan_image_folder,
+)
 from fdbpl.cache.crops import CropSampler
 from fdbpl.cache.images import decode_image
+from fdbpl.images import InputRecipe
 from fdbpl.synthetic import SYNTHETIC_CLASSES, draw_image_folder
 
 
@@ -169,6 +182,51 @@ def build_benchmark(args: argparse.Namespace, tmp: Path) -> None:
         )
 
 
+def features_benchmark(args: argparse.Namespace, tmp: Path) -> None:
+    images = draw_image_folder(tmp / "fimg", per_class=4, size=(320, 256))
+    scan = scan_image_folder(images)
+    gen = torch.Generator().manual_seed(0)
+    # the values do not matter for read speed: random unit vectors as a ViT-B/32's features
+    student = StudentFeatures(
+        lambda crops: torch.randn(len(crops), 512, generator=gen),
+        InputRecipe(224),
+        512,
+        {"name": "random", "image_tower_sha256": "0" * 64},
+    )
+    build_table(
+        images,
+        tmp / "ftable",
+        random_teacher(len(scan.classnames)),
+        student=student,
+        scan=scan,
+        crops_per_image=args.feature_crops,
+        topk=args.topk,
+        batch_size=1000,
+        progress=False,
+    )
+    table = RILTable.open(tmp / "ftable")
+    stored = RegionDataset(table, images, recipe=InputRecipe(224))
+    replayed = RegionDataset(table, images, recipe=InputRecipe(224), features=False)
+    n = 4 * len(stored)
+
+    def read(data: RegionDataset) -> None:
+        for i in range(n):
+            data[i % len(data)]
+
+    times = {}
+    for name, data in (("stored", stored), ("replayed", replayed)) * 2:
+        start = time.perf_counter()
+        read(data)
+        times[name] = min(times.get(name, float("inf")), time.perf_counter() - start)
+    labels_only = table.bytes_per_region - 2 * 512
+    print(f"features: RegionDataset items, {table.num_images} images of 320x256, K = {table.topk}")
+    print(
+        f"  stored features (D = 512)  {n / times['stored']:10.0f} items/s   {table.bytes_per_region} bytes/region"
+    )
+    print(f"  crops replayed at 224 px   {n / times['replayed']:10.0f} items/s   {labels_only} bytes/region")
+    print(f"  stored/replayed read speed: {times['replayed'] / times['stored']:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
@@ -178,6 +236,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--build-crops", type=int, default=32)
     parser.add_argument("--build-batch", type=int, default=64)
+    parser.add_argument("--feature-crops", type=int, default=50)
     parser.add_argument("--skip-build", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -185,6 +244,7 @@ def main() -> None:
         read_benchmark(args, Path(d))
         if not args.skip_build:
             build_benchmark(args, Path(d))
+        features_benchmark(args, Path(d))
 
 
 if __name__ == "__main__":

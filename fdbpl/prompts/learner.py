@@ -76,7 +76,7 @@ class DualPromptLearner(nn.Module):
             ``"end"`` (default), ``"middle"`` or ``"front"``, as in CoOp.
         truncate: cut sequences to the longest tokenized prompt (default). ``False`` runs
             the full context length, which gives the same features more slowly.
-        class_chunk_size: encode at most this many classes (of each space) at a time, and
+        class_chunk_size: encode at most this many classes of one space at a time, and
             keep no activations: each chunk is recomputed in the backward pass with its
             upstream gradient (activation checkpointing per chunk), so the text pass's
             peak memory is set by the chunk, not by C. The features and gradients are the
@@ -363,11 +363,24 @@ class DualPromptLearner(nn.Module):
         if chunk is None or len(idx) <= chunk:
             return self._encode(idx)
         recompute = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        parts = [
-            checkpoint(self._encode, part, use_reentrant=False) if recompute else self._encode(part)
-            for part in idx.split(chunk)
-        ]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        pos, neg = (
+            torch.cat(
+                [
+                    checkpoint(self._encode_space, space, part, use_reentrant=False)
+                    if recompute
+                    else self._encode_space(space, part)
+                    for part in idx.split(chunk)
+                ]
+            )
+            for space in SPACES
+        )
+        return pos, neg
+
+    def _encode_space(self, space: str, idx: torch.Tensor) -> torch.Tensor:
+        """One space's features of the classes ``idx`` (a chunk of the chunked pass)."""
+        if self.shares_prefix:
+            return self._encode_shared(space, idx)
+        return self._tower.encode_embeddings(*self._embeddings(space, idx))
 
     def _encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both spaces' features of the classes ``idx`` in one batched text pass."""

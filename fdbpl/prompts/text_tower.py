@@ -245,6 +245,10 @@ class TextTower:
             else:  # older open_clip runs sequence-first
                 x = self.transformer(x.permute(1, 0, 2), attn_mask=mask).permute(1, 0, 2)
             x = self.ln_final(x)
+        return self._pool_and_project(x, pool_index)
+
+    def _pool_and_project(self, x: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
+        """The final states ``x`` (B, L, W) at ``pool_index``, through the text projection."""
         pooled = x[torch.arange(x.shape[0], device=x.device), pool_index]
         proj = self.text_projection
         if proj is None:
@@ -294,13 +298,7 @@ class TextTower:
         x = self.ln_final(x_s)
         if self.kind == "openai_clip":
             x = x.type(self.cast_dtype)
-        pooled = x[torch.arange(x.shape[0], device=x.device), pool_index]
-        proj = self.text_projection
-        if proj is None:
-            return pooled
-        if isinstance(proj, nn.Module):
-            return proj(pooled)
-        return pooled @ proj
+        return self._pool_and_project(x, pool_index)
 
     def _openai_blocks(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # OpenAI-clip blocks keep a fixed (L, L) mask inside; run them with the cut one.
