@@ -185,6 +185,7 @@ def build_benchmark(args: argparse.Namespace, tmp: Path) -> None:
 def features_benchmark(args: argparse.Namespace, tmp: Path) -> None:
     images = draw_image_folder(tmp / "fimg", per_class=4, size=(320, 256))
     scan = scan_image_folder(images)
+    scan.classnames = [f"class {i}" for i in range(args.classes)]  # labels over C classes
     gen = torch.Generator().manual_seed(0)
     # the values do not matter for read speed: random unit vectors as a ViT-B/32's features
     student = StudentFeatures(
@@ -196,7 +197,7 @@ def features_benchmark(args: argparse.Namespace, tmp: Path) -> None:
     build_table(
         images,
         tmp / "ftable",
-        random_teacher(len(scan.classnames)),
+        random_teacher(args.classes),
         student=student,
         scan=scan,
         crops_per_image=args.feature_crops,

@@ -1,4 +1,5 @@
-"""Sphinx configuration for fdbpl. Builds offline: no intersphinx, MathJax is loaded by the browser."""
+"""Sphinx configuration for fdbpl. Builds and reads offline: no intersphinx, and MathJax is
+copied into the built HTML (sphinx-mathjax-offline), so equations render with no network."""
 
 import fdbpl
 
@@ -12,6 +13,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # serves MathJax from _static/mathjax, not from a CDN
     "sphinx.ext.viewcode",
 ]
 

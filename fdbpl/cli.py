@@ -276,7 +276,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--n-ctx",
         type=_integer(1),
-        help="context tokens, randomly initialised (default: the init phrases 'a photo of a' / 'a photo of no')",
+        help="context tokens of each randomly initialised space (default: 16, CoOp's); given alone, both "
+        "spaces start random (otherwise from the init phrases below)",
+    )
+    p.add_argument(
+        "--positive-init",
+        metavar="PHRASE",
+        help=f"init phrase of the positive context, or 'random' for --n-ctx random tokens (default: {d.positive_init!r})",
+    )
+    p.add_argument(
+        "--negative-init",
+        metavar="PHRASE",
+        help=f"init phrase of the negative context, or 'random' (default: {d.negative_init!r})",
     )
     p.add_argument("--class-specific", action="store_true", help="one context per class (CoOp's CSC)")
     p.add_argument(
@@ -489,13 +500,26 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inits(args: argparse.Namespace) -> dict[str, str | None]:
+    """The two spaces' init phrases (None: random). ``--n-ctx`` alone makes both random."""
+    given = {"positive": args.positive_init, "negative": args.negative_init}
+    if args.n_ctx is not None and not any(given.values()):
+        return {"positive": None, "negative": None}
+    d = TrainConfig()
+    defaults = {"positive": d.positive_init, "negative": d.negative_init}
+    return {
+        space: None if value == "random" else (value if value is not None else defaults[space])
+        for space, value in given.items()
+    }
+
+
 def _train(args: argparse.Namespace) -> int:
     with process_group() as (local_rank, kind):
         device = _device(args.device, local_rank, kind)
         classnames = _read_classnames(args.classnames) if args.classnames else None
         table = RILTable.open(args.table, classnames=classnames)
         student = load_open_clip(args.student, args.pretrained, device=device, seed=args.seed)
-        random_ctx = args.n_ctx is not None
+        inits = _inits(args)
         config = TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -506,8 +530,8 @@ def _train(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             delta=args.delta,
             n_ctx=args.n_ctx,
-            positive_init=None if random_ctx else "a photo of a",
-            negative_init=None if random_ctx else "a photo of no",
+            positive_init=inits["positive"],
+            negative_init=inits["negative"],
             class_specific=args.class_specific,
             crops_per_image=args.crops_per_image,
             num_workers=args.num_workers,

@@ -29,7 +29,7 @@ from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe
 from fdbpl.logits import logit_scale_of
 from fdbpl.losses import FDBPLLoss
-from fdbpl.prompts import DualPromptLearner
+from fdbpl.prompts import SPACES, DualPromptLearner
 from fdbpl.run import CHECKPOINT, RunFolder, load_run
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -51,6 +51,8 @@ class TrainConfig:
     it gives no values for the loss weights, :math:`\\alpha` or :math:`\\delta` (ours: 1, 1,
     1, 1, 0.1). Momentum 0.9 and weight decay 5e-4 are CoOp's.
 
+    ``n_ctx`` is the length of the contexts of the spaces without an init phrase
+    (``positive_init`` or ``negative_init`` set to ``None``; default 16, CoOp's).
     ``image_features`` says where the student's image features come from (see
     :data:`IMAGE_FEATURES`); ``class_chunk_size`` bounds the text pass's memory (see
     :class:`~fdbpl.prompts.DualPromptLearner`).
@@ -83,6 +85,11 @@ class TrainConfig:
             check_count(name, getattr(self, name), minimum=0)
         if self.n_ctx is not None:
             check_count("n_ctx", self.n_ctx)
+            if self.positive_init is not None and self.negative_init is not None:
+                raise InputValueError(
+                    "n_ctx: sets the length of randomly initialised contexts, but both spaces start from "
+                    "an init phrase; set positive_init and/or negative_init to None"
+                )
         if self.class_chunk_size is not None:
             check_count("class_chunk_size", self.class_chunk_size)
         if self.image_features not in IMAGE_FEATURES:
@@ -297,7 +304,11 @@ def _start_or_resume(
         student,
         table.classnames,
         tokenizer=tokenizer,
-        n_ctx=cfg.n_ctx,
+        n_ctx={
+            space: cfg.n_ctx
+            for space, init in zip(SPACES, (cfg.positive_init, cfg.negative_init))
+            if init is None
+        },
         positive_init=cfg.positive_init,
         negative_init=cfg.negative_init,
         class_specific=cfg.class_specific,

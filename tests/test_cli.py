@@ -234,6 +234,27 @@ def test_a_table_with_student_features_trains_without_the_image_encoder(
     assert code == 2 and "ViT-B-32 needs weights" in err, err
 
 
+def test_random_positive_context_with_the_negative_phrase(image_root, teacher_files, tmp_path, capsys):
+    config, checkpoint = teacher_files
+    table = tmp_path / "t"
+    assert (
+        run_main(_build_args(image_root, table, teacher_files, "--crops-per-image", 2, "--topk", 2), capsys)[
+            0
+        ]
+        == 0
+    )
+    train = ["train", table, image_root, "--student", config, "--pretrained", checkpoint, "--epochs", 1]
+    argv = [*train, "--batch-size", 4, "--no-progress", "--n-ctx", 8, "--positive-init", "random"]
+    assert run_main([*argv, "--out", tmp_path / "run"], capsys)[0] == 0
+    extra = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["learner"]["_extra_state"]
+    assert extra["n_ctx"] == {"positive": 8, "negative": 4}
+    assert extra["inits"] == {"positive": None, "negative": "a photo of no"}
+    argv = [*train, "--batch-size", 4, "--no-progress", "--n-ctx", 3, "--out", tmp_path / "run2"]
+    assert run_main(argv, capsys)[0] == 0  # --n-ctx alone: both spaces random, as before
+    extra = torch.load(tmp_path / "run2" / "checkpoint.pt", weights_only=True)["learner"]["_extra_state"]
+    assert extra["n_ctx"] == {"positive": 3, "negative": 3}
+
+
 def test_ctrl_c_prints_one_line_and_exits_130(image_root, teacher_files, tmp_path):
     import signal
     import time

@@ -29,6 +29,10 @@ _RANDOM_N_CTX = 16  # CoOp's default context length without an init phrase
 _PLACEHOLDER = "X"
 
 
+def _other(space: str) -> str:
+    return SPACES[1 - SPACES.index(space)]
+
+
 def _token_counts(tokenizer: Tokenizer, texts: list[str], context_length: int) -> torch.Tensor:
     """Tokens per text including start and end markers, counted without truncation where possible."""
     try:
@@ -66,8 +70,11 @@ class DualPromptLearner(nn.Module):
             CLIP tokenizer (``open_clip.tokenize``) at the model's context length; pass
             ``open_clip.get_tokenizer(name)`` for models trained with another tokenizer
             (SigLIP, ...). OpenAI-clip models need ``clip.tokenize``.
-        n_ctx: the number of context tokens. With an init phrase it is the phrase's token
-            count (passing another value is an error); without one it defaults to 16.
+        n_ctx: the number of context tokens, for both spaces (an int) or per space (a
+            mapping such as ``{"positive": 16}``; a space left out takes the default).
+            With an init phrase it is the phrase's token count (passing another value is
+            an error); without one it defaults to 16. So CoOp's default, 16 random tokens,
+            goes with a negative phrase as ``n_ctx={"positive": 16}, positive_init=None``.
         positive_init: the positive space's init phrase, or ``None`` for random
             initialisation (normal, std 0.02).
         negative_init: the negative space's init phrase, or ``None``.
@@ -115,7 +122,7 @@ class DualPromptLearner(nn.Module):
         clip_model: nn.Module,
         classnames: Sequence[str],
         tokenizer: Tokenizer | None = None,
-        n_ctx: int | None = None,
+        n_ctx: int | Mapping[str, int | None] | None = None,
         positive_init: str | None = "a photo of a",
         negative_init: str | None = "a photo of no",
         class_specific: bool = False,
@@ -145,8 +152,9 @@ class DualPromptLearner(nn.Module):
         param_dtype = torch.promote_types(tower.cast_dtype, torch.float32)
         ids: dict[str, torch.Tensor] = {}
         contexts: dict[str, torch.Tensor] = {}
+        per_space = self._n_ctx_per_space(n_ctx)
         for space, init in self.inits.items():
-            n, ctx = self._init_context(tower, tokenizer, init, n_ctx, space)
+            n, ctx = self._init_context(tower, tokenizer, init, per_space[space], space)
             self.n_ctx[space] = n
             prefix = init if init is not None else " ".join([_PLACEHOLDER] * n)
             prompts = [f"{prefix} {name}." for name in classnames]
@@ -202,6 +210,15 @@ class DualPromptLearner(nn.Module):
         return names
 
     @staticmethod
+    def _n_ctx_per_space(n_ctx: int | Mapping[str, int | None] | None) -> dict[str, int | None]:
+        if not isinstance(n_ctx, Mapping):
+            return dict.fromkeys(SPACES, n_ctx)
+        unknown = sorted(set(n_ctx) - set(SPACES))
+        if unknown:
+            raise InputValueError(f"n_ctx: expected keys 'positive' and/or 'negative', got {unknown}")
+        return {space: n_ctx.get(space) for space in SPACES}
+
+    @staticmethod
     def _init_context(
         tower: TextTower, tokenizer: Tokenizer, init: str | None, n_ctx: int | None, space: str
     ) -> tuple[int, torch.Tensor]:
@@ -217,7 +234,8 @@ class DualPromptLearner(nn.Module):
         if n_ctx is not None and n_ctx != n:
             raise InputValueError(
                 f"n_ctx: the {space} init phrase {init!r} has {n} tokens, which fixes n_ctx; got "
-                f"n_ctx={n_ctx} (pass n_ctx=None, or {space}_init=None for random contexts)"
+                f"n_ctx={n_ctx} (size the other space alone with n_ctx={{'{_other(space)}': {n_ctx}}}, or "
+                f"pass {space}_init=None for random contexts)"
             )
         return n, tower.embed_tokens(ids)[0, 1 : 1 + n]
 
@@ -497,12 +515,11 @@ class DualPromptLearner(nn.Module):
                 "evaluate them on their own classes (fdbpl evaluate --classes all)"
             )
         inits = config.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
-        random_init = inits.get("positive") is None
         learner = cls(
             clip_model,
             names,
             tokenizer=tokenizer,
-            n_ctx=config["n_ctx"]["positive"] if random_init else None,
+            n_ctx={space: config["n_ctx"][space] for space in SPACES if inits.get(space) is None},
             positive_init=inits.get("positive"),
             negative_init=inits.get("negative"),
             class_specific=bool(config.get("class_specific")),

@@ -466,3 +466,41 @@ def test_a_tower_the_shared_pass_does_not_reproduce_is_run_in_full():
     model2, _ = tiny_open_clip("clip")
     model2.transformer.resblocks[0].add_module("ln_extra", torch.nn.LayerNorm(64))
     assert not DualPromptLearner(model2, NAMES).shares_prefix
+
+
+# -- contexts sized per space --------------------------------------------------------------
+
+
+def test_coop_default_random_context_goes_with_a_negative_phrase(open_clip_model):
+    model, tok = open_clip_model
+    learner = DualPromptLearner(model, NAMES, n_ctx={"positive": 16}, positive_init=None)
+    assert learner.n_ctx == {"positive": 16, "negative": 4}
+    assert learner.positive_context.shape == (16, 64) and learner.negative_context.shape == (4, 64)
+    _, neg = learner()  # the negative space is still its phrase, exactly
+    torch.testing.assert_close(
+        neg, encode(model, tok, [f"a photo of no {c}." for c in NAMES]), rtol=0, atol=1e-5
+    )
+    state = learner.state_dict()
+    assert state["_extra_state"]["n_ctx"] == {"positive": 16, "negative": 4}
+    again = DualPromptLearner.from_state_dict(model, state)
+    assert again.n_ctx == learner.n_ctx and again.inits == learner.inits
+    torch.testing.assert_close(again.positive_context, learner.positive_context, rtol=0, atol=0)
+    both_random = DualPromptLearner(
+        model, NAMES, n_ctx={"positive": 3, "negative": 5}, positive_init=None, negative_init=None
+    )
+    assert both_random.n_ctx == {"positive": 3, "negative": 5}
+    assert DualPromptLearner.from_state_dict(model, both_random.state_dict()).n_ctx == both_random.n_ctx
+
+
+@pytest.mark.parametrize(
+    ("n_ctx", "match"),
+    [
+        ({"postive": 4}, r"n_ctx: expected keys 'positive' and/or 'negative', got \['postive'\]"),
+        (16, r"the positive init phrase 'a photo of a' has 4 tokens.*n_ctx=\{'negative': 16\}"),
+        ({"negative": 0}, r"n_ctx: expected an integer >= 1"),
+    ],
+)
+def test_bad_per_space_n_ctx_is_refused(open_clip_model, n_ctx, match):
+    model, _ = open_clip_model
+    with pytest.raises(FDBPLError, match=match):
+        DualPromptLearner(model, NAMES, n_ctx=n_ctx, negative_init=None)

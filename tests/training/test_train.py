@@ -278,6 +278,7 @@ def test_another_student_is_refused_naming_it(table, image_root, tmp_path):
         ("lambda_neg", -1.0, r"lambda_neg: expected a finite number >= 0"),
         ("n_ctx", 2.5, r"n_ctx: expected an integer >= 1"),
         ("class_chunk_size", 0, r"class_chunk_size: expected an integer >= 1"),
+        ("n_ctx", 16, r"n_ctx: sets the length of randomly initialised contexts, but both spaces start"),
         ("image_features", "stored", r"image_features: expected one of \['auto', 'cached', 'encode'\]"),
     ],
 )
