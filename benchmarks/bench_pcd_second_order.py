@@ -71,9 +71,9 @@ def measure_memory(device: torch.device, dim: int) -> dict[str, dict[str, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--device", default="cpu", help="where to run: cpu, cuda, cuda:N (default: cpu)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per variant (default: 7)")
+    parser.add_argument("--dim", type=int, default=512, help="feature width D (default: 512)")
     parser.add_argument("--memory-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -178,9 +178,9 @@ def main() -> None:
     parser.add_argument("--memory-classes", type=int, default=1000, help="C for --memory (default: 1000)")
     parser.add_argument("--chunk", type=int, default=100, help="class_chunk_size for --memory (default: 100)")
     parser.add_argument(
-        "--prefix", action="store_true", help="bound what sharing the prompt start would save"
+        "--prefix", action="store_true", help="time the shared-prompt-start pass against the full one"
     )
-    parser.add_argument("--memory-json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-json", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     torch.manual_seed(0)
     model = text_only_model(args.model)

@@ -230,15 +230,32 @@ def features_benchmark(args: argparse.Namespace, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--crops", type=int, default=500)
-    parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--topk", type=int, default=20)
-    parser.add_argument("--reads", type=int, default=2000)
-    parser.add_argument("--build-crops", type=int, default=32)
-    parser.add_argument("--build-batch", type=int, default=64)
-    parser.add_argument("--feature-crops", type=int, default=50)
-    parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument(
+        "--images", type=int, default=64, help="images of the read benchmark's table (default: 64)"
+    )
+    parser.add_argument(
+        "--crops", type=int, default=500, help="crops per image of that table, M (default: 500)"
+    )
+    parser.add_argument("--classes", type=int, default=1000, help="classes C (default: 1000)")
+    parser.add_argument("--topk", type=int, default=20, help="classes kept per region, K (default: 20)")
+    parser.add_argument(
+        "--reads", type=int, default=2000, help="random regions read per variant (default: 2000)"
+    )
+    parser.add_argument(
+        "--build-crops", type=int, default=32, help="crops per image of the build benchmark (default: 32)"
+    )
+    parser.add_argument(
+        "--build-batch", type=int, default=64, help="the build's teacher batch size (default: 64)"
+    )
+    parser.add_argument(
+        "--feature-crops",
+        type=int,
+        default=50,
+        help="crops per image of the stored-features table (default: 50)",
+    )
+    parser.add_argument(
+        "--skip-build", action="store_true", help="skip the build benchmark (a ViT-B-32 teacher)"
+    )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as d:

@@ -44,6 +44,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _CommandListFormatter(argparse.HelpFormatter):
+    """``fdbpl --help``: one line per command (argparse measures the command names one
+    indent short of where it prints them, and so wraps the longest one)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24, width=100)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            longest = max(len(a.dest) for a in action._get_subactions())
+            needed = longest + self._current_indent + 2 * self._indent_increment
+            self._action_max_length = max(self._action_max_length, needed)
+
+
 def _reason(error: Exception, text: str | None = None) -> str:
     """A library error's message without its leading ``name: `` (the CLI names the flag),
     quoting what the user typed (``text``) as what it got."""
@@ -131,7 +146,7 @@ def _check_device(parser: argparse.ArgumentParser, arg: str) -> None:
 def _add_build_cache(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build-cache",
-        help="compute the teacher's soft labels for random crops of an image folder (the RIL table)",
+        help="compute the teacher's soft labels of random crops once: the RIL table",
         description=(
             "Build a RIL table: for every image of IMAGES (one sub-folder per class), draw random crops, "
             "run the teacher CLIP on them once, and store the Top-K soft labels and the information "
@@ -198,7 +213,8 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
         "--subset",
         choices=["base", "new", "all"],
         default="all",
-        help="classes kept: CoOp's base half (first half of the sorted classes), new half, or all",
+        help="classes kept: CoOp's base half (first half of the sorted classes), new half, or all "
+        "(default: all)",
     )
     p.add_argument(
         "--student",
@@ -219,7 +235,11 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="summarise a RIL table", description="Summarise a RIL table.")
+    p = sub.add_parser(
+        "inspect",
+        help="summarise a RIL table, check its files, plot it",
+        description="Summarise a RIL table.",
+    )
     p.add_argument("table", help="the table's folder")
     p.add_argument(
         "--plot", metavar="FILE.png", help="also draw a histogram of w and the lowest/highest-w crops"
@@ -347,7 +367,7 @@ def _add_loss_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="zero-shot top-1 accuracy of a run's learned prompts (base-to-new)",
+        help="top-1 accuracy of a run's learned prompts (base, new, harmonic mean)",
         description=(
             "Top-1 accuracy of the student with the learned positive prompts on an image folder "
             "(centre crops). Classes are sorted; CoOp's split makes the first half base and the rest new. "
@@ -356,7 +376,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="a run folder (fdbpl train)")
     p.add_argument("images", help="image folder to evaluate on (one sub-folder per class, all classes)")
-    p.add_argument("--classes", choices=["base", "new", "all", "base-new"], default="base-new")
+    p.add_argument(
+        "--classes",
+        choices=["base", "new", "all", "base-new"],
+        default="base-new",
+        help="which of the run's classes to evaluate: its base half, the new half, all, or both halves "
+        "with their harmonic mean (default: base-new)",
+    )
     p.add_argument("--classnames", help="file with one class name per folder, in sorted order")
     p.add_argument("--student", help="override the run's student model")
     p.add_argument("--pretrained", help="override the run's student weights")
@@ -370,7 +396,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = DemoConfig()
     p = sub.add_parser(
         "demo",
-        help="the whole pipeline on drawn images with tiny models (no downloads, ~1 minute)",
+        help="the whole pipeline on drawn images and tiny models (no downloads)",
         description=(
             "Draw a small image-folder dataset, fit a tiny random-initialised teacher to it briefly, build "
             "its RIL table, train the dual prompts of a smaller random-initialised student, and report the "
@@ -400,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fdbpl",
         description="Faster Distillation-Based Prompt Learning for CLIP.",
+        epilog="Run 'fdbpl COMMAND --help' for a command's options.",
+        formatter_class=_CommandListFormatter,
     )
     parser.add_argument("--version", action="version", version=f"fdbpl {fdbpl.__version__}")
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
