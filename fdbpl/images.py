@@ -12,9 +12,12 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+
+from fdbpl.errors import InputValueError
 
 __all__ = [
     "OPENAI_MEAN",
@@ -59,6 +62,29 @@ class InputRecipe:
         mean_tuple = tuple(float(v) for v in (mean if mean is not None else OPENAI_MEAN))
         std_tuple = tuple(float(v) for v in (std if std is not None else OPENAI_STD))
         return cls(int(image_size), mean_tuple, std_tuple)  # type: ignore[arg-type]
+
+    @classmethod
+    def of_model(cls, model: Any) -> InputRecipe:
+        """The input a CLIP model was trained with: open_clip's ``visual.preprocess_cfg``
+        (side, mean, std; set by ``open_clip.create_model``), else the image tower's side
+        (``visual.image_size``, or OpenAI-clip's ``visual.input_resolution``) with CLIP's
+        normalisation.
+
+        Raises:
+            InputValueError: a model without an image tower that names its input side.
+        """
+        visual = getattr(model, "visual", None)
+        cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
+        size = cfg.get("size") or getattr(visual, "image_size", None) or getattr(visual, "input_resolution", None)
+        if size is None:
+            raise InputValueError(
+                f"model: {type(model).__name__} has no image tower that names its input size "
+                "(model.visual.image_size); pass the recipe explicitly"
+            )
+        side = int(size[0] if isinstance(size, (tuple, list)) else size)
+        mean = tuple(float(v) for v in cfg.get("mean", OPENAI_MEAN))
+        std = tuple(float(v) for v in cfg.get("std", OPENAI_STD))
+        return cls(side, mean, std)  # type: ignore[arg-type]
 
 
 def normalize(

@@ -164,14 +164,11 @@ def load_open_clip(
         else:
             clip = _create_with_weights(name, tag)
     clip = clip.to(device).eval()
-    cfg = open_clip.get_model_preprocess_cfg(clip)
-    size = cfg.get("size", getattr(clip.visual, "image_size", 224))
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    mean = tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
-    std = tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD))
+    recipe = InputRecipe.of_model(clip)
     source = str(Path(model).resolve()) if from_config else str(model)
     random_seed = int(seed) if tag == "none" else None
-    return LoadedCLIP(clip, name, tag, source, size, mean, std, open_clip.get_tokenizer(name), random_seed)  # type: ignore[arg-type]
+    tokenizer = open_clip.get_tokenizer(name)
+    return LoadedCLIP(clip, name, tag, source, recipe.size, recipe.mean, recipe.std, tokenizer, random_seed)
 
 
 def _create_with_weights(name: str, tag: str) -> torch.nn.Module:
