@@ -250,7 +250,9 @@ def test_training_from_stored_features_follows_training_from_images(tmp_path, ta
     for key in ("positive_context", "negative_context"):
         # the same run up to the float16 rounding of the features
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-3 * float(b[key].abs().max()))
-        torch.testing.assert_close(c[key], a[key], rtol=1e-5, atol=1e-6)  # auto took the stored ones
+        # auto took the stored ones: the same run (chunked: float32 round-off), not the encoded one
+        moved = float((a[key] - b[key]).norm())
+        assert float((c[key] - a[key]).norm()) < min(0.1 * moved, 1e-5 * float(a[key].norm()))
     for k, v in encoded.last.items():
         assert abs(cached.last[k] - v) <= 1e-2 * max(1.0, abs(v)), k
 
