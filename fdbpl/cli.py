@@ -523,8 +523,11 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.plot:
         from fdbpl.cache.plot import plot_table  # needs matplotlib, an optional dependency
 
-        plot_table(table, args.images, args.plot)
-        print(f"plot        {args.plot}")
+        with_crops = plot_table(table, args.images, args.plot)
+        print(
+            f"plot        {args.plot}"
+            + ("" if with_crops else " (histogram only: --images DIR adds the crops)")
+        )
     return 0
 
 
@@ -581,7 +584,7 @@ def _train(args: argparse.Namespace) -> int:
         if rank_and_world()[0] == 0:
             parts = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
             print(
-                f"run {result.run}: {result.epochs_done} epochs, {result.steps} steps, "
+                f"{result.run}: trained {result.epochs_done} epochs, {result.steps} steps, "
                 f"{result.seconds:.1f} s; last: {parts}"
             )
     return 0

@@ -75,7 +75,11 @@ class InputRecipe:
         """
         visual = getattr(model, "visual", None)
         cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
-        size = cfg.get("size") or getattr(visual, "image_size", None) or getattr(visual, "input_resolution", None)
+        size = (
+            cfg.get("size")
+            or getattr(visual, "image_size", None)
+            or getattr(visual, "input_resolution", None)
+        )
         if size is None:
             raise InputValueError(
                 f"model: {type(model).__name__} has no image tower that names its input size "

@@ -268,7 +268,7 @@ def train(
                 for batch in session.loader:
                     seen += _step(session, batch, epoch)
                     if bar is not None:
-                        bar.set_postfix({k[:5]: f"{v:.3f}" for k, v in session.last.items()}, refresh=False)
+                        bar.set_postfix(_short_names(session.last), refresh=False)
                         bar.update(1)
             _end_of_epoch(session, epoch, seen)
     finally:
@@ -371,6 +371,20 @@ def _stored_features(table: RILTable, student: torch.nn.Module, recipe: InputRec
         return False
     table.check_student(student, recipe)  # also refuses "cached" on a table without features
     return True
+
+
+#: The loss parts as the progress bar names them (Eq. 17's terms).
+_SHORT = {
+    "total": "loss",
+    "positive": "pos",
+    "negative": "neg",
+    "first_order": "diff1",
+    "second_order": "diff2",
+}
+
+
+def _short_names(parts: dict[str, float]) -> dict[str, str]:
+    return {_SHORT.get(k, k): f"{v:.3f}" for k, v in parts.items()}
 
 
 def _resume_or_record(session: _Session, images: str | os.PathLike[str]) -> None:

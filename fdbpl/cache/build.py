@@ -79,7 +79,7 @@ class BuildSummary:
     def __str__(self) -> str:
         rate = self.regions_computed / self.seconds if self.seconds > 0 else float("nan")
         lines = [
-            f"table {self.path}: {self.regions} regions, {self.bytes_per_region} bytes per region "
+            f"{self.path}: table of {self.regions} regions, {self.bytes_per_region} bytes per region "
             f"({self.regions * self.bytes_per_region / 2**20:.1f} MiB of columns)",
             f"computed {self.regions_computed} regions in {self.seconds:.1f} s ({rate:.1f} regions/s)"
             + (f" on rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""),

@@ -18,6 +18,11 @@ def _histogram(values: np.ndarray, bins: int = 10, width: int = 40) -> list[str]
     ]
 
 
+def _number(value: object) -> str:
+    """A recorded number at a readable precision (0.010000000000000002 -> 0.01)."""
+    return f"{value:.6g}" if isinstance(value, (int, float)) else "?"
+
+
 def _student_line(table: RILTable) -> str:
     student = table.student
     if student is None:
@@ -44,7 +49,7 @@ def table_report(table: RILTable, verified: bool = False) -> str:
         f"labels      Top-{table.topk}, {table.strategy.upper()}",
         f"storage     {table.bytes_per_region} bytes per region, {mib:.2f} MiB",
         f"teacher     {teacher.get('name', '?')} ({teacher.get('pretrained', '?')}), {teacher['image_size']} px, "
-        f"template {teacher.get('template', '?')!r}, temperature {teacher.get('temperature', '?')}",
+        f"template {teacher.get('template', '?')!r}, temperature {_number(teacher.get('temperature'))}",
         f"crops       scale {m['crops'].get('scale')}, ratio {[round(r, 3) for r in m['crops'].get('ratio', [])]}, "
         f"flip p={m['crops'].get('flip_probability')}, {m['crops'].get('interpolation')}, seed {m['seed']}",
         _student_line(table),

@@ -414,6 +414,21 @@ def test_inspect_prints_a_summary_and_plots(built, image_root, tmp_path, capsys)
     png = tmp_path / "w.png"
     assert main(["inspect", str(out), "--plot", str(png), "--images", str(image_root)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "histogram only" not in capsys.readouterr().out
+    # without the images: the histogram alone, said so
+    assert main(["inspect", str(out), "--plot", str(tmp_path / "h.png")]) == 0
+    assert "(histogram only: --images DIR adds the crops)" in capsys.readouterr().out
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inspect_rounds_the_recorded_temperature(built, capsys):
+    from fdbpl.cli import main
+
+    out = built[0]
+    assert main(["inspect", str(out)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("teacher"))
+    temperature = line.rsplit("temperature ", 1)[1]
+    assert len(temperature.replace("0.", "").lstrip("0")) <= 7, line  # at most 6 significant digits
 
 
 def test_a_half_precision_teacher_is_accepted(image_root, tmp_path):
