@@ -410,15 +410,28 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-pretrained", help="tag or checkpoint for the teacher (default: random)")
     p.add_argument("--student", help="open_clip name or config JSON (default: a smaller tiny config)")
     p.add_argument("--student-pretrained", help="tag or checkpoint for the student (default: random)")
-    p.add_argument("--epochs", type=_integer(1), default=d.epochs, help=f"(default: {d.epochs})")
+    p.add_argument(
+        "--epochs",
+        type=_integer(1),
+        default=d.epochs,
+        help=f"epochs of prompt training (default: {d.epochs})",
+    )
     p.add_argument(
         "--crops-per-image",
         type=_integer(1),
         default=d.crops_per_image,
-        help=f"(default: {d.crops_per_image})",
+        help=f"regions per training image in the table, M (default: {d.crops_per_image})",
     )
-    p.add_argument("--topk", type=_integer(1), default=d.topk, help=f"(default: {d.topk})")
-    p.add_argument("--seed", type=_integer(0), default=d.seed, help=f"(default: {d.seed})")
+    p.add_argument(
+        "--topk", type=_integer(1), default=d.topk, help=f"classes kept per region, K (default: {d.topk})"
+    )
+    p.add_argument(
+        "--seed",
+        type=_integer(0),
+        default=d.seed,
+        help=f"seed of the images, crops and weights (default: {d.seed})",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_demo, parser=p)
 
 
@@ -638,6 +651,7 @@ def _demo(args: argparse.Namespace) -> int:
             crops_per_image=args.crops_per_image,
             topk=args.topk,
             seed=args.seed,
+            progress=not args.no_progress,
         )
     )
     return 0

@@ -1,16 +1,21 @@
 """``fdbpl demo``: the whole pipeline on a fresh machine with nothing downloaded.
 
-It draws a small image-folder dataset (shapes and colours with real class names), gives a
-tiny random-initialised open_clip teacher a short contrastive fit on it (so that it has
-something to teach), builds the RIL table of its soft labels, trains the dual prompts of a
-smaller random-initialised student from the table, and reports how often the student's
-top-1 agrees with the teacher's on crops of held-out images, with the initial and the
-learned prompts. Every piece can be swapped for real models and data by argument.
+It draws a small image-folder dataset (shapes and colours with real class names), splits
+it into ``OUT/train`` and ``OUT/held-out`` folders, gives a tiny random-initialised
+open_clip teacher a short contrastive fit on it (so that it has something to teach),
+builds the RIL table of its soft labels, trains the dual prompts of a smaller
+random-initialised student from the table, and reports how often the student's top-1
+agrees with the teacher's on crops of held-out images, with the initial and the learned
+prompts, next to chance (1 / C). It saves both models (config JSON and checkpoint) and
+prints the ``fdbpl`` commands that do the same steps from them, offline. Every piece can
+be swapped for real models and data by argument.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -66,6 +71,7 @@ class DemoConfig:
     lr: float = 0.05
     class_specific: bool = True
     seed: int = 0
+    progress: bool = True
 
 
 def _say(msg: str) -> None:
@@ -91,7 +97,15 @@ def _split(scan: ScanResult, held_out: int, seed: int) -> tuple[ScanResult, Scan
     return replace(scan, images=train_images), replace(scan, images=test_images)
 
 
-def _fit_teacher(loaded: LoadedCLIP, root: Path, scan: ScanResult, steps: int, seed: int) -> None:
+def _bar(total: int, desc: str, show: bool, unit: str = "step") -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=False, dynamic_ncols=True)
+
+
+def _fit_teacher(
+    loaded: LoadedCLIP, root: Path, scan: ScanResult, steps: int, seed: int, progress: bool
+) -> None:
     """A short CLIP-style fit of the teacher to captions "a photo of a {class}.", on random crops."""
     model = loaded.model
     torch.manual_seed(seed)
@@ -102,6 +116,7 @@ def _fit_teacher(loaded: LoadedCLIP, root: Path, scan: ScanResult, steps: int, s
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
     model.train()
+    bar = _bar(steps, "fitting the teacher", progress)
     for step in range(steps):
         pick = torch.randint(0, len(images), (64,))
         crops = []
@@ -115,15 +130,23 @@ def _fit_teacher(loaded: LoadedCLIP, root: Path, scan: ScanResult, steps: int, s
         opt.zero_grad()
         loss.backward()
         opt.step()
+        bar.update(1)
+    bar.close()
     model.eval()
 
 
 @torch.no_grad()
 def _agreement(
-    student: torch.nn.Module, learner: torch.nn.Module, data: RegionDataset, table: RILTable
+    student: torch.nn.Module,
+    learner: torch.nn.Module,
+    data: RegionDataset,
+    table: RILTable,
+    desc: str,
+    progress: bool,
 ) -> float:
     text, _ = learner.normalized_features()
     agree = total = 0
+    bar = _bar(len(data), desc, progress, unit="image")
     for i in range(len(data)):
         item = data[i]
         feats = F.normalize(student.encode_image(item["image"]).float(), dim=-1)
@@ -131,11 +154,14 @@ def _agreement(
         teacher_top1 = table.regions(item["region"]).labels.top1
         agree += int((pred == teacher_top1).sum())
         total += len(pred)
+        bar.update(1)
+    bar.close()
     return 100.0 * agree / total
 
 
-def run_demo(cfg: DemoConfig | None = None) -> dict[str, float]:
-    """Run the demo; returns the agreement before and after training, in percent."""
+def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
+    """Run the demo; returns the agreement before and after training and chance, in
+    percent, and the commands that continue from what it saved."""
     cfg = cfg or DemoConfig()
     start = time.perf_counter()
     out = Path(cfg.out)
@@ -155,28 +181,49 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, float]:
         else draw_image_folder(out / "images", per_class=per_class, seed=cfg.seed)
     )
     train_scan, test_scan = _split(scan_image_folder(root), cfg.held_out_per_class, cfg.seed)
-    _say(
-        f"[1/5] images: {len(train_scan.classnames)} classes, {len(train_scan.images)} training and "
-        f"{len(test_scan.images)} held-out images in {root}"
+    train_root, test_root = (
+        _materialise(root, train_scan, out / "train"),
+        _materialise(root, test_scan, out / "held-out"),
     )
-    teacher, student = _models(cfg, out, root, train_scan)
-    table, held_out = _tables(cfg, out, root, teacher, train_scan, test_scan)
+    _say(
+        f"[1/5] images: {len(train_scan.classnames)} classes, {len(train_scan.images)} training images in "
+        f"{train_root}, {len(test_scan.images)} held-out images in {test_root}"
+    )
+    teacher, student = _models(cfg, out, train_root, train_scan)
+    table, held_out = _tables(cfg, out, (train_root, test_root), teacher, train_scan, test_scan)
     s = student
     held_out_data = RegionDataset(
-        held_out, root, image_size=s.image_size, mean=s.mean, std=s.std, crops_per_image=cfg.held_out_crops
+        held_out, test_root, recipe=s.input_recipe, crops_per_image=cfg.held_out_crops
     )
     initial = DualPromptLearner(s.model, table.classnames, tokenizer=s.tokenizer)
-    before = _agreement(s.model, initial, held_out_data, held_out)
-    run = _train_student(cfg, out, root, table, student)
+    before = _agreement(s.model, initial, held_out_data, held_out, "agreement, initial prompts", cfg.progress)
+    run = _train_student(cfg, out, train_root, table, student)
     trained = DualPromptLearner.from_state_dict(s.model, load_run(run)["learner"], tokenizer=s.tokenizer)
-    after = _agreement(s.model, trained, held_out_data, held_out)
+    after = _agreement(s.model, trained, held_out_data, held_out, "agreement, learned prompts", cfg.progress)
+    chance = 100.0 / table.num_classes
     _say(f"[5/5] done in {time.perf_counter() - start:.0f} s; run in {run}")
-    _say(f"agreement with teacher: before {before:.1f}% -> after {after:.1f}%")
-    return {"before": before, "after": after}
+    commands = _continue_commands(cfg, out, train_root, test_root, table.num_classes)
+    _say("the same steps from the saved models, offline (fdbpl build-cache, inspect, train, evaluate):")
+    for command in commands:
+        _say("  " + command)
+    _say(f"agreement with teacher: before {before:.1f}% -> after {after:.1f}% (chance {chance:.1f}%)")
+    return {"before": before, "after": after, "chance": chance, "commands": commands}
+
+
+def _materialise(root: Path, scan: ScanResult, folder: Path) -> Path:
+    """Copy the scanned images into ``folder`` (same class sub-folders): an image folder of its own."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    for rec in scan.images:
+        target = folder / rec.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rec.path, target)
+    return folder
 
 
 def _models(cfg: DemoConfig, out: Path, root: Path, train_scan: ScanResult) -> tuple[LoadedCLIP, LoadedCLIP]:
-    """The teacher (fitted briefly to the images when it is the tiny random one) and the student."""
+    """The teacher (fitted briefly to the images when it is the tiny random one) and the
+    student; tiny ones are saved as config JSON + checkpoint for the printed commands."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         teacher = load_open_clip(
@@ -187,18 +234,25 @@ def _models(cfg: DemoConfig, out: Path, root: Path, train_scan: ScanResult) -> t
         )
     if cfg.teacher is None and cfg.fit_teacher_steps > 0:
         t0 = time.perf_counter()
-        _fit_teacher(teacher, root, train_scan, cfg.fit_teacher_steps, cfg.seed)
+        _fit_teacher(teacher, root, train_scan, cfg.fit_teacher_steps, cfg.seed, cfg.progress)
         _say(
             f"[2/5] teacher {teacher.name}: random init, fitted to the training images for "
             f"{cfg.fit_teacher_steps} steps ({time.perf_counter() - t0:.0f} s)"
         )
     else:
         _say(f"[2/5] teacher {teacher.name} ({teacher.pretrained})")
+    _save_weights("teacher", teacher, cfg.teacher_pretrained, out)
+    _save_weights("student", student, cfg.student_pretrained, out)
     return teacher, student
 
 
 def _tables(
-    cfg: DemoConfig, out: Path, root: Path, teacher: LoadedCLIP, train_scan: ScanResult, test_scan: ScanResult
+    cfg: DemoConfig,
+    out: Path,
+    roots: tuple[Path, Path],
+    teacher: LoadedCLIP,
+    train_scan: ScanResult,
+    test_scan: ScanResult,
 ) -> tuple[RILTable, RILTable]:
     """The RIL tables of the training and the held-out images."""
     t0 = time.perf_counter()
@@ -212,13 +266,21 @@ def _tables(
         description={"name": teacher.name, "pretrained": teacher.pretrained},
     )
     common = dict(
-        topk=min(cfg.topk, len(train_scan.classnames)), seed=cfg.seed, progress=False, overwrite=True
+        topk=min(cfg.topk, len(train_scan.classnames)), seed=cfg.seed, progress=cfg.progress, overwrite=True
+    )
+    train_root, test_root = roots
+    train_scan = scan_image_folder(train_root, train_scan.classnames)
+    test_scan = scan_image_folder(test_root, test_scan.classnames)
+    build_table(
+        train_root, out / "table", zero_shot, scan=train_scan, crops_per_image=cfg.crops_per_image, **common
     )
     build_table(
-        root, out / "table", zero_shot, scan=train_scan, crops_per_image=cfg.crops_per_image, **common
-    )
-    build_table(
-        root, out / "held-out-table", zero_shot, scan=test_scan, crops_per_image=cfg.held_out_crops, **common
+        test_root,
+        out / "held-out-table",
+        zero_shot,
+        scan=test_scan,
+        crops_per_image=cfg.held_out_crops,
+        **common,
     )
     table, held_out = RILTable.open(out / "table"), RILTable.open(out / "held-out-table")
     top1 = held_out.regions(range(len(held_out))).labels.top1
@@ -231,9 +293,8 @@ def _tables(
     return table, held_out
 
 
-def _train_student(cfg: DemoConfig, out: Path, root: Path, table: RILTable, student: LoadedCLIP) -> Path:
-    """Train the student's dual prompts from the table, afresh; returns the run folder."""
-    config = TrainConfig(
+def _train_config(cfg: DemoConfig) -> TrainConfig:
+    return TrainConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
@@ -241,6 +302,10 @@ def _train_student(cfg: DemoConfig, out: Path, root: Path, table: RILTable, stud
         class_specific=cfg.class_specific,
         seed=cfg.seed,
     )
+
+
+def _train_student(cfg: DemoConfig, out: Path, root: Path, table: RILTable, student: LoadedCLIP) -> Path:
+    """Train the student's dual prompts from the table, afresh; returns the run folder."""
     run = out / "run"
     RunFolder(run).start_afresh()  # the demo always trains afresh
     result = train(
@@ -248,13 +313,63 @@ def _train_student(cfg: DemoConfig, out: Path, root: Path, table: RILTable, stud
         root,
         student.model,
         run,
-        config=config,
+        config=_train_config(cfg),
         student_description=student.describe(),
         **student.recipe(),
-        progress=False,
+        progress=cfg.progress,
     )
     _say(
         f"[4/5] trained the dual prompts of student {student.name} for {cfg.epochs} epochs, {result.steps} "
         f"steps ({result.seconds:.0f} s); last loss {result.last['total']:.3f}"
     )
     return run
+
+
+def _model_args(role: str, given: str | None, pretrained: str | None, out: Path) -> list[str]:
+    """``--teacher/--student MODEL --pretrained WEIGHTS`` that load the model the demo used."""
+    model = given if given is not None else str(out / f"demo-{role}.json")
+    weights = pretrained if pretrained is not None else str(out / f"demo-{role}.pt")
+    return [f"--{role}", model, "--pretrained", weights]
+
+
+def _save_weights(role: str, loaded: LoadedCLIP, pretrained: str | None, out: Path) -> None:
+    """Random (or fitted) weights have no tag to name them: save them for the printed commands."""
+    if pretrained is None:
+        torch.save(loaded.model.state_dict(), out / f"demo-{role}.pt")
+
+
+def _continue_commands(
+    cfg: DemoConfig, out: Path, train_root: Path, test_root: Path, num_classes: int
+) -> list[str]:
+    """The fdbpl commands that redo the demo's table, run and evaluation from what it saved."""
+    t = _train_config(cfg)
+    table, run = out / "cli-table", out / "cli-run"
+    topk = min(cfg.topk, num_classes)
+    build = ["fdbpl", "build-cache", str(train_root), str(table)]
+    build += _model_args("teacher", cfg.teacher, cfg.teacher_pretrained, out)
+    build += ["--crops-per-image", str(cfg.crops_per_image), "--topk", str(topk), "--seed", str(cfg.seed)]
+    inspect = [
+        "fdbpl",
+        "inspect",
+        str(table),
+        "--plot",
+        str(out / "cli-table.png"),
+        "--images",
+        str(train_root),
+    ]
+    fit = ["fdbpl", "train", str(table), str(train_root)]
+    fit += _model_args("student", cfg.student, cfg.student_pretrained, out)
+    fit += [
+        "--out",
+        str(run),
+        "--epochs",
+        str(t.epochs),
+        "--batch-size",
+        str(t.batch_size),
+        "--lr",
+        str(t.lr),
+    ]
+    fit += ["--crops-per-image", str(t.crops_per_image), "--seed", str(t.seed)]
+    fit += ["--class-specific"] if t.class_specific else []
+    evaluate = ["fdbpl", "evaluate", str(run), str(test_root), "--classes", "all"]
+    return [shlex.join(c) for c in (build, inspect, fit, evaluate)]

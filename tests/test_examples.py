@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,8 @@ def test_coop_loop_example_runs(tmp_path, extra):
     assert {"positive_context", "negative_context"} <= set(state)
 
 
-def test_demo_prints_the_agreement_line(tmp_path, capsys):
+def test_demo_prints_the_agreement_line_and_commands_that_continue_from_it(tmp_path, capsys, monkeypatch):
+    from fdbpl.cli import main
     from fdbpl.demo import DemoConfig, run_demo
 
     result = run_demo(
@@ -53,5 +55,31 @@ def test_demo_prints_the_agreement_line(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "RANDOM-INITIALISED" in text and "--teacher-pretrained openai" in text
     line = text.strip().splitlines()[-1]
-    assert re.fullmatch(r"agreement with teacher: before \d+\.\d% -> after \d+\.\d%", line), line
+    assert re.fullmatch(
+        r"agreement with teacher: before \d+\.\d% -> after \d+\.\d% \(chance \d+\.\d%\)", line
+    ), line
     assert 0 <= result["before"] <= 100 and 0 <= result["after"] <= 100
+    assert result["chance"] == pytest.approx(100 / 8)
+    demo = tmp_path / "demo"
+    for saved in ("demo-teacher.json", "demo-teacher.pt", "demo-student.json", "demo-student.pt"):
+        assert (demo / saved).is_file(), saved
+    assert sorted(p.name for p in (demo / "held-out").iterdir()) == sorted(
+        p.name for p in (demo / "train").iterdir()
+    )
+    # every printed command runs as printed, offline, from what the demo saved
+    commands = result["commands"]
+    assert [c.split()[1] for c in commands] == ["build-cache", "inspect", "train", "evaluate"]
+    for command in commands:
+        assert "  " + command in text
+        argv = shlex.split(command)
+        assert argv[0] == "fdbpl"
+        assert main([*argv[1:], *(["--no-progress"] if argv[1] in ("build-cache", "train") else [])]) == 0, (
+            command
+        )
+    out = capsys.readouterr().out
+    assert (demo / "cli-table.png").is_file() and (demo / "cli-run" / "checkpoint.pt").is_file()
+    assert re.search(r"learned +\d+\.\d+", out), out[-500:]  # evaluate printed its accuracy
+    # the rebuilt table is the demo's own (same images, teacher weights and seed)
+    assert (demo / "cli-table" / "shard-00000" / "values.npy").read_bytes() == (
+        demo / "table" / "shard-00000" / "values.npy"
+    ).read_bytes()
