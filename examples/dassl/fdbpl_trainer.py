@@ -107,7 +107,9 @@ class FDBPL(TrainerX):
         """Dassl's loaders (test, val, class names), with the table's regions as training data."""
         super().build_data_loader()
         cfg = self.cfg
-        self.table = RILTable.open(cfg.TRAINER.FDBPL.TABLE, classnames=self.dm.dataset.classnames)
+        # CoOp's PromptLearner reads "american_bulldog" as "american bulldog"; so do fdbpl's tables
+        self.classnames = [name.replace("_", " ") for name in self.dm.dataset.classnames]
+        self.table = RILTable.open(cfg.TRAINER.FDBPL.TABLE, classnames=self.classnames)
         recipe = InputRecipe(cfg.INPUT.SIZE[0], tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD))
         self.train_set = RegionDataset(
             self.table,
@@ -144,7 +146,7 @@ class FDBPL(TrainerX):
             n_ctx["negative"] = fdbpl.NEG_N_CTX
         learner = DualPromptLearner(
             clip_model,
-            self.dm.dataset.classnames,
+            self.classnames,
             tokenizer=clip.tokenize,
             n_ctx=n_ctx,
             positive_init=positive_init,
