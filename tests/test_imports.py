@@ -10,7 +10,15 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["fdbpl", "fdbpl.sparsify", "fdbpl.losses", "fdbpl.losses.functional", "fdbpl.prompts", "fdbpl.cache"],
+    [
+        "fdbpl",
+        "fdbpl.sparsify",
+        "fdbpl.losses",
+        "fdbpl.losses.functional",
+        "fdbpl.prompts",
+        "fdbpl.cache",
+        "fdbpl.data",
+    ],
 )
 def test_import_stays_light(module):
     code = (

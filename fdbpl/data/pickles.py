@@ -1,0 +1,107 @@
+"""Dassl's cached few-shot draws (``split_fewshot/shot_K-seed_S.pkl``), read without running
+pickle code.
+
+The files are pickles of ``{"train": [Datum, ...], "val": [Datum, ...]}``. Unpickling
+runs whatever a file names, so these are read by an unpickler that resolves exactly one
+class, Dassl's ``Datum``, to a harmless stand-in (its state is set as data, its code never
+runs), and refuses any other reference — a function, a module, another class — with
+:class:`PickleRefusedError` before anything is called. Plain types (dicts, lists, strings,
+numbers) need no reference.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+from fdbpl.data.items import Item
+from fdbpl.errors import InputValueError
+
+__all__ = ["DATUM", "PickleRefusedError", "read_fewshot_pickle"]
+
+#: Where Dassl's ``Datum`` lives, as a pickle names it.
+DATUM = ("dassl.data.datasets.base_dataset", "Datum")
+
+
+class PickleRefusedError(InputValueError):
+    """A pickle that names something other than Dassl's ``Datum`` (it could run code)."""
+
+
+class _Datum:
+    """Receives a pickled ``Datum``'s attributes; runs nothing of Dassl's."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Datum:
+        return super().__new__(cls)
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise PickleRefusedError(f"a Datum's state must be a dict, got {type(state).__name__}")
+        self.__dict__.update(state)
+
+
+class _DatumOnly(pickle.Unpickler):
+    def __init__(self, file: io.BufferedIOBase, where: str) -> None:
+        super().__init__(file)
+        self.where = where
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == DATUM:
+            return _Datum
+        # protocols 0 and 1 rebuild objects through copyreg (Python 2 names kept in the file)
+        if name == "object" and module in ("builtins", "__builtin__"):
+            return object
+        if name == "_reconstructor" and module in ("copyreg", "copy_reg"):
+            return _reconstructor
+        raise PickleRefusedError(
+            f"{self.where}: the pickle names {module}.{name}; only Dassl's Datum is allowed "
+            "(the file may run code: it is not read)"
+        )
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    if cls is not _Datum or base is not object:
+        raise PickleRefusedError("a pickle reconstructs something other than a Datum")
+    return _Datum.__new__(_Datum)
+
+
+def _item(datum: Any, where: str) -> Item:
+    if not isinstance(datum, _Datum):
+        raise PickleRefusedError(f"{where}: expected Datum objects, got {type(datum).__name__}")
+    d = datum.__dict__
+    impath, label, classname, domain = (d.get(k) for k in ("_impath", "_label", "_classname", "_domain"))
+    if not isinstance(impath, str) or not isinstance(label, int) or not isinstance(classname, str):
+        raise PickleRefusedError(f"{where}: a Datum without a path, an integer label and a class name: {d!r}")
+    return Item(impath, label, classname, domain if isinstance(domain, int) else 0)
+
+
+def read_fewshot_pickle(path: str | os.PathLike[str]) -> dict[str, list[Item]]:
+    """Read a ``split_fewshot/shot_K-seed_S.pkl`` file without running pickle code.
+
+    Returns:
+        ``{"train": [...], "val": [...]}`` lists of :class:`~fdbpl.data.Item`, in file order
+        (image paths as the file holds them: absolute paths of the machine that drew them).
+
+    Raises:
+        PickleRefusedError: the pickle names anything but Dassl's ``Datum``, or holds
+            something other than lists of them.
+        InputValueError: a missing or truncated file.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputValueError(f"few-shot file: {path} does not exist") from None
+    try:
+        data = _DatumOnly(io.BytesIO(raw), str(path)).load()
+    except PickleRefusedError:
+        raise
+    except Exception as e:  # a truncated or corrupt pickle raises many types
+        raise InputValueError(
+            f"few-shot file: {path} is not a readable pickle ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("train", "val")):
+        raise PickleRefusedError(f"{path}: expected {{'train': [Datum, ...], 'val': [Datum, ...]}}")
+    return {k: [_item(d, f"{path}: {k}[{i}]") for i, d in enumerate(data[k])] for k in ("train", "val")}
