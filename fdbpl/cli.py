@@ -392,6 +392,33 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_evaluate, parser=p)
 
 
+def _add_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dataset",
+        help="list a dataset of CoOp's layout as CoOp reads it (splits, shots, base/new)",
+        description=(
+            "Read one of the base-to-new benchmark's datasets from CoOp's layout under ROOT (its "
+            "DATASETS.md) with CoOp's labels, class names, few-shot draw and base/new halves, and print "
+            "a summary, or with --list one line per image: relative/path<TAB>label<TAB>class name, in "
+            "CoOp's order (diff it against your CoOp run)."
+        ),
+    )
+    p.add_argument("name", help="CoOp's dataset name, e.g. OxfordPets, ImageNet, ImageNetA (any case)")
+    p.add_argument("--root", required=True, help="CoOp's DATASET.ROOT: the folder that holds the datasets")
+    p.add_argument(
+        "--split", choices=["train", "val", "test"], default="train", help="which split (default: train)"
+    )
+    p.add_argument("--shots", type=_integer(0), default=0, help="K images per class, 0 for all (default: 0)")
+    p.add_argument(
+        "--seed", type=_integer(0), default=1, help="the few-shot draw's seed, CoOp's --seed (default: 1)"
+    )
+    p.add_argument(
+        "--subset", choices=["all", "base", "new"], default="all", help="CoOp's class halves (default: all)"
+    )
+    p.add_argument("--list", action="store_true", help="one line per image instead of the summary")
+    p.set_defaults(handler=_dataset, parser=p)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = DemoConfig()
     p = sub.add_parser(
@@ -448,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_dataset(sub)
     _add_demo(sub)
     return parser
 
@@ -635,6 +663,25 @@ def _evaluate(args: argparse.Namespace) -> int:
         ]
         hm = f"{harmonic_mean(*accs):9.2f}" if len(accs) == 2 else ""
         print(f"{label:<9}" + "".join(f"{a:9.2f}" for a in accs) + hm)
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from fdbpl.data import read_dataset
+
+    data = read_dataset(args.name, args.root, num_shots=args.shots, seed=args.seed, subsample=args.subset)
+    items = getattr(data, args.split)
+    if args.list:
+        root = str(Path(args.root)) + "/"
+        for item in items:
+            path = item.impath[len(root) :] if item.impath.startswith(root) else item.impath
+            print(f"{path}\t{item.label}\t{item.classname}")
+        return 0
+    print(
+        f"{data.name}: {len(data.classnames)} classes; train {len(data.train)}, val {len(data.val)}, "
+        f"test {len(data.test)} images"
+        + (f" ({args.shots}-shot draw, seed {args.seed})" if args.shots else "")
+    )
     return 0
 
 

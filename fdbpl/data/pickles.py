@@ -77,12 +77,20 @@ def _item(datum: Any, where: str) -> Item:
     return Item(impath, label, classname, domain if isinstance(domain, int) else 0)
 
 
-def read_fewshot_pickle(path: str | os.PathLike[str]) -> dict[str, list[Item]]:
-    """Read a ``split_fewshot/shot_K-seed_S.pkl`` file without running pickle code.
+def read_fewshot_pickle(
+    path: str | os.PathLike[str], keys: tuple[str, ...] = ("train", "val")
+) -> dict[str, list[Item]]:
+    """Read a ``split_fewshot/shot_K-seed_S.pkl`` file (or ImageNet's ``preprocessed.pkl``,
+    ``keys=("train", "test")``) without running pickle code.
+
+    Args:
+        path: the pickle.
+        keys: the lists of ``Datum`` it must hold (ImageNet's few-shot files hold
+            ``"train"`` only).
 
     Returns:
-        ``{"train": [...], "val": [...]}`` lists of :class:`~fdbpl.data.Item`, in file order
-        (image paths as the file holds them: absolute paths of the machine that drew them).
+        ``{key: [...]}`` lists of :class:`~fdbpl.data.Item`, in file order (image paths as
+        the file holds them: absolute paths of the machine that drew them).
 
     Raises:
         PickleRefusedError: the pickle names anything but Dassl's ``Datum``, or holds
@@ -102,6 +110,7 @@ def read_fewshot_pickle(path: str | os.PathLike[str]) -> dict[str, list[Item]]:
         raise InputValueError(
             f"few-shot file: {path} is not a readable pickle ({type(e).__name__}: {e})"
         ) from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("train", "val")):
-        raise PickleRefusedError(f"{path}: expected {{'train': [Datum, ...], 'val': [Datum, ...]}}")
-    return {k: [_item(d, f"{path}: {k}[{i}]") for i, d in enumerate(data[k])] for k in ("train", "val")}
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
+        wanted = ", ".join(f"{k!r}: [Datum, ...]" for k in keys)
+        raise PickleRefusedError(f"{path}: expected {{{wanted}}}")
+    return {k: [_item(d, f"{path}: {k}[{i}]") for i, d in enumerate(data[k])] for k in keys}

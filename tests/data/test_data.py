@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import random
-import sys
-import types
-from collections import defaultdict
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from references import coop_draw, coop_subsample
 
 from fdbpl.data import (
     Item,
@@ -26,57 +23,6 @@ from fdbpl.data import (
     subsample_classes,
 )
 from fdbpl.errors import FDBPLError
-
-# -- plain re-implementations, written from the behaviour CoOp and Dassl document ----------
-
-
-def dassl_generate_fewshot(data_source, num_shots, repeat):
-    """Dassl's generate_fewshot_dataset on one split, on the global ``random``."""
-    tracker = defaultdict(list)
-    for item in data_source:
-        tracker[item.label].append(item)
-    dataset = []
-    for _label, items in tracker.items():
-        if len(items) >= num_shots:
-            sampled = random.sample(items, num_shots)
-        elif repeat:
-            sampled = random.choices(items, k=num_shots)
-        else:
-            sampled = items
-        dataset.extend(sampled)
-    return dataset
-
-
-def coop_draw(train, val, num_shots, seed, repeat):
-    """CoOp: train.py seeds the global generator, the dataset draws train, then val."""
-    state = random.getstate()
-    try:
-        random.seed(seed)
-        return dassl_generate_fewshot(train, num_shots, repeat), dassl_generate_fewshot(
-            val, min(num_shots, 4), repeat
-        )
-    finally:
-        random.setstate(state)
-
-
-def coop_subsample(*args, subsample):
-    if subsample == "all":
-        return [list(a) for a in args]
-    labels = sorted({item.label for item in args[0]})
-    m = math.ceil(len(labels) / 2)
-    selected = labels[:m] if subsample == "base" else labels[m:]
-    relabeler = {y: y_new for y_new, y in enumerate(selected)}
-    out = []
-    for dataset in args:
-        out.append(
-            [
-                Item(i.impath, relabeler[i.label], i.classname, i.domain)
-                for i in dataset
-                if i.label in selected
-            ]
-        )
-    return out
-
 
 labels_st = st.lists(st.integers(0, 9), min_size=0, max_size=60)
 
@@ -165,24 +111,6 @@ def test_bad_split_files_name_the_entry(tmp_path, content, match):
 
 
 # -- cached few-shot draws: pickles read without running code ---------------------------
-
-
-@pytest.fixture
-def datum_class(monkeypatch):
-    """A stand-in for Dassl's Datum, importable under Dassl's module name (for pickling)."""
-    name = "dassl.data.datasets.base_dataset"
-    module = types.ModuleType(name)
-
-    class Datum:
-        def __init__(self, impath="", label=0, domain=0, classname=""):
-            self._impath, self._label, self._domain, self._classname = impath, label, domain, classname
-
-    Datum.__module__, Datum.__qualname__ = name, "Datum"
-    module.Datum = Datum
-    for parent in ("dassl", "dassl.data", "dassl.data.datasets"):
-        monkeypatch.setitem(sys.modules, parent, sys.modules.get(parent, types.ModuleType(parent)))
-    monkeypatch.setitem(sys.modules, name, module)
-    return Datum
 
 
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
