@@ -44,6 +44,7 @@ class DatasetLayout:
     test_only: bool = False
 
 
+#: Every dataset :func:`read_dataset` reads, by CoOp's name: where it lives under ROOT and how.
 DATASETS: dict[str, DatasetLayout] = {
     layout.name: layout
     for layout in (
