@@ -154,8 +154,15 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
             "run it again after an interruption to resume."
         ),
     )
-    p.add_argument("images", help="image folder: IMAGES/CLASS/IMAGE")
+    p.add_argument("images", help="image folder IMAGES/CLASS/IMAGE, or with --dataset CoOp's DATASET.ROOT")
     p.add_argument("out", help="the table's folder")
+    p.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="read the training split of this dataset of CoOp's layout under IMAGES (e.g. OxfordPets; see "
+        "fdbpl dataset): CoOp's class names ('_' read as a space), Dassl's --shots draw for --seed, and "
+        "CoOp's --subset halves (default: IMAGES is an image folder)",
+    )
     p.add_argument("--teacher", required=True, help="open_clip model name or path of a model-config JSON")
     p.add_argument(
         "--pretrained",
@@ -514,11 +521,27 @@ def _described(loaded: LoadedCLIP) -> dict[str, Any]:
     }
 
 
+def _training_images(args: argparse.Namespace) -> Any:
+    """The scanned training images: an image folder, or a dataset of CoOp's layout."""
+    if args.dataset is None:
+        classnames = _read_classnames(args.classnames) if args.classnames else None
+        return select_images(scan_image_folder(args.images, classnames), args.subset, args.shots, args.seed)
+    if args.classnames:
+        raise InputValueError("classnames: --dataset names its own classes; leave out --classnames")
+    from fdbpl.cache.images import scan_image_list
+    from fdbpl.data import coop_classname, read_dataset
+
+    data = read_dataset(
+        args.dataset, args.images, num_shots=args.shots or 0, seed=args.seed, subsample=args.subset
+    )
+    names = [coop_classname(name) for name in data.classnames]
+    return scan_image_list(args.images, [(item.impath, item.label) for item in data.train], names)
+
+
 def _build_cache(args: argparse.Namespace) -> int:
     with process_group() as (local_rank, kind):
         device = _device(args.device, local_rank, kind)
-        classnames = _read_classnames(args.classnames) if args.classnames else None
-        scan = select_images(scan_image_folder(args.images, classnames), args.subset, args.shots, args.seed)
+        scan = _training_images(args)
         loaded = load_open_clip(args.teacher, args.pretrained, device=device, seed=args.seed)
         student = None
         if args.student:

@@ -139,8 +139,6 @@ def scan_image_folder(
             folder, a class name list of the wrong length, or class names that repeat or
             differ only in case.
     """
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise InputValueError(f"images: {root} is not a folder")
@@ -148,44 +146,78 @@ def scan_image_folder(
     if not folders:
         raise InputValueError(f"images: {root} has no class sub-folders (expected ROOT/CLASS/IMAGE)")
     names = _classnames_from(root, folders, classnames)
-    images: list[ImageRecord] = []
-    converted: list[str] = []
-    skipped: list[tuple[str, str]] = []
+    scan = ScanResult(names, [], [], [])
     for label, folder in enumerate(folders):
         candidates = sorted(p for p in (root / folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         found = 0
         for p in candidates:
             rel = _relative_name(p, root)
             if rel is None:
-                skipped.append((_printable(p, root), "file name is not valid UTF-8"))
+                scan.skipped.append((_printable(p, root), "file name is not valid UTF-8"))
                 continue
             if p.is_symlink() and not p.exists():
-                skipped.append((rel, "dangling symbolic link"))
+                scan.skipped.append((rel, "dangling symbolic link"))
                 continue
             if not p.is_file():
                 continue
             found += 1
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    data = p.read_bytes() if check else None
-                    with Image.open(io.BytesIO(data) if data is not None else p) as img:
-                        if check:
-                            img.load()
-                        width, height = img.size
-                        mode = img.mode
-            except Exception as e:  # PIL raises many types for broken files
-                skipped.append((rel, f"{type(e).__name__}: {e}"))
-                continue
-            if mode != "RGB":
-                converted.append(rel)
-            digest = file_sha256(data) if data is not None else None
-            images.append(ImageRecord(rel, width, height, label, digest))
+            _add_image(scan, p, rel, label, check)
         if not found:
             raise InputValueError(
                 f"images: class folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
             )
-    return ScanResult(names, images, converted, skipped)
+    return scan
+
+
+def scan_image_list(
+    root: str | os.PathLike[str], images: list[tuple[str, int]], classnames: list[str], check: bool = True
+) -> ScanResult:
+    """Like :func:`scan_image_folder` for a given list of ``(path, label)`` under ``root``
+    (a dataset read from its own layout, :func:`fdbpl.data.read_dataset`), in that order.
+
+    Raises:
+        InputValueError: a path outside ``root`` or missing, a label outside the class
+            names, or class names that repeat or differ only in case.
+    """
+    root = Path(root)
+    check_distinct_classnames(classnames, "the dataset's class names")
+    scan = ScanResult(list(classnames), [], [], [])
+    for path, label in images:
+        p = Path(path)
+        try:
+            rel = p.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            raise InputValueError(
+                f"images: {path} is not under {root} (a table holds paths inside its root)"
+            ) from None
+        if not 0 <= label < len(classnames):
+            raise InputValueError(f"images: {path} has label {label}, outside the {len(classnames)} classes")
+        if not p.is_file():
+            raise InputValueError(f"images: {path} does not exist")
+        _add_image(scan, root / rel, rel, label, check)
+    return scan
+
+
+def _add_image(scan: ScanResult, p: Path, rel: str, label: int, check: bool) -> None:
+    """Read one image's size (and with ``check`` decode it and hash its file) into ``scan``."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = p.read_bytes() if check else None
+            with Image.open(io.BytesIO(data) if data is not None else p) as img:
+                if check:
+                    img.load()
+                width, height = img.size
+                mode = img.mode
+    except Exception as e:  # PIL raises many types for broken files
+        scan.skipped.append((rel, f"{type(e).__name__}: {e}"))
+        return
+    if mode != "RGB":
+        scan.converted.append(rel)
+    digest = file_sha256(data) if data is not None else None
+    scan.images.append(ImageRecord(rel, width, height, label, digest))
 
 
 def _relative_name(path: Path, root: Path) -> str | None:

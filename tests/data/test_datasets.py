@@ -184,3 +184,49 @@ def test_the_dataset_command_lists_what_coop_reads(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("OxfordPets: 5 classes; train 30, val 5, test 5 images")
     assert main(["dataset", "Pets", "--root", str(tmp_path)]) == 2
     assert "fdbpl dataset: error: dataset: unknown dataset 'Pets'" in capsys.readouterr().err
+
+
+def test_build_cache_and_train_from_a_dataset_of_coops_layout(tmp_path, teacher_files, capsys):
+    from PIL import Image
+    from processes import teacher_args
+
+    from fdbpl.cache import RILTable
+    from fdbpl.cli import main
+
+    base = write_pets(tmp_path, per_class=3)
+    for entry in json.loads((base / "split_zhou_OxfordPets.json").read_text())["train"]:
+        Image.new("RGB", (40, 30), (entry[1] * 40, 90, 160)).save(base / "images" / entry[0])
+    table = tmp_path / "table"
+    argv = [
+        "build-cache",
+        tmp_path,
+        table,
+        *teacher_args(teacher_files),
+        "--dataset",
+        "OxfordPets",
+        "--shots",
+        2,
+    ]
+    argv += ["--seed", 1, "--subset", "base", "--crops-per-image", 2, "--topk", 2, "--no-progress"]
+    assert main([str(a) for a in argv]) == 0
+    t = RILTable.open(table)
+    drawn = read_dataset("OxfordPets", tmp_path, num_shots=2, seed=1, subsample="base")
+    assert t.classnames == ["american bulldog", "bengal", "birman"]  # CoOp's names, '_' as a space
+    assert t.image_paths == [i.impath[len(str(tmp_path)) + 1 :] for i in drawn.train]
+    assert t.image_labels == [i.label for i in drawn.train]
+    config, checkpoint = teacher_files
+    train = [
+        "train",
+        table,
+        tmp_path,
+        "--student",
+        config,
+        "--pretrained",
+        checkpoint,
+        "--out",
+        tmp_path / "run",
+    ]
+    assert main([str(a) for a in [*train, "--epochs", 1, "--batch-size", 4, "--no-progress"]]) == 0
+    argv2 = [*argv[:-1], "--classnames", tmp_path / "x.txt", "--no-progress"]
+    assert main([str(a) for a in argv2]) == 2
+    assert "--dataset names its own classes" in capsys.readouterr().err
