@@ -382,7 +382,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("run", help="a run folder (fdbpl train)")
-    p.add_argument("images", help="image folder to evaluate on (one sub-folder per class, all classes)")
+    p.add_argument(
+        "images",
+        help="image folder to evaluate on (one sub-folder per class, all classes), or with --dataset CoOp's "
+        "DATASET.ROOT",
+    )
+    p.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="evaluate on the test split of this dataset of CoOp's layout under IMAGES (default: IMAGES is an "
+        "image folder)",
+    )
     p.add_argument(
         "--classes",
         choices=["base", "new", "all", "base-new"],
@@ -666,6 +676,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     pretrained = args.pretrained or recorded.get("pretrained")
     student = load_open_clip(name, pretrained, device=device, seed=int(recorded.get("seed", 0)))
     classnames = _read_classnames(args.classnames) if args.classnames else None
+    scan = None
+    if args.dataset:
+        from fdbpl.cache.images import scan_image_list
+        from fdbpl.data import coop_classname, read_dataset
+
+        data = read_dataset(args.dataset, args.images)
+        names = [coop_classname(name) for name in data.classnames]
+        scan = scan_image_list(
+            args.images, [(item.impath, item.label) for item in data.test], names, check=False
+        )
     subsets = ["base", "new"] if args.classes == "base-new" else [args.classes]
     rows = [("learned", state)] + ([("initial", None)] if args.initial else [])
     hm_head = "       HM" if len(subsets) == 2 else ""
@@ -680,6 +700,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 classnames=classnames,
                 batch_size=args.batch_size,
                 device=device,
+                scan=scan,
                 **student.recipe(),
             ).percent
             for s in subsets

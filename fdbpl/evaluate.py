@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from fdbpl._checks import first_difference
-from fdbpl.cache.images import scan_image_folder
+from fdbpl.cache.images import ScanResult, scan_image_folder
 from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe, decode_image, preprocess
 from fdbpl.prompts import DualPromptLearner
@@ -72,19 +72,22 @@ def evaluate_prompts(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     recipe: InputRecipe | None = None,
+    scan: ScanResult | None = None,
 ) -> Accuracy:
     """Top-1 accuracy of the student with the (learned) positive prompts on an image folder.
 
     Classes are the folder's (sorted; ``subset`` picks CoOp's base half, new half or all)
     and the candidates are that subset's class names only. The student's input is
     ``recipe`` (:class:`~fdbpl.images.InputRecipe`) or ``image_size``, ``mean`` and ``std``.
+    ``scan`` gives the images and classes instead of the folder's (paths relative to
+    ``images``; e.g. a dataset's test split, :func:`fdbpl.cache.images.scan_image_list`).
 
     Raises:
         InputValueError: a run trained on classes that are neither the folder's nor its
             base half (:func:`check_run_classes`), or no image of the subset.
     """
     recipe = InputRecipe.of(recipe, image_size, mean, std)
-    full = scan_image_folder(images, classnames, check=False)
+    full = scan if scan is not None else scan_image_folder(images, classnames, check=False)
     if state is not None and "classnames" in state:
         check_run_classes(list(state["classnames"]), full.classnames, images)
     scan = select_images(full, subset)

@@ -227,6 +227,13 @@ def test_build_cache_and_train_from_a_dataset_of_coops_layout(tmp_path, teacher_
         tmp_path / "run",
     ]
     assert main([str(a) for a in [*train, "--epochs", 1, "--batch-size", 4, "--no-progress"]]) == 0
+    # evaluate on the test split, base and new halves (the run learned the base half)
+    for entry in json.loads((base / "split_zhou_OxfordPets.json").read_text())["test"]:
+        Image.new("RGB", (40, 30), (entry[1] * 40, 90, 160)).save(base / "images" / entry[0])
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), str(tmp_path), "--dataset", "OxfordPets"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["prompts", "Base", "New", "HM"] and out[1].startswith("learned")
     argv2 = [*argv[:-1], "--classnames", tmp_path / "x.txt", "--no-progress"]
     assert main([str(a) for a in argv2]) == 2
     assert "--dataset names its own classes" in capsys.readouterr().err
