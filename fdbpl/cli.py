@@ -105,6 +105,8 @@ def _number(minimum: float | None = None, positive: bool = False) -> Callable[[s
 
 
 def _template(text: str) -> str:
+    if text == "dataset":  # resolved with --dataset
+        return text
     try:
         return check_template(text)
     except ValueError as e:
@@ -187,7 +189,8 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
         "--template",
         type=_template,
         default="a photo of a {}.",
-        help="teacher prompt with one {} for the class name (default: 'a photo of a {}.')",
+        help="teacher prompt with one {} for the class name, or 'dataset' for the --dataset's template of "
+        "CoOp's zero-shot CLIP (default: 'a photo of a {}.', the paper's)",
     )
     p.add_argument(
         "--temperature",
@@ -557,6 +560,15 @@ def _build_cache(args: argparse.Namespace) -> int:
         if args.student:
             s = load_open_clip(args.student, args.student_pretrained, device=device, seed=args.seed)
             student = clip_student_features(s.model, s.input_recipe, _described(s))
+        template = args.template
+        if template == "dataset":
+            if not args.dataset:
+                raise InputValueError(
+                    "template: 'dataset' takes the template of --dataset NAME; give --dataset"
+                )
+            from fdbpl.data import dataset_template
+
+            template = dataset_template(args.dataset)
         teacher = clip_teacher(
             loaded.model,
             scan.classnames,
@@ -564,7 +576,7 @@ def _build_cache(args: argparse.Namespace) -> int:
             loaded.image_size,
             loaded.mean,
             loaded.std,
-            template=args.template,
+            template=template,
             temperature=args.temperature,
             description=_described(loaded),
         )

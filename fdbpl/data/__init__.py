@@ -5,7 +5,8 @@ The base-to-new benchmark's 11 datasets and ImageNet's 4 variants in their own l
 (:func:`read_split_json`), Dassl's
 few-shot draw for a seed (:func:`dassl_fewshot`), a cached draw read without running
 pickle code (:func:`read_fewshot_pickle`), CoOp's base/new halves
-(:func:`subsample_classes`) and its class-name normalisation (:func:`coop_classname`).
+(:func:`subsample_classes`), its class-name normalisation (:func:`coop_classname`) and
+its zero-shot prompt per dataset (:func:`dataset_template`).
 No torch, no images: plain data.
 """
 
@@ -14,15 +15,18 @@ from fdbpl.data.fewshot import dassl_fewshot, fewshot_draw
 from fdbpl.data.items import Item, coop_classname, subsample_classes
 from fdbpl.data.pickles import PickleRefusedError, read_fewshot_pickle
 from fdbpl.data.splits import SplitFileError, read_split_json
+from fdbpl.data.templates import DATASET_TEMPLATES, dataset_template
 
 __all__ = [
     "DATASETS",
+    "DATASET_TEMPLATES",
     "DatasetSplits",
     "Item",
     "PickleRefusedError",
     "SplitFileError",
     "coop_classname",
     "dassl_fewshot",
+    "dataset_template",
     "fewshot_draw",
     "read_dataset",
     "read_fewshot_pickle",

@@ -207,11 +207,13 @@ def test_build_cache_and_train_from_a_dataset_of_coops_layout(tmp_path, teacher_
         "--shots",
         2,
     ]
-    argv += ["--seed", 1, "--subset", "base", "--crops-per-image", 2, "--topk", 2, "--no-progress"]
+    argv += ["--seed", 1, "--subset", "base", "--crops-per-image", 2, "--topk", 2, "--template", "dataset"]
+    argv += ["--no-progress"]
     assert main([str(a) for a in argv]) == 0
     t = RILTable.open(table)
     drawn = read_dataset("OxfordPets", tmp_path, num_shots=2, seed=1, subsample="base")
     assert t.classnames == ["american bulldog", "bengal", "birman"]  # CoOp's names, '_' as a space
+    assert t.manifest["teacher"]["template"] == "a photo of a {}, a type of pet."  # CoOp's zero-shot prompt
     assert t.image_paths == [i.impath[len(str(tmp_path)) + 1 :] for i in drawn.train]
     assert t.image_labels == [i.label for i in drawn.train]
     config, checkpoint = teacher_files
@@ -237,3 +239,23 @@ def test_build_cache_and_train_from_a_dataset_of_coops_layout(tmp_path, teacher_
     argv2 = [*argv[:-1], "--classnames", tmp_path / "x.txt", "--no-progress"]
     assert main([str(a) for a in argv2]) == 2
     assert "--dataset names its own classes" in capsys.readouterr().err
+
+
+def test_dataset_templates():
+    from fdbpl.data import DATASET_TEMPLATES, dataset_template
+
+    assert set(DATASET_TEMPLATES) == set(DATASETS)
+    assert all(t.count("{}") == 1 for t in DATASET_TEMPLATES.values())
+    assert dataset_template("describabletextures") == "{} texture."
+    with pytest.raises(SplitFileError, match="unknown dataset"):
+        dataset_template("Textures")
+
+
+def test_template_dataset_needs_a_dataset(tmp_path, teacher_files, image_root, capsys):
+    from processes import teacher_args
+
+    from fdbpl.cli import main
+
+    argv = ["build-cache", str(image_root), str(tmp_path / "t"), *teacher_args(teacher_files)]
+    assert main([*argv, "--template", "dataset"]) == 2
+    assert "template: 'dataset' takes the template of --dataset NAME" in capsys.readouterr().err
