@@ -397,6 +397,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "image folder)",
     )
     p.add_argument(
+        "--protocol",
+        choices=["cross-dataset", "domain-generalisation"],
+        help="with IMAGES as CoOp's DATASET.ROOT: the run's prompts on all classes of the ten other datasets "
+        "(cross-dataset) or of ImageNet-V2/-Sketch/-A/-R (domain-generalisation), with their average; "
+        "results also go to RUN/evaluation.json (default: neither, base-to-new)",
+    )
+    p.add_argument(
         "--classes",
         choices=["base", "new", "all", "base-new"],
         default="base-new",
@@ -688,6 +695,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     pretrained = args.pretrained or recorded.get("pretrained")
     student = load_open_clip(name, pretrained, device=device, seed=int(recorded.get("seed", 0)))
     classnames = _read_classnames(args.classnames) if args.classnames else None
+    if args.protocol:
+        return _evaluate_protocol(args, state, student, device)
     scan = None
     if args.dataset:
         from fdbpl.cache.images import scan_image_list
@@ -719,6 +728,36 @@ def _evaluate(args: argparse.Namespace) -> int:
         ]
         hm = f"{harmonic_mean(*accs):9.2f}" if len(accs) == 2 else ""
         print(f"{label:<9}" + "".join(f"{a:9.2f}" for a in accs) + hm)
+    return 0
+
+
+def _evaluate_protocol(
+    args: argparse.Namespace, state: dict[str, Any], student: LoadedCLIP, device: str
+) -> int:
+    from fdbpl.protocols import record_result, run_protocol
+
+    def accuracy(scan: Any) -> float:
+        return evaluate_prompts(
+            student.model,
+            args.images,
+            state,
+            "all",
+            batch_size=args.batch_size,
+            device=device,
+            scan=scan,
+            transfer=True,
+            **student.recipe(),
+        ).percent
+
+    results, missing = run_protocol(args.protocol, args.images, accuracy, state)
+    for name, value in results.items():
+        record_result(args.run, args.protocol, name, value)
+        print(f"{name:<20}{value:9.2f}")
+    average = sum(results.values()) / len(results)
+    print(
+        f"{'average':<20}{average:9.2f}"
+        + (f"  ({len(results)} datasets; missing: {', '.join(missing)})" if missing else "")
+    )
     return 0
 
 

@@ -73,6 +73,7 @@ def evaluate_prompts(
     device: str | torch.device = "cpu",
     recipe: InputRecipe | None = None,
     scan: ScanResult | None = None,
+    transfer: bool = False,
 ) -> Accuracy:
     """Top-1 accuracy of the student with the (learned) positive prompts on an image folder.
 
@@ -81,6 +82,8 @@ def evaluate_prompts(
     ``recipe`` (:class:`~fdbpl.images.InputRecipe`) or ``image_size``, ``mean`` and ``std``.
     ``scan`` gives the images and classes instead of the folder's (paths relative to
     ``images``; e.g. a dataset's test split, :func:`fdbpl.cache.images.scan_image_list`).
+    ``transfer``: the classes are another dataset's (cross-dataset and domain
+    generalisation): the run's shared contexts are given their names, unchecked.
 
     Raises:
         InputValueError: a run trained on classes that are neither the folder's nor its
@@ -88,7 +91,7 @@ def evaluate_prompts(
     """
     recipe = InputRecipe.of(recipe, image_size, mean, std)
     full = scan if scan is not None else scan_image_folder(images, classnames, check=False)
-    if state is not None and "classnames" in state:
+    if state is not None and "classnames" in state and not transfer:
         check_run_classes(list(state["classnames"]), full.classnames, images)
     scan = select_images(full, subset)
     if not scan.images:

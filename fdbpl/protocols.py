@@ -1,0 +1,98 @@
+"""The paper's transfer protocols over datasets of CoOp's layout: cross-dataset (Table 1)
+and domain generalisation (Table 6).
+
+Prompts learned on a source dataset (ImageNet in the paper) are evaluated, with their
+shared contexts given each target's class names, on all classes of every target's test
+split: the ten other datasets of the benchmark (cross-dataset) or ImageNet's four variants
+(domain generalisation). Results are written to ``RUN/evaluation.json`` (JSON, atomic),
+one entry per protocol and dataset, so runs of several seeds can be averaged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fdbpl.cache.images import scan_image_list
+from fdbpl.cache.storage import write_json_atomic
+from fdbpl.data import coop_classname, read_dataset
+from fdbpl.data.datasets import DATASETS
+from fdbpl.errors import InputValueError
+
+__all__ = ["EVALUATION", "PROTOCOLS", "record_result", "run_protocol"]
+
+#: The targets of each protocol, in the paper's column order.
+PROTOCOLS = {
+    "cross-dataset": (
+        "Caltech101",
+        "OxfordPets",
+        "StanfordCars",
+        "OxfordFlowers",
+        "Food101",
+        "FGVCAircraft",
+        "SUN397",
+        "DescribableTextures",
+        "EuroSAT",
+        "UCF101",
+    ),
+    "domain-generalisation": ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"),
+}
+
+#: The file in a run folder that collects its evaluations.
+EVALUATION = "evaluation.json"
+
+
+def record_result(run: str | Path, protocol: str, dataset: str, accuracy: float) -> None:
+    """Add one accuracy to ``RUN/evaluation.json`` (``{protocol: {dataset: accuracy}}``)."""
+    path = Path(run) / EVALUATION
+    results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    results.setdefault(protocol, {})[dataset] = round(float(accuracy), 4)
+    write_json_atomic(path, results)
+
+
+def run_protocol(
+    protocol: str,
+    root: str | Path,
+    evaluate: Callable[..., float],
+    state: dict[str, Any],
+) -> tuple[dict[str, float], list[str]]:
+    """Evaluate a run on every target of ``protocol`` found under ``root``.
+
+    Args:
+        protocol: a key of :data:`PROTOCOLS`.
+        root: CoOp's ``DATASET.ROOT``.
+        evaluate: ``evaluate(scan=...) -> accuracy in percent`` on all classes of a scan.
+        state: the run's checkpoint (its learner's contexts must be shared, not per class).
+
+    Returns:
+        ``(accuracies by dataset, datasets missing under root)``.
+
+    Raises:
+        InputValueError: an unknown protocol, class-specific contexts (they belong to the
+            source's classes), or no target under ``root``.
+    """
+    if protocol not in PROTOCOLS:
+        raise InputValueError(f"protocol: expected one of {list(PROTOCOLS)}, got {protocol!r}")
+    config = state.get("learner", {}).get("_extra_state", {})
+    if config.get("class_specific"):
+        raise InputValueError(
+            f"protocol: {protocol} gives the run's contexts other classes' names, but its contexts are "
+            "class-specific (CSC): train with shared contexts to transfer them"
+        )
+    results: dict[str, float] = {}
+    missing = []
+    for name in PROTOCOLS[protocol]:
+        if not (Path(root) / DATASETS[name].folder).is_dir():
+            missing.append(name)
+            continue
+        data = read_dataset(name, root)
+        names = [coop_classname(n) for n in data.classnames]
+        scan = scan_image_list(root, [(i.impath, i.label) for i in data.test], names, check=False)
+        results[name] = evaluate(scan=scan)
+    if not results:
+        raise InputValueError(
+            f"root: none of the {protocol} datasets ({', '.join(PROTOCOLS[protocol])}) is under {root}"
+        )
+    return results, missing
