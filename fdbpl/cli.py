@@ -446,6 +446,21 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_dataset, parser=p)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="the paper's tables from evaluated runs, averaged over seeds",
+        description=(
+            "Average the evaluations of RUNS (each folder's evaluation.json, written by fdbpl evaluate) and "
+            "print the paper's tables as Markdown: base-to-new (Base, New, HM per dataset and their average) "
+            "and the cross-dataset and domain-generalisation rows."
+        ),
+    )
+    p.add_argument("runs", nargs="+", help="run folders, e.g. one per seed")
+    p.add_argument("--csv", metavar="FILE", help="also write every averaged number as CSV (default: none)")
+    p.set_defaults(handler=_report, parser=p)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = DemoConfig()
     p = sub.add_parser(
@@ -503,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_dataset(sub)
+    _add_report(sub)
     _add_demo(sub)
     return parser
 
@@ -728,6 +744,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         ]
         hm = f"{harmonic_mean(*accs):9.2f}" if len(accs) == 2 else ""
         print(f"{label:<9}" + "".join(f"{a:9.2f}" for a in accs) + hm)
+        if label == "learned" and len(accs) == 2:
+            from fdbpl.protocols import record_result
+
+            name = args.dataset or Path(args.images).resolve().name
+            record_result(args.run, "base-to-new", name, {"base": accs[0], "new": accs[1]})
     return 0
 
 
@@ -758,6 +779,17 @@ def _evaluate_protocol(
         f"{'average':<20}{average:9.2f}"
         + (f"  ({len(results)} datasets; missing: {', '.join(missing)})" if missing else "")
     )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fdbpl.cache.storage import write_bytes_atomic
+    from fdbpl.report import report_tables
+
+    markdown, table = report_tables(args.runs)
+    print(markdown, end="")
+    if args.csv:
+        write_bytes_atomic(args.csv, table.encode("utf-8"))
     return 0
 
 

@@ -44,11 +44,17 @@ PROTOCOLS = {
 EVALUATION = "evaluation.json"
 
 
-def record_result(run: str | Path, protocol: str, dataset: str, accuracy: float) -> None:
-    """Add one accuracy to ``RUN/evaluation.json`` (``{protocol: {dataset: accuracy}}``)."""
+def record_result(run: str | Path, protocol: str, dataset: str, accuracy: float | dict[str, float]) -> None:
+    """Add one result to ``RUN/evaluation.json``: ``{protocol: {dataset: accuracy}}``, or
+    ``{"base-to-new": {dataset: {"base": ..., "new": ...}}}``; evaluating again replaces it."""
     path = Path(run) / EVALUATION
     results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    results.setdefault(protocol, {})[dataset] = round(float(accuracy), 4)
+    value = (
+        {k: round(float(v), 4) for k, v in accuracy.items()}
+        if isinstance(accuracy, dict)
+        else round(float(accuracy), 4)
+    )
+    results.setdefault(protocol, {})[dataset] = value
     write_json_atomic(path, results)
 
 

@@ -121,3 +121,45 @@ def test_class_specific_contexts_do_not_transfer_and_unknown_protocols(tmp_path)
         run_protocol("cross-dataset", tmp_path, lambda scan: 0.0, state)
     with pytest.raises(FDBPLError, match="protocol: expected one of"):
         run_protocol("few-shot", tmp_path, lambda scan: 0.0, {})
+
+
+def test_report_averages_runs_as_the_papers_tables(tmp_path, capsys):
+    from fdbpl.protocols import record_result
+
+    runs = [tmp_path / "seed1", tmp_path / "seed2"]
+    for k, run in enumerate(runs):
+        run.mkdir()
+        record_result(run, "base-to-new", "OxfordPets", {"base": 90.0 + k, "new": 80.0 + 2 * k})
+        record_result(run, "base-to-new", "EuroSAT", {"base": 70.0, "new": 50.0})
+        record_result(run, "cross-dataset", "Caltech101", 93.0 + k)
+        record_result(run, "cross-dataset", "OxfordPets", 89.0)
+    csv_path = tmp_path / "t.csv"
+    assert main(["report", *map(str, runs), "--csv", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    pets_hm = 2 * 90.5 * 81.0 / (90.5 + 81.0)
+    assert f"| OxfordPets | 90.50 | 81.00 | {pets_hm:.2f} |" in out
+    b, n = (90.5 + 70) / 2, (81 + 50) / 2
+    assert f"| **average** | {b:.2f} | {n:.2f} | {2 * b * n / (b + n):.2f} |" in out  # HM of the averages
+    assert "| Caltech101 | OxfordPets | average |" in out and "| 93.50 | 89.00 | 91.25 |" in out
+    rows = csv_path.read_text().splitlines()
+    assert (
+        rows[0] == "protocol,dataset,metric,mean,runs"
+        and "cross-dataset,Caltech101,accuracy,93.5000,2" in rows
+    )
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "evaluation.json does not exist (run fdbpl evaluate" in capsys.readouterr().err
+
+
+def test_evaluate_records_base_to_new_for_the_report(run, image_root, capsys):
+    assert main(["evaluate", str(run), str(image_root)]) == 0
+    printed = capsys.readouterr().out.splitlines()[1].split()
+    recorded = json.loads((run / "evaluation.json").read_text())["base-to-new"][image_root.name]
+    assert recorded == {
+        "base": pytest.approx(float(printed[1]), abs=0.01),
+        "new": pytest.approx(float(printed[2]), abs=0.01),
+    }
+    assert main(["report", str(run)]) == 0
+    assert (
+        f"| {image_root.name} | {float(printed[1]):.2f} | {float(printed[2]):.2f} |"
+        in capsys.readouterr().out
+    )
