@@ -256,6 +256,36 @@ class SparseSoftLabels:
             validate=False,
         )
 
+    def restrict(self, classes: torch.Tensor) -> SparseSoftLabels:
+        r"""The labels over a subset of the classes, renormalised: the teacher's distribution
+        conditioned on the subset (class-agnostic training over per-batch class subsets).
+
+        ``classes`` (S,) are distinct class ids that include every row's Top-K; class
+        ``classes[j]`` becomes class j. Top-K entries keep their class and value; every
+        other class of the subset keeps the row's fill; each row is then divided by its
+        mass on the subset, :math:`Z_i = \sum \text{values}_i + (S - K)\,\text{fill}_i`.
+        So MR labels (fill 0) are unchanged, and MS labels keep their per-class fill but
+        lose the fill mass of the :math:`C - S` classes left out, which the division
+        spreads over the subset in proportion.
+
+        Raises:
+            InputValueError: ``classes`` that repeat, leave out a Top-K class, or are
+                outside ``[0, num_classes)``.
+        """
+        classes = classes.to(self.indices.device).long().flatten()
+        s = classes.numel()
+        position = torch.full((self.num_classes,), -1, dtype=torch.long, device=classes.device)
+        if s and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
+            raise InputValueError(f"classes: expected ids in [0, {self.num_classes})")
+        position[classes] = torch.arange(s, device=classes.device)
+        if int((position >= 0).sum()) != s:
+            raise InputValueError("classes: expected distinct class ids")
+        indices = position[self.indices]
+        if bool((indices < 0).any()):
+            raise InputValueError("classes: the subset must include every row's Top-K classes")
+        z = self.values.sum(dim=1) + (s - self.topk) * self.fill
+        return SparseSoftLabels(indices, self.values / z[:, None], self.fill / z, s, validate=False)
+
     def to_dense(self) -> torch.Tensor:
         """The labels as a dense :math:`(N, C)` probability tensor (dtype of ``values``)."""
         dense = self.fill[:, None].expand(len(self), self.num_classes).clone()

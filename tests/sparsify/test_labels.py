@@ -150,3 +150,46 @@ def test_ms_fill_above_a_stored_value_is_refused(c, data):
         return
     with pytest.raises(InputValueError, match=rf"fill: row 0 gives each class outside its Top-{k}"):
         SparseSoftLabels(indices, values, torch.tensor([fill], dtype=torch.float64), c)
+
+
+# -- restrict: the labels over a class subset (class-agnostic training) --------------------
+
+
+@given(
+    n=st.integers(1, 6),
+    c=st.integers(3, 30),
+    data=st.data(),
+    strategy=st.sampled_from(["ms", "mr"]),
+)
+def test_restrict_is_the_dense_distribution_conditioned_on_the_subset(n, c, data, strategy):
+    from fdbpl.sparsify import sparsify
+
+    k = data.draw(st.integers(1, c - 1))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    probs = torch.softmax(torch.randn(n, c, dtype=torch.float64, generator=gen) * 3, dim=1)
+    labels = sparsify(probs, k, strategy)
+    needed = set(labels.indices.flatten().tolist())
+    extra = (
+        data.draw(st.lists(st.sampled_from(sorted(set(range(c)) - needed) or [0]), unique=True))
+        if len(needed) < c
+        else []
+    )
+    subset = sorted(needed | set(extra))
+    order = data.draw(st.permutations(subset))
+    classes = torch.tensor(order)
+    got = labels.restrict(classes).to_dense()
+    dense = labels.to_dense()[:, classes]
+    want = dense / dense.sum(dim=1, keepdim=True)  # the literal conditional distribution
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if strategy == "mr":
+        torch.testing.assert_close(labels.restrict(classes).values, labels.values, rtol=0, atol=1e-15)
+
+
+def test_restrict_refuses_subsets_without_the_top_k():
+    labels = SparseSoftLabels(torch.tensor([[2, 0]]), torch.tensor([[0.6, 0.3]]), torch.tensor([0.05]), 4)
+    with pytest.raises(InputValueError, match="must include every row's Top-K"):
+        labels.restrict(torch.tensor([0, 1]))
+    with pytest.raises(InputValueError, match="distinct"):
+        labels.restrict(torch.tensor([0, 2, 2]))
+    with pytest.raises(InputValueError, match=r"ids in \[0, 4\)"):
+        labels.restrict(torch.tensor([0, 2, 7]))
