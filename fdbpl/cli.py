@@ -186,6 +186,12 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--classnames", help="file with one class name per line, in sorted folder order")
     p.add_argument(
+        "--vocabulary",
+        metavar="FILE",
+        help="class-agnostic table: the teacher's classes are these names (one per line, any number), not "
+        "the image folders'; train it with --max-classes (default: the folders' classes)",
+    )
+    p.add_argument(
         "--template",
         type=_template,
         default="a photo of a {}.",
@@ -333,6 +339,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=_integer(1),
         help="encode the class prompts this many classes at a time, recomputed in backward: bounds the "
         "text pass's memory for many classes (default: all classes at once)",
+    )
+    p.add_argument(
+        "--max-classes",
+        type=_integer(1),
+        help="class-agnostic training (a table over a vocabulary): each step encodes only the batch's "
+        "Top-K classes topped up to this many by mean teacher probability, the labels conditioned on them "
+        "(default: every class each step)",
     )
     p.add_argument(
         "--crops-per-image",
@@ -523,19 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_classnames(path: str) -> list[str]:
+def _read_classnames(path: str, flag: str = "--classnames") -> list[str]:
     """One class name per line, or a JSON list of strings."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise InputValueError(f"--classnames: cannot read {path} ({e})") from None
+        raise InputValueError(f"{flag}: cannot read {path} ({e})") from None
     if text.lstrip().startswith("["):
         try:
             names = json.loads(text)
         except json.JSONDecodeError as e:
-            raise InputValueError(f"--classnames: {path} is not a JSON list ({e})") from None
+            raise InputValueError(f"{flag}: {path} is not a JSON list ({e})") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise InputValueError(f"--classnames: {path} is not a JSON list of strings")
+            raise InputValueError(f"{flag}: {path} is not a JSON list of strings")
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
     check_distinct_classnames(names, path)
@@ -558,7 +571,20 @@ def _described(loaded: LoadedCLIP) -> dict[str, Any]:
 
 
 def _training_images(args: argparse.Namespace) -> Any:
-    """The scanned training images: an image folder, or a dataset of CoOp's layout."""
+    """The scanned training images: an image folder, or a dataset of CoOp's layout; with
+    ``--vocabulary`` the table's classes are the vocabulary's names."""
+    scan = _scanned_images(args)
+    if args.vocabulary:
+        vocabulary = _read_classnames(args.vocabulary, "--vocabulary")
+        if len(scan.classnames) > len(vocabulary):
+            raise InputValueError(
+                f"vocabulary: {len(vocabulary)} names, fewer than the {len(scan.classnames)} image classes"
+            )
+        scan.classnames = vocabulary  # the images keep their folder index, recorded but not a class
+    return scan
+
+
+def _scanned_images(args: argparse.Namespace) -> Any:
     if args.dataset is None:
         classnames = _read_classnames(args.classnames) if args.classnames else None
         return select_images(scan_image_folder(args.images, classnames), args.subset, args.shots, args.seed)
@@ -678,6 +704,7 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed,
             image_features=args.image_features,
             class_chunk_size=args.class_chunk_size,
+            max_classes=args.max_classes,
         )
         result = train(
             table,
@@ -723,6 +750,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         scan = scan_image_list(
             args.images, [(item.impath, item.label) for item in data.test], names, check=False
         )
+    # a class-agnostic run (trained over a vocabulary) is evaluated on any class names
+    transfer = bool(state.get("settings", {}).get("config", {}).get("max_classes"))
     subsets = ["base", "new"] if args.classes == "base-new" else [args.classes]
     rows = [("learned", state)] + ([("initial", None)] if args.initial else [])
     hm_head = "       HM" if len(subsets) == 2 else ""
@@ -738,6 +767,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 device=device,
                 scan=scan,
+                transfer=transfer,
                 **student.recipe(),
             ).percent
             for s in subsets

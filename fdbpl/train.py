@@ -53,6 +53,11 @@ class TrainConfig:
 
     ``n_ctx`` is the length of the contexts of the spaces without an init phrase
     (``positive_init`` or ``negative_init`` set to ``None``; default 16, CoOp's).
+    ``max_classes`` trains class-agnostically (KDPL's setting, for a table over a large
+    vocabulary): each step encodes only a subset of the classes — the union of the batch's
+    stored Top-K classes, topped up to ``max_classes`` with the classes of highest mean
+    teacher probability over the table — and the losses run over that subset, with the
+    teacher's labels conditioned on it (:meth:`~fdbpl.sparsify.SparseSoftLabels.restrict`).
     ``image_features`` says where the student's image features come from (see
     :data:`IMAGE_FEATURES`); ``class_chunk_size`` bounds the text pass's memory (see
     :class:`~fdbpl.prompts.DualPromptLearner`).
@@ -77,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     image_features: str = "auto"
     class_chunk_size: int | None = None
+    max_classes: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crops_per_image"):
@@ -92,6 +98,8 @@ class TrainConfig:
                 )
         if self.class_chunk_size is not None:
             check_count("class_chunk_size", self.class_chunk_size)
+        if self.max_classes is not None:
+            check_count("max_classes", self.max_classes)
         if self.image_features not in IMAGE_FEATURES:
             raise InputValueError(
                 f"image_features: expected one of {list(IMAGE_FEATURES)}, got {self.image_features!r}"
@@ -198,6 +206,7 @@ class _Session:
     device: torch.device
     steps_per_epoch: int
     logit_scale: torch.Tensor | float  # the frozen student's, read once
+    class_ranking: torch.Tensor | None = None  # class-agnostic: class ids by mean teacher probability
     start_epoch: int = 0
     step: int = 0
     log: IO[str] | None = None
@@ -361,7 +370,31 @@ def _start_or_resume(
         device,
         steps_per_epoch,
         logit_scale_of(student),
+        class_ranking(table) if cfg.max_classes is not None else None,
     )
+
+
+def class_ranking(table: RILTable) -> torch.Tensor:
+    """Class ids by decreasing mean teacher probability over the table's regions (the Top-K
+    values summed per class; ties by class id)."""
+    total = torch.zeros(table.num_classes, dtype=torch.float64)
+    for start in range(0, len(table), 1 << 16):
+        labels = table.regions(range(start, min(start + (1 << 16), len(table)))).labels
+        total.index_add_(0, labels.indices.flatten(), labels.values.double().flatten())
+    return torch.sort(-total, stable=True).indices
+
+
+def batch_classes(indices: torch.Tensor, ranking: torch.Tensor, budget: int) -> torch.Tensor:
+    """A batch's class subset: its stored Top-K classes (all of them, whatever the budget),
+    then the highest-ranked other classes until ``budget`` classes; sorted ids."""
+    present = torch.zeros(len(ranking), dtype=torch.bool, device=indices.device)
+    present[indices.flatten()] = True
+    missing = budget - int(present.sum())
+    if missing > 0:
+        ranked = ranking.to(indices.device)
+        others = ranked[~present[ranked]][:missing]
+        present[others] = True
+    return present.nonzero().flatten()
 
 
 def _stored_features(table: RILTable, student: torch.nn.Module, recipe: InputRecipe, how: str) -> bool:
@@ -414,12 +447,18 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
     ids = (batch["region"].reshape(len(batch["region"]), -1)[:, 0] // table.crops_per_image).double()
     batch = _flatten_crops(batch)
     labels = SparseSoftLabels.from_batch(batch, table.num_classes).to(device)
+    classes = None
+    if session.class_ranking is not None:  # class-agnostic: this batch's class subset
+        classes = batch_classes(
+            labels.indices, session.class_ranking, session.settings["config"]["max_classes"]
+        )
+        labels = labels.restrict(classes)
     if "features" in batch:  # stored by the table: the frozen image encoder's output
         image_features = batch["features"].to(device=device, dtype=torch.float32)
     else:
         with torch.no_grad():
             image_features = session.student.encode_image(batch["image"].to(device))
-    positive, negative = session.model()
+    positive, negative = session.model(classes)
     weight = batch["weight"].to(device)
     out = session.loss_fn(image_features, positive, negative, labels, weight, session.logit_scale)
     session.optimizer.zero_grad(set_to_none=True)
