@@ -186,6 +186,11 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--classnames", help="file with one class name per line, in sorted folder order")
     p.add_argument(
+        "--keep-underscores",
+        action="store_true",
+        help="keep '_' in class names (default: read as a space, as CoOp reads them)",
+    )
+    p.add_argument(
         "--vocabulary",
         metavar="FILE",
         help="class-agnostic table: the teacher's classes are these names (one per line, any number), not "
@@ -587,7 +592,8 @@ def _training_images(args: argparse.Namespace) -> Any:
 def _scanned_images(args: argparse.Namespace) -> Any:
     if args.dataset is None:
         classnames = _read_classnames(args.classnames) if args.classnames else None
-        return select_images(scan_image_folder(args.images, classnames), args.subset, args.shots, args.seed)
+        scan = scan_image_folder(args.images, classnames, normalize_classnames=not args.keep_underscores)
+        return select_images(scan, args.subset, args.shots, args.seed)
     if args.classnames:
         raise InputValueError("classnames: --dataset names its own classes; leave out --classnames")
     from fdbpl.cache.images import scan_image_list
@@ -596,7 +602,7 @@ def _scanned_images(args: argparse.Namespace) -> Any:
     data = read_dataset(
         args.dataset, args.images, num_shots=args.shots or 0, seed=args.seed, subsample=args.subset
     )
-    names = [coop_classname(name) for name in data.classnames]
+    names = data.classnames if args.keep_underscores else [coop_classname(name) for name in data.classnames]
     return scan_image_list(args.images, [(item.impath, item.label) for item in data.train], names)
 
 

@@ -322,6 +322,7 @@ def _start_or_resume(
         negative_init=cfg.negative_init,
         class_specific=cfg.class_specific,
         class_chunk_size=cfg.class_chunk_size,
+        normalize_classnames=False,  # the table's names, normalised when it was built (or kept on purpose)
     ).to(device)
     model: torch.nn.Module = learner
     if world > 1:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from fdbpl.cache.manifest import TableFormatError
+from fdbpl.data.items import coop_classname
 from fdbpl.errors import InputValueError
 from fdbpl.images import decode_image
 
@@ -93,15 +94,19 @@ def read_image(root: Path, record: ImageRecord) -> torch.Tensor:
     return image
 
 
-def _classnames_from(root: Path, folders: list[str], classnames: list[str] | None) -> list[str]:
+def _classnames_from(
+    root: Path, folders: list[str], classnames: list[str] | None, normalize: bool
+) -> list[str]:
     if classnames is None:
-        names, source = [f.replace("_", " ") for f in folders], f"the class folders of {root}"
+        names, source = list(folders), f"the class folders of {root}"
     else:
         if len(classnames) != len(folders):
             raise InputValueError(
                 f"classnames: got {len(classnames)} names for {len(folders)} class folders in {root}"
             )
         names, source = list(classnames), "classnames"
+    if normalize:
+        names = [coop_classname(n) for n in names]
     check_distinct_classnames(names, source)
     return names
 
@@ -124,12 +129,16 @@ def check_distinct_classnames(names: list[str], source: str) -> None:
 
 
 def scan_image_folder(
-    root: str | os.PathLike[str], classnames: list[str] | None = None, check: bool = True
+    root: str | os.PathLike[str],
+    classnames: list[str] | None = None,
+    check: bool = True,
+    normalize_classnames: bool = True,
 ) -> ScanResult:
     """List an image-folder tree: one sub-folder per class, in sorted order.
 
-    Class names are the folder names with ``_`` read as a space, unless ``classnames``
-    gives them (one per folder, in sorted folder order). With ``check`` every image is
+    Class names are the folder names, unless ``classnames`` gives them (one per folder, in
+    sorted folder order), with ``_`` read as a space as CoOp reads them
+    (:func:`fdbpl.data.coop_classname`; ``normalize_classnames=False`` keeps them as they are). With ``check`` every image is
     read and decoded once and the SHA-256 of its file recorded: unreadable files, file
     names that are not UTF-8 and dangling symbolic links are skipped and reported,
     non-RGB images are reported as converted. Nothing is skipped silently.
@@ -145,7 +154,7 @@ def scan_image_folder(
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise InputValueError(f"images: {root} has no class sub-folders (expected ROOT/CLASS/IMAGE)")
-    names = _classnames_from(root, folders, classnames)
+    names = _classnames_from(root, folders, classnames, normalize_classnames)
     scan = ScanResult(names, [], [], [])
     for label, folder in enumerate(folders):
         candidates = sorted(p for p in (root / folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -30,6 +30,7 @@ from fdbpl.cache.manifest import (
 )
 from fdbpl.cache.shards import SHARD_CHECKSUMS
 from fdbpl.cache.storage import file_digest, json_bytes, load_column
+from fdbpl.data.items import coop_classname
 from fdbpl.errors import InputValueError
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -152,6 +153,7 @@ class RILTable:
         classnames: Sequence[str] | None = None,
         images: Sequence[str] | None = None,
         verify: bool = False,
+        normalize_classnames: bool = True,
     ) -> RILTable:
         """Open and validate a table.
 
@@ -167,6 +169,9 @@ class RILTable:
             classnames: if given, the class names the table must have been built for.
             images: if given, the relative image paths (in order) it must have been built on.
             verify: check every file's SHA-256 (the manifest's own, then each column's).
+            normalize_classnames: compare ``classnames`` with ``_`` read as a space on both
+                sides (CoOp's reading: Dassl's ``american_bulldog`` is the table's
+                ``american bulldog``); ``False`` compares them exactly.
 
         Raises:
             TableFormatError: naming the field or file: no manifest (a build that never
@@ -188,11 +193,14 @@ class RILTable:
             _verify_manifest_bytes(path)
         manifest = validate_manifest(read_json_file(manifest_path, "table"), str(manifest_path))
         check_shards(manifest, str(manifest_path))
-        if classnames is not None and list(classnames) != manifest["classnames"]:
-            raise TableFormatError(
-                f"classnames: the table was built for other class names "
-                f"({_first_difference(manifest['classnames'], list(classnames))})"
-            )
+        if classnames is not None:
+            given, stored = list(classnames), list(manifest["classnames"])
+            if normalize_classnames:
+                given, stored = [coop_classname(n) for n in given], [coop_classname(n) for n in stored]
+            if given != stored:
+                raise TableFormatError(
+                    f"classnames: the table was built for other class names ({_first_difference(stored, given)})"
+                )
         table_images = [r["path"] for r in manifest["images"]]
         if images is not None and list(images) != table_images:
             raise TableFormatError(

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fdbpl._checks import check_count, first_difference
+from fdbpl.data.items import coop_classname
 from fdbpl.errors import InputValueError
 from fdbpl.logits import clip_logits, logit_scale_of
 from fdbpl.prompts.text_tower import TextTower, Tokenizer
@@ -90,6 +91,10 @@ class DualPromptLearner(nn.Module):
             unchunked ones (to float round-off); the backward pass runs each chunk's
             forward once more. ``None`` (default): all classes in one pass. It is not part
             of the state dict; change it any time (``learner.class_chunk_size = 100``).
+        normalize_classnames: read ``_`` in class names as a space, as CoOp's prompt
+            learner does (``"american_bulldog"`` -> ``"american bulldog"``; default), or
+            keep the names as given (``False``). The learner's :attr:`classnames` are the
+            names it prompts with.
         share_prefix: with ``class_token_position="end"`` and a shared context, every
             prompt of a space starts with the same start token and context, and causal
             attention makes their activations the same in every prompt: compute them once
@@ -130,9 +135,11 @@ class DualPromptLearner(nn.Module):
         truncate: bool = True,
         class_chunk_size: int | None = None,
         share_prefix: bool = True,
+        normalize_classnames: bool = True,
     ) -> None:
         super().__init__()
-        classnames = self._check_classnames(classnames)
+        self.normalize_classnames = bool(normalize_classnames)
+        classnames = self._check_classnames(classnames, self.normalize_classnames)
         self.class_chunk_size = class_chunk_size
         if class_token_position not in ("end", "middle", "front"):
             raise InputValueError(
@@ -194,7 +201,7 @@ class DualPromptLearner(nn.Module):
     # -- construction helpers -----------------------------------------------------------
 
     @staticmethod
-    def _check_classnames(classnames: Sequence[str]) -> list[str]:
+    def _check_classnames(classnames: Sequence[str], normalize: bool = False) -> list[str]:
         if isinstance(classnames, str) or not isinstance(classnames, Sequence):
             raise InputValueError(f"classnames: expected a list of strings, got {type(classnames).__name__}")
         names = list(classnames)
@@ -203,6 +210,8 @@ class DualPromptLearner(nn.Module):
         bad = [n for n in names if not isinstance(n, str) or not n.strip()]
         if bad:
             raise InputValueError(f"classnames: expected non-empty strings, got {bad[:5]!r}")
+        if normalize:
+            names = [coop_classname(n) for n in names]
         seen: set[str] = set()
         repeated = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
         if repeated:
@@ -479,6 +488,7 @@ class DualPromptLearner(nn.Module):
             "inits": dict(self.inits),
             "class_specific": self.class_specific,
             "class_token_position": self.class_token_position,
+            "normalize_classnames": self.normalize_classnames,
         }
 
     @classmethod
@@ -524,6 +534,7 @@ class DualPromptLearner(nn.Module):
             negative_init=inits.get("negative"),
             class_specific=bool(config.get("class_specific")),
             class_token_position=config.get("class_token_position", "end"),
+            normalize_classnames=bool(config.get("normalize_classnames", False)),
         )
         learner.load_contexts(state_dict)
         return learner

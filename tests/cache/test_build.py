@@ -478,3 +478,14 @@ def test_regions_is_the_one_way_to_read_and_the_old_views_warn(built):
         row = table.read(int(region_id))  # the dataset's fast path: raw stored columns
         np.testing.assert_array_equal(row["box"], regions.boxes[i])
         assert float(row["weight"]) == float(regions.weights[i])
+
+
+def test_scan_reads_given_names_with_underscores_as_spaces(image_root):
+    folders = sorted(p.name for p in image_root.iterdir() if p.is_dir())
+    names = [f"name_{i}" for i in range(len(folders))]
+    assert scan_image_folder(image_root, names, check=False).classnames == [
+        f"name {i}" for i in range(len(folders))
+    ]
+    kept = scan_image_folder(image_root, names, check=False, normalize_classnames=False)
+    assert kept.classnames == names
+    assert scan_image_folder(image_root, check=False, normalize_classnames=False).classnames == folders

@@ -63,3 +63,11 @@ def test_bad_roots_and_counts(table, image_root, tmp_path):
         match=rf"root: 1 of the table's {table.num_images} images are not under .* e.g. {table.image_paths[3]}",
     ):
         RegionDataset(table, partial)
+
+
+def test_tables_compare_class_names_as_coop_reads_them(table):
+    underscored = [n.replace(" ", "_") for n in table.classnames]
+    assert any("_" in n for n in underscored)
+    RILTable.open(table.path, classnames=underscored)  # Dassl's names match the table's
+    with pytest.raises(FDBPLError, match="other class names"):
+        RILTable.open(table.path, classnames=underscored, normalize_classnames=False)

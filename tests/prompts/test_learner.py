@@ -504,3 +504,18 @@ def test_bad_per_space_n_ctx_is_refused(open_clip_model, n_ctx, match):
     model, _ = open_clip_model
     with pytest.raises(FDBPLError, match=match):
         DualPromptLearner(model, NAMES, n_ctx=n_ctx, negative_init=None)
+
+
+def test_class_names_are_read_as_coop_reads_them(open_clip_model):
+    model, tok = open_clip_model
+    learner = DualPromptLearner(model, ["american_bulldog", "red panda"])
+    assert learner.classnames == ["american bulldog", "red panda"]
+    pos, _ = learner()
+    torch.testing.assert_close(
+        pos[0], encode(model, tok, ["a photo of a american bulldog."])[0], rtol=0, atol=1e-5
+    )
+    kept = DualPromptLearner(model, ["american_bulldog", "red panda"], normalize_classnames=False)
+    assert kept.classnames == ["american_bulldog", "red panda"]
+    assert DualPromptLearner.from_state_dict(model, kept.state_dict()).classnames == kept.classnames
+    with pytest.raises(FDBPLError, match="repeated"):
+        DualPromptLearner(model, ["red_panda", "red panda"])  # one class once normalised
