@@ -186,6 +186,12 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--classnames", help="file with one class name per line, in sorted folder order")
     p.add_argument(
+        "--fewshot-repeat",
+        action="store_true",
+        help="with --dataset: draw a class with fewer than --shots images with replacement, as Dassl did "
+        "before 2022 (default: keep it whole)",
+    )
+    p.add_argument(
         "--keep-underscores",
         action="store_true",
         help="keep '_' in class names (default: read as a space, as CoOp reads them)",
@@ -460,6 +466,12 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--subset", choices=["all", "base", "new"], default="all", help="CoOp's class halves (default: all)"
     )
+    p.add_argument(
+        "--fewshot-repeat",
+        action="store_true",
+        help="draw a class with fewer than K images with replacement, as Dassl did before 2022 "
+        "(default: keep it whole, today's Dassl)",
+    )
     p.add_argument("--list", action="store_true", help="one line per image instead of the summary")
     p.set_defaults(handler=_dataset, parser=p)
 
@@ -600,8 +612,18 @@ def _scanned_images(args: argparse.Namespace) -> Any:
     from fdbpl.data import coop_classname, read_dataset
 
     data = read_dataset(
-        args.dataset, args.images, num_shots=args.shots or 0, seed=args.seed, subsample=args.subset
+        args.dataset,
+        args.images,
+        num_shots=args.shots or 0,
+        seed=args.seed,
+        subsample=args.subset,
+        repeat=args.fewshot_repeat,
     )
+    if len({item.impath for item in data.train}) != len(data.train):
+        raise InputValueError(
+            "fewshot-repeat: the draw holds some images twice; a table holds each image once (its crops "
+            "already give every image many regions): leave out --fewshot-repeat"
+        )
     names = data.classnames if args.keep_underscores else [coop_classname(name) for name in data.classnames]
     return scan_image_list(args.images, [(item.impath, item.label) for item in data.train], names)
 
@@ -832,7 +854,14 @@ def _report(args: argparse.Namespace) -> int:
 def _dataset(args: argparse.Namespace) -> int:
     from fdbpl.data import read_dataset
 
-    data = read_dataset(args.name, args.root, num_shots=args.shots, seed=args.seed, subsample=args.subset)
+    data = read_dataset(
+        args.name,
+        args.root,
+        num_shots=args.shots,
+        seed=args.seed,
+        subsample=args.subset,
+        repeat=args.fewshot_repeat,
+    )
     items = getattr(data, args.split)
     if args.list:
         root = str(Path(args.root)) + "/"

@@ -236,6 +236,9 @@ def test_build_cache_and_train_from_a_dataset_of_coops_layout(tmp_path, teacher_
     assert main(["evaluate", str(tmp_path / "run"), str(tmp_path), "--dataset", "OxfordPets"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["prompts", "Base", "New", "HM"] and out[1].startswith("learned")
+    argv3 = [*argv[:-1], "--shots", 5, "--fewshot-repeat"]  # 3 images a class, K = 5: drawn twice
+    assert main([str(a) for a in [*argv3, "--no-progress", "--overwrite"]]) == 2
+    assert "holds some images twice" in capsys.readouterr().err
     argv2 = [*argv[:-1], "--classnames", tmp_path / "x.txt", "--no-progress"]
     assert main([str(a) for a in argv2]) == 2
     assert "--dataset names its own classes" in capsys.readouterr().err
@@ -259,3 +262,20 @@ def test_template_dataset_needs_a_dataset(tmp_path, teacher_files, image_root, c
     argv = ["build-cache", str(image_root), str(tmp_path / "t"), *teacher_args(teacher_files)]
     assert main([*argv, "--template", "dataset"]) == 2
     assert "template: 'dataset' takes the template of --dataset NAME" in capsys.readouterr().err
+
+
+def test_the_old_dassl_draw_is_an_option(tmp_path, capsys):
+    from fdbpl.cli import main
+
+    write_pets(tmp_path, per_class=3)
+    argv = ["dataset", "OxfordPets", "--root", str(tmp_path), "--shots", "5", "--seed", "2", "--list"]
+    assert main(argv) == 0
+    whole = capsys.readouterr().out.splitlines()
+    assert main([*argv, "--fewshot-repeat"]) == 0
+    repeated = capsys.readouterr().out.splitlines()
+    assert len(whole) == 15 and len(repeated) == 25  # 3 kept whole, or 5 drawn with replacement
+    full = read_dataset("OxfordPets", tmp_path)
+    want, _ = coop_draw(full.train, full.val, 5, 2, True)
+    assert [line.split("\t")[0].rsplit("/", 1)[1] for line in repeated] == [
+        i.impath.rsplit("/", 1)[1] for i in want
+    ]
