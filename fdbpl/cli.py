@@ -608,8 +608,8 @@ def _scanned_images(args: argparse.Namespace) -> Any:
         return select_images(scan, args.subset, args.shots, args.seed)
     if args.classnames:
         raise InputValueError("classnames: --dataset names its own classes; leave out --classnames")
-    from fdbpl.cache.images import scan_image_list
-    from fdbpl.data import coop_classname, read_dataset
+    from fdbpl.cache.images import scan_split
+    from fdbpl.data import read_dataset
 
     data = read_dataset(
         args.dataset,
@@ -624,8 +624,7 @@ def _scanned_images(args: argparse.Namespace) -> Any:
             "fewshot-repeat: the draw holds some images twice; a table holds each image once (its crops "
             "already give every image many regions): leave out --fewshot-repeat"
         )
-    names = data.classnames if args.keep_underscores else [coop_classname(name) for name in data.classnames]
-    return scan_image_list(args.images, [(item.impath, item.label) for item in data.train], names)
+    return scan_split(data, args.images, "train", normalize_classnames=not args.keep_underscores)
 
 
 def _build_cache(args: argparse.Namespace) -> int:
@@ -770,14 +769,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_protocol(args, state, student, device)
     scan = None
     if args.dataset:
-        from fdbpl.cache.images import scan_image_list
-        from fdbpl.data import coop_classname, read_dataset
+        from fdbpl.cache.images import scan_split
+        from fdbpl.data import read_dataset
 
-        data = read_dataset(args.dataset, args.images)
-        names = [coop_classname(name) for name in data.classnames]
-        scan = scan_image_list(
-            args.images, [(item.impath, item.label) for item in data.test], names, check=False
-        )
+        scan = scan_split(read_dataset(args.dataset, args.images), args.images, "test", check=False)
     # a class-agnostic run (trained over a vocabulary) is evaluated on any class names
     transfer = bool(state.get("settings", {}).get("config", {}).get("max_classes"))
     subsets = ["base", "new"] if args.classes == "base-new" else [args.classes]

@@ -10,14 +10,14 @@ one entry per protocol and dataset, so runs of several seeds can be averaged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fdbpl.cache.images import scan_image_list
+from fdbpl.cache.images import scan_split
+from fdbpl.cache.manifest import read_json_file
 from fdbpl.cache.storage import write_json_atomic
-from fdbpl.data import coop_classname, read_dataset
+from fdbpl.data import read_dataset
 from fdbpl.data.datasets import DATASETS
 from fdbpl.errors import InputValueError
 
@@ -48,7 +48,7 @@ def record_result(run: str | Path, protocol: str, dataset: str, accuracy: float 
     """Add one result to ``RUN/evaluation.json``: ``{protocol: {dataset: accuracy}}``, or
     ``{"base-to-new": {dataset: {"base": ..., "new": ...}}}``; evaluating again replaces it."""
     path = Path(run) / EVALUATION
-    results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    results: dict[str, Any] = read_json_file(path, "run") if path.exists() else {}
     value = (
         {k: round(float(v), 4) for k, v in accuracy.items()}
         if isinstance(accuracy, dict)
@@ -93,10 +93,7 @@ def run_protocol(
         if not (Path(root) / DATASETS[name].folder).is_dir():
             missing.append(name)
             continue
-        data = read_dataset(name, root)
-        names = [coop_classname(n) for n in data.classnames]
-        scan = scan_image_list(root, [(i.impath, i.label) for i in data.test], names, check=False)
-        results[name] = evaluate(scan=scan)
+        results[name] = evaluate(scan=scan_split(read_dataset(name, root), root, "test", check=False))
     if not results:
         raise InputValueError(
             f"root: none of the {protocol} datasets ({', '.join(PROTOCOLS[protocol])}) is under {root}"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from fdbpl.cache.manifest import read_json_file
 from fdbpl.errors import InputValueError
 from fdbpl.protocols import EVALUATION, PROTOCOLS
 
@@ -46,10 +46,7 @@ def collect(runs: list[str | os.PathLike[str]]) -> dict[str, dict[str, dict[str,
         path = Path(run) / EVALUATION
         if not path.is_file():
             raise InputValueError(f"runs: {path} does not exist (run fdbpl evaluate on {run} first)")
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputValueError(f"runs: {path} is not valid JSON ({e})") from None
+        results = read_json_file(path, "runs")
         for protocol, by_dataset in results.items():
             for dataset, value in by_dataset.items():
                 metrics = value if isinstance(value, dict) else {"accuracy": value}

@@ -371,7 +371,7 @@ def _start_or_resume(
         device,
         steps_per_epoch,
         logit_scale_of(student),
-        class_ranking(table) if cfg.max_classes is not None else None,
+        class_ranking(table).to(device) if cfg.max_classes is not None else None,
     )
 
 
@@ -392,8 +392,7 @@ def batch_classes(indices: torch.Tensor, ranking: torch.Tensor, budget: int) -> 
     present[indices.flatten()] = True
     missing = budget - int(present.sum())
     if missing > 0:
-        ranked = ranking.to(indices.device)
-        others = ranked[~present[ranked]][:missing]
+        others = ranking[~present[ranking]][:missing]
         present[others] = True
     return present.nonzero().flatten()
 

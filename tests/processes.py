@@ -53,3 +53,9 @@ def teacher_args(teacher_files) -> list[str]:
     """``--teacher CONFIG --pretrained CHECKPOINT`` for the tests' tiny teacher on disk."""
     config, checkpoint = teacher_files
     return ["--teacher", str(config), "--pretrained", str(checkpoint)]
+
+
+def student_args(teacher_files) -> list[str]:
+    """``--student CONFIG --pretrained CHECKPOINT``: the tests' tiny CLIP as a run's student."""
+    config, checkpoint = teacher_files
+    return ["--student", str(config), "--pretrained", str(checkpoint)]

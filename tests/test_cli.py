@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from processes import teacher_args
+from processes import student_args, teacher_args
 
 import fdbpl
 from fdbpl.cli import main
@@ -210,7 +210,7 @@ def test_a_table_with_student_features_trains_without_the_image_encoder(
     image_root, teacher_files, tmp_path, capsys
 ):
     config, checkpoint = teacher_files
-    table, student = tmp_path / "t", ["--student", config, "--pretrained", checkpoint]
+    table, student = tmp_path / "t", student_args(teacher_files)
     argv = _build_args(image_root, table, teacher_files, "--crops-per-image", 2, "--topk", 2)
     assert run_main([*argv, "--student", config, "--student-pretrained", checkpoint], capsys)[0] == 0
     assert main(["inspect", str(table)]) == 0
@@ -235,7 +235,6 @@ def test_a_table_with_student_features_trains_without_the_image_encoder(
 
 
 def test_random_positive_context_with_the_negative_phrase(image_root, teacher_files, tmp_path, capsys):
-    config, checkpoint = teacher_files
     table = tmp_path / "t"
     assert (
         run_main(_build_args(image_root, table, teacher_files, "--crops-per-image", 2, "--topk", 2), capsys)[
@@ -243,7 +242,7 @@ def test_random_positive_context_with_the_negative_phrase(image_root, teacher_fi
         ]
         == 0
     )
-    train = ["train", table, image_root, "--student", config, "--pretrained", checkpoint, "--epochs", 1]
+    train = ["train", table, image_root, *student_args(teacher_files), "--epochs", 1]
     argv = [*train, "--batch-size", 4, "--no-progress", "--n-ctx", 8, "--positive-init", "random"]
     assert run_main([*argv, "--out", tmp_path / "run"], capsys)[0] == 0
     extra = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["learner"]["_extra_state"]

@@ -8,6 +8,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from fdbpl.cache.manifest import TableFormatError
 from fdbpl.data.items import coop_classname
 from fdbpl.errors import InputValueError
 from fdbpl.images import decode_image
+
+if TYPE_CHECKING:
+    from fdbpl.data.datasets import DatasetSplits
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -25,6 +29,8 @@ __all__ = [
     "file_sha256",
     "read_image",
     "scan_image_folder",
+    "scan_image_list",
+    "scan_split",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -205,6 +211,22 @@ def scan_image_list(
             raise InputValueError(f"images: {path} does not exist")
         _add_image(scan, root / rel, rel, label, check)
     return scan
+
+
+def scan_split(
+    data: DatasetSplits,
+    root: str | os.PathLike[str],
+    split: str,
+    *,
+    normalize_classnames: bool = True,
+    check: bool = True,
+) -> ScanResult:
+    """One split of a dataset read from its own layout (:func:`fdbpl.data.read_dataset`) as
+    a scan: :func:`scan_image_list` of its items, with the dataset's class names read as
+    CoOp reads them (``_`` as a space) unless ``normalize_classnames`` is ``False``."""
+    names = [coop_classname(n) for n in data.classnames] if normalize_classnames else list(data.classnames)
+    items = getattr(data, split)
+    return scan_image_list(root, [(item.impath, item.label) for item in items], names, check=check)
 
 
 def _add_image(scan: ScanResult, p: Path, rel: str, label: int, check: bool) -> None:

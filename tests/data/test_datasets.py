@@ -188,7 +188,7 @@ def test_the_dataset_command_lists_what_coop_reads(tmp_path, capsys):
 
 def test_build_cache_and_train_from_a_dataset_of_coops_layout(tmp_path, teacher_files, capsys):
     from PIL import Image
-    from processes import teacher_args
+    from processes import student_args, teacher_args
 
     from fdbpl.cache import RILTable
     from fdbpl.cli import main
@@ -216,18 +216,7 @@ def test_build_cache_and_train_from_a_dataset_of_coops_layout(tmp_path, teacher_
     assert t.manifest["teacher"]["template"] == "a photo of a {}, a type of pet."  # CoOp's zero-shot prompt
     assert t.image_paths == [i.impath[len(str(tmp_path)) + 1 :] for i in drawn.train]
     assert t.image_labels == [i.label for i in drawn.train]
-    config, checkpoint = teacher_files
-    train = [
-        "train",
-        table,
-        tmp_path,
-        "--student",
-        config,
-        "--pretrained",
-        checkpoint,
-        "--out",
-        tmp_path / "run",
-    ]
+    train = ["train", table, tmp_path, *student_args(teacher_files), "--out", tmp_path / "run"]
     assert main([str(a) for a in [*train, "--epochs", 1, "--batch-size", 4, "--no-progress"]]) == 0
     # evaluate on the test split, base and new halves (the run learned the base half)
     for entry in json.loads((base / "split_zhou_OxfordPets.json").read_text())["test"]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from processes import teacher_args
+from processes import student_args, teacher_args
 
 from fdbpl.cache import RILTable
 from fdbpl.cli import main
@@ -84,18 +84,7 @@ def test_a_class_agnostic_run_evaluates_on_any_class_names(
     vocabulary_table, image_root, teacher_files, capsys
 ):
     tmp, _, _ = vocabulary_table
-    config, checkpoint = teacher_files
-    train_argv = [
-        "train",
-        tmp / "t",
-        image_root,
-        "--student",
-        config,
-        "--pretrained",
-        checkpoint,
-        "--out",
-        tmp / "run",
-    ]
+    train_argv = ["train", tmp / "t", image_root, *student_args(teacher_files), "--out", tmp / "run"]
     assert (
         main(
             [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from PIL import Image
-from processes import teacher_args
+from processes import student_args, teacher_args
 
 from fdbpl.cli import main
 from fdbpl.data import read_dataset
@@ -41,7 +41,6 @@ def write_split_dataset(root, folder, images, split_file, classes, per_class=2):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, image_root, teacher_files):
     tmp = tmp_path_factory.mktemp("protocols")
-    config, checkpoint = teacher_files
     build = [
         "build-cache",
         image_root,
@@ -53,17 +52,7 @@ def run(tmp_path_factory, image_root, teacher_files):
         2,
     ]
     assert main([str(a) for a in [*build, "--no-progress"]]) == 0
-    train = [
-        "train",
-        tmp / "t",
-        image_root,
-        "--student",
-        config,
-        "--pretrained",
-        checkpoint,
-        "--out",
-        tmp / "run",
-    ]
+    train = ["train", tmp / "t", image_root, *student_args(teacher_files), "--out", tmp / "run"]
     assert main([str(a) for a in [*train, "--epochs", 1, "--batch-size", 4, "--no-progress"]]) == 0
     return tmp / "run"
 
