@@ -27,7 +27,8 @@ class FirstOrderDifferenceLoss(nn.Module):
 
     Shape:
         - image_features: :math:`(N, D)`
-        - positive_text_features, negative_text_features: :math:`(C, D)`, not normalised
+        - positive_text_features, negative_text_features: :math:`(C, D)`, or :math:`(N, C, D)`
+          per image (CoCoOp); not normalised
         - labels: :math:`(N,)` integer, the teacher's top-1
         - weight: :math:`(N,)`
         - output: scalar, or :math:`(N,)` with ``reduction="none"``
@@ -80,7 +81,8 @@ class SecondOrderDifferenceLoss(nn.Module):
 
     Shape:
         - image_features: :math:`(N, D)`
-        - positive_text_features, negative_text_features: :math:`(C, D)`, not normalised
+        - positive_text_features, negative_text_features: :math:`(C, D)`, or :math:`(N, C, D)`
+          per image (CoCoOp); not normalised
         - labels: :math:`(N,)` integer, the teacher's top-1
         - weight: :math:`(N,)`
         - output: scalar, or :math:`(N,)` with ``reduction="none"``
@@ -135,7 +137,8 @@ class PCDLoss(nn.Module):
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, applied to both terms.
     Shape:
         - image_features: :math:`(N, D)`
-        - positive_text_features, negative_text_features: :math:`(C, D)`, not normalised
+        - positive_text_features, negative_text_features: :math:`(C, D)`, or :math:`(N, C, D)`
+          per image (CoCoOp); not normalised
         - labels: :math:`(N,)` integer, the teacher's top-1
         - weight: :math:`(N,)`
         - output: scalar, or :math:`(N,)` with ``reduction="none"``

@@ -36,7 +36,8 @@ class FDBPLLoss(nn.Module):
 
     Shape:
         - image_features: :math:`(N, D)`
-        - positive_text_features, negative_text_features: :math:`(C, D)`, not normalised
+        - positive_text_features, negative_text_features: :math:`(C, D)`, or :math:`(N, C, D)`
+          per image (CoCoOp); not normalised
         - teacher: :math:`(N, C)` probabilities or :class:`~fdbpl.sparsify.SparseSoftLabels`
         - weight: :math:`(N,)`
         - logit_scale: float or 0-d tensor, the multiplier :math:`1/\tau` (CLIP's 100)

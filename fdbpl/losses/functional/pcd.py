@@ -16,7 +16,8 @@ from fdbpl._checks import (
     shape_str,
 )
 from fdbpl.errors import ShapeError
-from fdbpl.logits import NORM_EPS
+from fdbpl.logits import NORM_EPS, check_text_features
+from fdbpl.losses.functional.per_image import per_image_second_order_cosines
 from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
 
 __all__ = [
@@ -50,11 +51,11 @@ RESOLUTION: dict[torch.dtype, float] = {
 def check_features(
     image_features: torch.Tensor, positive_text_features: torch.Tensor, negative_text_features: torch.Tensor
 ) -> None:
-    """Image features :math:`(N, D)` and both spaces' text features :math:`(C, D)`: floating,
-    finite, the same D and the same C."""
+    """Image features :math:`(N, D)` and both spaces' text features, :math:`(C, D)` or per
+    image :math:`(N, C, D)`: floating, finite, the same shape in both spaces, the same D."""
     check_ndim("image_features", image_features, 2, "(N, D)")
-    check_ndim("positive_text_features", positive_text_features, 2, "(C, D)")
-    check_ndim("negative_text_features", negative_text_features, 2, "(C, D)")
+    check_text_features("positive_text_features", positive_text_features, image_features)
+    check_text_features("negative_text_features", negative_text_features, image_features)
     named = (
         ("image_features", image_features),
         ("positive_text_features", positive_text_features),
@@ -64,14 +65,10 @@ def check_features(
         check_floating(name, t)
     check_all_finite(*named)
     if positive_text_features.shape != negative_text_features.shape:
+        layout = "(C, D)" if positive_text_features.ndim == 2 else "(N, C, D)"
         raise ShapeError(
-            "positive_text_features and negative_text_features must have the same shape (C, D), "
+            f"positive_text_features and negative_text_features must have the same shape {layout}, "
             f"got {shape_str(positive_text_features)} and {shape_str(negative_text_features)}"
-        )
-    if image_features.shape[1] != positive_text_features.shape[1]:
-        raise ShapeError(
-            "image_features (N, D) and positive_text_features (C, D) must share D, "
-            f"got {shape_str(image_features)} and {shape_str(positive_text_features)}"
         )
 
 
@@ -84,7 +81,7 @@ def _check_inputs(
     reduction: str,
 ) -> None:
     check_features(image_features, positive_text_features, negative_text_features)
-    n, num_classes = image_features.shape[0], positive_text_features.shape[0]
+    n, num_classes = image_features.shape[0], positive_text_features.shape[-2]
     check_labels("labels", labels, n, num_classes)
     check_weight("weight", weight, n)
     check_reduction(reduction)
@@ -124,8 +121,11 @@ def first_order_difference_loss(
 
     Args:
         image_features: :math:`(N, D)` image features :math:`f(x_i)`.
-        positive_text_features: :math:`(C, D)` text features of the positive prompts, :math:`g(V)`.
-        negative_text_features: :math:`(C, D)` text features of the negative prompts, :math:`g(\bar V)`.
+        positive_text_features: :math:`(C, D)` text features of the positive prompts, :math:`g(V)`;
+            or :math:`(N, C, D)` per image, :math:`g_i(V)` (then
+            :math:`S^{(1)}_i = \cos(f(x_i), g_i(V)_{y_i} - g_i(\bar V)_{y_i})`).
+        negative_text_features: text features of the negative prompts, :math:`g(\bar V)`,
+            the same shape.
         labels: :math:`(N,)` integer pseudo hard labels :math:`y_i`, the teacher's top-1
             (:attr:`fdbpl.sparsify.SparseSoftLabels.top1`).
         weight: :math:`(N,)` information weights :math:`w_i \in [0, 1]`.
@@ -163,11 +163,30 @@ def first_order_unchecked(
     """:func:`first_order_difference_loss` without its checks (inputs checked once by the caller)."""
     dtype = compute_dtype(image_features, positive_text_features, negative_text_features)
     f = image_features.to(dtype)
-    d1 = positive_text_features.to(dtype) - negative_text_features.to(dtype)
-    d = d1.index_select(0, labels.long())
+    labels = labels.long()
+    d = _label_rows(positive_text_features, labels).to(dtype) - _label_rows(
+        negative_text_features, labels
+    ).to(dtype)
     s1 = (f * d).sum(dim=1) * _inverse_norm(f) * _inverse_norm(d)
     w = weight.to(dtype)
     return reduce(-((1 - w) * s1 + alpha * w * (1 - s1)), reduction)
+
+
+def _label_rows(text_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, D): each item's own class row of (C, D) text features, or of its own (C, D)
+    block of per-image (N, C, D) ones."""
+    if text_features.ndim == 2:
+        return text_features.index_select(0, labels)
+    return text_features[torch.arange(labels.shape[0], device=labels.device), labels]
+
+
+def _class_level(text_features: torch.Tensor) -> torch.Tensor | None:
+    """The (C, D) features behind an (N, C, D) ``expand`` of them (stride 0 along N), else None."""
+    if text_features.ndim == 2:
+        return text_features
+    if text_features.stride(0) == 0 or text_features.shape[0] == 1:
+        return text_features[0]
+    return None
 
 
 def second_order_difference_loss(
@@ -210,6 +229,20 @@ def second_order_difference_loss(
     gradients. Past them, a pair below :data:`~fdbpl.losses.functional.pcd.RESOLUTION`
     (64 machine epsilons) times :math:`\|E_i\|^2 + \|E_j\|^2` is treated as zero.
 
+    Per-image text features: with :math:`(N, C, D)` text features (a CoCoOp learner's),
+    each anchor uses its own: :math:`D^{(1)}_i = g_i(V) - g_i(\bar V)` and
+    :math:`S^{(2)}_{ij} = \cos(f(x_i), D^{(1)}_{i,y_i} - D^{(1)}_{i,y_j})`. A pair depends
+    on :math:`j` only through :math:`y_j`, so the double sum is
+    :math:`\sum_i w_i \sum_{c \ne y_i} W_c \max(0, S_{ic} + \delta)` with
+    :math:`W_c = \sum_{j: y_j = c} w_j`, over the :math:`(N, C)` table
+    :math:`S_{ic} = \cos(f_i, D^{(1)}_{i,y_i} - D^{(1)}_{i,c})`, computed from anchor
+    :math:`i`'s :math:`(C, D)` block with the difference vectors built directly, in chunks,
+    and a hand-written backward that builds them again (see
+    :mod:`fdbpl.losses.functional.per_image`): memory :math:`O(NC + N^2)` beyond the
+    inputs and one chunk, exact for near ties, static shapes. An ``expand`` of
+    :math:`(C, D)` features to :math:`(N, C, D)` is recognised (stride 0) and takes the
+    class-level path; it gives the same values either way.
+
     Zero norms: a pair whose difference vector has norm at most
     :data:`~fdbpl.logits.NORM_EPS` has cosine 0 (the term is :math:`\max(0, \delta)\,
     w_i w_j`) and passes no gradient, as in the first-order loss; so does a zero image
@@ -217,8 +250,9 @@ def second_order_difference_loss(
 
     Args:
         image_features: :math:`(N, D)` image features :math:`f(x_i)`.
-        positive_text_features: :math:`(C, D)` positive-prompt text features :math:`g(V)`.
-        negative_text_features: :math:`(C, D)` negative-prompt text features :math:`g(\bar V)`.
+        positive_text_features: :math:`(C, D)` positive-prompt text features :math:`g(V)`, or
+            :math:`(N, C, D)` per image (see "Per-image text features" above).
+        negative_text_features: negative-prompt text features :math:`g(\bar V)`, the same shape.
         labels: :math:`(N,)` integer pseudo hard labels :math:`y_i` (the teacher's top-1).
         weight: :math:`(N,)` information weights :math:`w_i \in [0, 1]`.
         delta: the margin :math:`\delta`, "a small constant" in the paper, which gives no
@@ -258,9 +292,18 @@ def second_order_unchecked(
     n = image_features.shape[0]
     labels = labels.long()
     f = image_features.to(dtype)
-    f = f * _inverse_norm(f)[:, None]
-    d1 = positive_text_features.to(dtype) - negative_text_features.to(dtype)
     w = weight.to(dtype)
+    positive, negative = _class_level(positive_text_features), _class_level(negative_text_features)
+    if positive is None or negative is None:  # text features per image
+        s2 = per_image_second_order_cosines(
+            f, positive_text_features.to(dtype), negative_text_features.to(dtype), labels
+        )
+        per_anchor = _per_anchor_from_cosines(s2, labels, w, delta)
+        if reduction == "sum":
+            return per_anchor.sum()
+        return reduce(per_anchor / max(n - 1, 1), reduction)
+    f = f * _inverse_norm(f)[:, None]
+    d1 = positive.to(dtype) - negative.to(dtype)
     if n >= CLASS_PATH_RATIO * d1.shape[0]:
         per_anchor = _per_anchor_by_classes(f, d1, labels, w, delta)
     else:
@@ -268,6 +311,17 @@ def second_order_unchecked(
     if reduction == "sum":
         return per_anchor.sum()
     return reduce(per_anchor / max(n - 1, 1), reduction)
+
+
+def _per_anchor_from_cosines(
+    s2: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, delta: float
+) -> torch.Tensor:
+    """Per-anchor sums of Eq. 16 from the (N, C) per-image cosines ``S_ic``:
+    ``w_i sum_{c != y_i} W_c relu(S_ic + delta)``, ``W_c`` the total ``w`` of class c."""
+    c = s2.shape[1]
+    class_w = w.new_zeros(c).index_add(0, labels, w)
+    other = labels[:, None] != torch.arange(c, device=labels.device)[None, :]
+    return w * (torch.where(other, class_w[None, :], 0.0) * torch.relu(s2 + delta)).sum(dim=1)
 
 
 def _per_anchor_by_items(
@@ -331,10 +385,7 @@ def _per_anchor_by_classes(
     near_numer = torch.linalg.vecdot(diff.index_select(0, labels), f[:, None, :])  # (N, m)
     candidates, valid = near.indices.index_select(0, labels), valid.index_select(0, labels)
     numer = torch.scatter(numer, 1, candidates, torch.where(valid, near_numer, numer.gather(1, candidates)))
-    s2 = numer * inv_norm.index_select(0, labels)
-    other = labels[:, None] != torch.arange(c, device=labels.device)[None, :]
-    class_pair_weight = torch.where(other, class_w[None, :], 0.0)
-    return w * (class_pair_weight * torch.relu(s2 + delta)).sum(dim=1)
+    return _per_anchor_from_cosines(numer * inv_norm.index_select(0, labels), labels, w, delta)
 
 
 def pcd_loss(

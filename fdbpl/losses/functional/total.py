@@ -61,8 +61,10 @@ def fdbpl_loss(
 
     Args:
         image_features: :math:`(N, D)` student image features :math:`f(x_i)`.
-        positive_text_features: :math:`(C, D)` :math:`g(V)`, not normalised.
-        negative_text_features: :math:`(C, D)` :math:`g(\bar V)`, not normalised.
+        positive_text_features: :math:`(C, D)` :math:`g(V)`, not normalised; or
+            :math:`(N, C, D)`, text features per image (a CoCoOp learner's), where image
+            :math:`i` is compared with its own :math:`(C, D)` block in every part.
+        negative_text_features: :math:`g(\bar V)`, the same shape.
         teacher: :math:`(N, C)` probabilities or :class:`SparseSoftLabels`.
         weight: :math:`(N,)` information weights, the ones stored in the RIL table.
         logit_scale: :math:`1/\tau` of Eq. 7-8; CLIP's 100 by default.
@@ -77,7 +79,7 @@ def fdbpl_loss(
     """
     check_features(image_features, positive_text_features, negative_text_features)
     check_teacher(
-        teacher, torch.Size((image_features.shape[0], positive_text_features.shape[0])), "the batch"
+        teacher, torch.Size((image_features.shape[0], positive_text_features.shape[-2])), "the batch"
     )
     check_weight("weight", weight, image_features.shape[0])
     check_logit_scale(logit_scale)
