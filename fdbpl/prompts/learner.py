@@ -122,6 +122,13 @@ class DualPromptLearner(nn.Module):
         ['positive_context', 'negative_context']
     """
 
+    #: The base method's name, recorded in the state dict (see :func:`fdbpl.prompts.build_learner`).
+    method = "coop"
+    #: Whether :meth:`forward` takes image features and gives text features per image.
+    per_image = False
+    #: Configuration entries a loaded state must share with this learner.
+    _shape_keys: tuple[str, ...] = ("n_ctx", "class_specific", "class_token_position")
+
     def __init__(
         self,
         clip_model: nn.Module,
@@ -483,6 +490,7 @@ class DualPromptLearner(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         """The learner's whole configuration, saved with its contexts (see :meth:`from_state_dict`)."""
         return {
+            "method": self.method,
             "classnames": list(self.classnames),
             "n_ctx": dict(self.n_ctx),
             "inits": dict(self.inits),
@@ -524,20 +532,28 @@ class DualPromptLearner(nn.Module):
                 f"were trained on, {len(names)} other class names given (they first differ at index {first}); "
                 "evaluate them on their own classes (fdbpl evaluate --classes all)"
             )
-        inits = config.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
-        learner = cls(
-            clip_model,
-            names,
-            tokenizer=tokenizer,
-            n_ctx={space: config["n_ctx"][space] for space in SPACES if inits.get(space) is None},
-            positive_init=inits.get("positive"),
-            negative_init=inits.get("negative"),
-            class_specific=bool(config.get("class_specific")),
-            class_token_position=config.get("class_token_position", "end"),
-            normalize_classnames=bool(config.get("normalize_classnames", False)),
-        )
+        method = config.get("method", "coop")
+        if method != cls.method:
+            raise InputValueError(
+                f"state_dict: a {method!r} learner's state, not a {cls.method!r} one "
+                "(fdbpl.prompts.learner_from_state_dict picks the class from the state)"
+            )
+        learner = cls(clip_model, names, tokenizer=tokenizer, **cls._options_from_config(config))
         learner.load_contexts(state_dict)
         return learner
+
+    @classmethod
+    def _options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor's options recorded in a state's configuration (its extra state)."""
+        inits = config.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
+        return {
+            "n_ctx": {space: config["n_ctx"][space] for space in SPACES if inits.get(space) is None},
+            "positive_init": inits.get("positive"),
+            "negative_init": inits.get("negative"),
+            "class_specific": bool(config.get("class_specific")),
+            "class_token_position": config.get("class_token_position", "end"),
+            "normalize_classnames": bool(config.get("normalize_classnames", False)),
+        }
 
     def set_extra_state(self, state: Any) -> None:
         self._check_extra_state(state)
@@ -556,7 +572,12 @@ class DualPromptLearner(nn.Module):
                 f"{theirs[first] if first < len(theirs) else '<end>'!r} in the checkpoint vs "
                 f"{mine['classnames'][first] if first < len(mine['classnames']) else '<end>'!r} here"
             )
-        for key in ("n_ctx", "class_specific", "class_token_position"):
+        if state.get("method", "coop") != self.method:
+            raise InputValueError(
+                f"state_dict: the checkpoint is of a {state.get('method', 'coop')!r} learner, this one is "
+                f"{self.method!r}"
+            )
+        for key in self._shape_keys:
             if state.get(key) != mine[key]:
                 raise InputValueError(
                     f"state_dict: the checkpoint has {key}={state.get(key)!r}, this learner {key}={mine[key]!r}"
@@ -571,10 +592,8 @@ class DualPromptLearner(nn.Module):
                 "(not a DualPromptLearner state; load_contexts takes bare contexts)"
             )
         self._check_extra_state(state_dict[extra])
-        for space in SPACES:
-            name = f"{space}_context"
+        for name, mine in self.named_parameters():
             theirs = state_dict.get(prefix + name)
-            mine = getattr(self, name)
             if theirs is None:
                 if strict:
                     raise InputValueError(f"state_dict: no {prefix + name!r} in it (strict=True)")
@@ -595,7 +614,9 @@ class DualPromptLearner(nn.Module):
         context is copied, whatever ``strict`` says about the rest."""
         self._check_state_dict(state_dict, "", strict)
         if strict:
-            unexpected = sorted(set(state_dict) - {"_extra_state", *(f"{s}_context" for s in SPACES)})
+            unexpected = sorted(
+                set(state_dict) - {"_extra_state", *(name for name, _ in self.named_parameters())}
+            )
             if unexpected:
                 raise InputValueError(f"state_dict: unexpected keys {unexpected[:5]} (strict=True)")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -623,21 +644,19 @@ class DualPromptLearner(nn.Module):
         if self.class_specific:
             self.load_state_dict(dict(state_dict))
             return
-        for space in SPACES:
-            name = f"{space}_context"
-            mine = getattr(self, name)
+        learned = dict(self.named_parameters())
+        for name, mine in learned.items():
             theirs = state_dict.get(name)
             if not isinstance(theirs, torch.Tensor):
-                raise InputValueError(f"state_dict: no {name!r} in it (not a DualPromptLearner state)")
+                raise InputValueError(f"state_dict: no {name!r} in it (not a {type(self).__name__} state)")
             if theirs.shape != mine.shape:
                 raise InputValueError(
                     f"state_dict: {name} has shape {tuple(theirs.shape)}, this learner's is {tuple(mine.shape)} "
                     "(another n_ctx, model width, or class-specific contexts)"
                 )
         with torch.no_grad():
-            for space in SPACES:
-                name = f"{space}_context"
-                getattr(self, name).copy_(state_dict[name])
+            for name, mine in learned.items():
+                mine.copy_(state_dict[name])
 
     def extra_repr(self) -> str:
         return (

@@ -271,26 +271,33 @@ class TextTower:
     def encode_shared_prefix(
         self, prefix: torch.Tensor, rest: torch.Tensor, pool_index: torch.Tensor
     ) -> torch.Tensor:
-        """``encode_text`` of sequences that all start with the same ``prefix``, computing the
+        """``encode_text`` of sequences that start with a shared ``prefix``, computing each
         prefix's activations once.
 
         Under causal attention the first P positions of every sequence see only the prefix,
         so their activations are the same in every sequence at every layer: they are
-        computed once, and the rest of each sequence attends to their keys and values. The
-        result equals :meth:`encode_embeddings` of ``cat(prefix, rest)`` to float round-off
-        (:attr:`can_share_prefix` must hold; forward hooks on the blocks do not run).
+        computed once per prefix, and the rest of each sequence attends to their keys and
+        values. The result equals :meth:`encode_embeddings` of ``cat(prefix, rest)`` to
+        float round-off (:attr:`can_share_prefix` must hold; forward hooks on the blocks
+        do not run).
 
         Args:
-            prefix: :math:`(P, W)` token embeddings of the shared start.
-            rest: :math:`(B, S, W)` token embeddings of what follows it in each sequence.
+            prefix: :math:`(P, W)` token embeddings of the start all B sequences share, or
+                :math:`(G, P, W)`: G prefixes, each shared by B / G consecutive sequences
+                (a CoCoOp learner's: one prefix per image, shared by its classes).
+            rest: :math:`(B, S, W)` token embeddings of what follows the prefix in each sequence.
             pool_index: :math:`(B,)` the position to pool at, counted within ``rest``.
 
         Returns:
             :math:`(B, D)` text features, not normalised.
         """
-        p, s = prefix.shape[0], rest.shape[1]
+        if prefix.ndim == 2:
+            prefix = prefix[None]
+        groups, p, s = prefix.shape[0], prefix.shape[1], rest.shape[1]
+        if rest.shape[0] % groups:
+            raise ValueError(f"rest: {rest.shape[0]} sequences do not split into {groups} prefix groups")
         pos = self.positional_embedding[: p + s].to(self.cast_dtype)
-        x_p = (prefix + pos[:p])[None]
+        x_p = prefix + pos[:p]
         x_s = rest + pos[p:]
         mask = self.attn_mask[: p + s, : p + s].to(device=rest.device, dtype=rest.dtype)
         for blk in self.transformer.resblocks:
@@ -299,6 +306,23 @@ class TextTower:
         if self.kind == "openai_clip":
             x = x.type(self.cast_dtype)
         return self._pool_and_project(x, pool_index)
+
+    @property
+    def output_dim(self) -> int:
+        """D, the dimension of the text features (the joint image-text embedding)."""
+        proj = self.text_projection
+        if proj is None:
+            return self.width
+        if isinstance(proj, nn.Linear):
+            return proj.out_features
+        if isinstance(proj, torch.Tensor):
+            return proj.shape[1]
+        out = getattr(proj, "out_features", None)
+        if isinstance(out, int):
+            return out
+        raise UnsupportedModelError(
+            f"cannot tell the output dimension of text projection {type(proj).__name__}"
+        )
 
     def _openai_blocks(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # OpenAI-clip blocks keep a fixed (L, L) mask inside; run them with the cut one.
@@ -330,10 +354,17 @@ def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
     return x.unflatten(-1, (h, -1)).transpose(1, 2)
 
 
+def _per_sequence(t: torch.Tensor, b: int) -> torch.Tensor:
+    """(G, ...) per prefix -> (B, ...) per sequence, each prefix's row repeated B / G times."""
+    g = t.shape[0]
+    return t[:, None].expand(g, b // g, *t.shape[1:]).flatten(0, 1)
+
+
 def _shared_prefix_block(
     blk: nn.Module, x_p: torch.Tensor, x_s: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One block over a shared prefix ``x_p`` (1, P, W) and the rest ``x_s`` (B, S, W)."""
+    """One block over G shared prefixes ``x_p`` (G, P, W) and the rest ``x_s`` (B, S, W),
+    sequences ``[k B/G, (k+1) B/G)`` continuing prefix k."""
     attn: nn.MultiheadAttention = blk.attn
     h, p, b = attn.num_heads, x_p.shape[1], x_s.shape[0]
     q_p, k_p, v_p = (
@@ -343,8 +374,8 @@ def _shared_prefix_block(
         _heads(t, h) for t in F.linear(blk.ln_1(x_s), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
     )
     out_p = F.scaled_dot_product_attention(q_p, k_p, v_p, attn_mask=mask[:p, :p])
-    keys = torch.cat([k_p.expand(b, -1, -1, -1), k_s], dim=2)
-    values = torch.cat([v_p.expand(b, -1, -1, -1), v_s], dim=2)
+    keys = torch.cat([_per_sequence(k_p, b), k_s], dim=2)
+    values = torch.cat([_per_sequence(v_p, b), v_s], dim=2)
     out_s = F.scaled_dot_product_attention(q_s, keys, values, attn_mask=mask[p:, :])
     ls_1 = getattr(blk, "ls_1", nn.Identity())
     ls_2 = getattr(blk, "ls_2", nn.Identity())
