@@ -29,6 +29,7 @@ from fdbpl.distributed import process_group, rank_and_world
 from fdbpl.errors import FDBPLError, InputValueError
 from fdbpl.evaluate import evaluate_prompts, harmonic_mean
 from fdbpl.models import LoadedCLIP, load_open_clip
+from fdbpl.prompts import META_NETS, METHODS
 from fdbpl.run import CHECKPOINT, CONFIG, LOG, RunFolder
 from fdbpl.split import select_images
 from fdbpl.train import IMAGE_FEATURES, TrainConfig, train
@@ -337,6 +338,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=f"init phrase of the negative context, or 'random' (default: {d.negative_init!r})",
     )
     p.add_argument("--class-specific", action="store_true", help="one context per class (CoOp's CSC)")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default=d.method,
+        help="the base method's prompt learner: coop (one context per space) or cocoop (a meta-network "
+        "shifts the contexts per image, Zhou et al. 2022; its default 4 tokens from 'a photo of a' are "
+        f"the default init phrases) (default: {d.method})",
+    )
+    p.add_argument(
+        "--meta-net",
+        choices=META_NETS,
+        default=d.meta_net,
+        help="cocoop: one meta-network for both spaces (shared) or one per space (per_space) "
+        f"(default: {d.meta_net})",
+    )
     p.add_argument(
         "--image-features",
         choices=IMAGE_FEATURES,
@@ -732,6 +748,8 @@ def _train(args: argparse.Namespace) -> int:
             image_features=args.image_features,
             class_chunk_size=args.class_chunk_size,
             max_classes=args.max_classes,
+            method=args.method,
+            meta_net=args.meta_net,
         )
         result = train(
             table,

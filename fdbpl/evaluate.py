@@ -13,7 +13,8 @@ from fdbpl._checks import first_difference
 from fdbpl.cache.images import ScanResult, scan_image_folder
 from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe, decode_image, preprocess
-from fdbpl.prompts import DualPromptLearner
+from fdbpl.logits import clip_logits
+from fdbpl.prompts import DualPromptLearner, learner_from_state_dict
 from fdbpl.split import Subset, select_images, split_classes
 
 __all__ = ["Accuracy", "check_run_classes", "evaluate_prompts", "harmonic_mean", "preprocess"]
@@ -100,9 +101,9 @@ def evaluate_prompts(
     if state is None:
         learner = DualPromptLearner(student, scan.classnames, tokenizer=tokenizer)
     else:
-        learner = DualPromptLearner.from_state_dict(student, state["learner"], scan.classnames, tokenizer)
+        learner = learner_from_state_dict(student, state["learner"], scan.classnames, tokenizer)
     learner = learner.to(device)
-    text, _ = learner.normalized_features()
+    text = None if learner.per_image else learner.normalized_features()[0].float()
     correct = 0
     root = Path(images)
     for start in range(0, len(scan.images), batch_size):
@@ -111,6 +112,10 @@ def evaluate_prompts(
             [preprocess(decode_image(root / r.path), recipe.size, recipe.mean, recipe.std) for r in recs]
         )
         feats = torch.nn.functional.normalize(student.encode_image(x.to(device)).float(), dim=-1)
-        pred = (feats @ text.float().T).argmax(dim=1).cpu()
+        if text is None:  # CoCoOp: each image has its own text features
+            scores = clip_logits(feats, learner(feats)[0], 1.0)
+        else:
+            scores = feats @ text.T
+        pred = scores.argmax(dim=1).cpu()
         correct += int((pred == torch.tensor([r.label for r in recs])).sum())
     return Accuracy(subset, correct, len(scan.images))

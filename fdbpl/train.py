@@ -1,7 +1,8 @@
 """FDBPL training of the dual prompts from a RIL table (the CoOp-style loop, as a function).
 
-The student CLIP stays frozen; only :class:`~fdbpl.prompts.DualPromptLearner`'s two
-contexts train, with :class:`~fdbpl.losses.FDBPLLoss` on :class:`~fdbpl.cache.RegionDataset`
+The student CLIP stays frozen; only the prompt learner of the base method trains
+(:func:`~fdbpl.prompts.build_learner`: CoOp's two contexts, or CoCoOp's contexts and
+meta-network), with :class:`~fdbpl.losses.FDBPLLoss` on :class:`~fdbpl.cache.RegionDataset`
 batches. Under ``torchrun`` the learner is wrapped in ``DistributedDataParallel``: every
 rank sees a disjoint share of each epoch and all ranks end with the same prompts.
 """
@@ -29,7 +30,7 @@ from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe
 from fdbpl.logits import logit_scale_of
 from fdbpl.losses import FDBPLLoss
-from fdbpl.prompts import SPACES, DualPromptLearner
+from fdbpl.prompts import META_NETS, METHODS, SPACES, DualPromptLearner, build_learner
 from fdbpl.run import CHECKPOINT, RunFolder, load_run
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -60,7 +61,10 @@ class TrainConfig:
     teacher's labels conditioned on it (:meth:`~fdbpl.sparsify.SparseSoftLabels.restrict`).
     ``image_features`` says where the student's image features come from (see
     :data:`IMAGE_FEATURES`); ``class_chunk_size`` bounds the text pass's memory (see
-    :class:`~fdbpl.prompts.DualPromptLearner`).
+    :class:`~fdbpl.prompts.DualPromptLearner`). ``method`` is the base method's prompt
+    learner (:data:`~fdbpl.prompts.METHODS`: ``"coop"`` or ``"cocoop"``, whose text features
+    are per image) and ``meta_net`` CoCoOp's meta-network, shared by the two spaces or one
+    per space (:data:`~fdbpl.prompts.META_NETS`).
     """
 
     epochs: int = 50
@@ -83,6 +87,8 @@ class TrainConfig:
     image_features: str = "auto"
     class_chunk_size: int | None = None
     max_classes: int | None = None
+    method: str = "coop"
+    meta_net: str = "shared"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crops_per_image"):
@@ -100,6 +106,14 @@ class TrainConfig:
             check_count("class_chunk_size", self.class_chunk_size)
         if self.max_classes is not None:
             check_count("max_classes", self.max_classes)
+        if self.method not in METHODS:
+            raise InputValueError(f"method: expected one of {list(METHODS)}, got {self.method!r}")
+        if self.meta_net not in META_NETS:
+            raise InputValueError(f"meta_net: expected one of {list(META_NETS)}, got {self.meta_net!r}")
+        if self.method == "cocoop" and self.class_specific:
+            raise InputValueError(
+                "class_specific: CoCoOp has one context per space, conditioned on the image"
+            )
         if self.image_features not in IMAGE_FEATURES:
             raise InputValueError(
                 f"image_features: expected one of {list(IMAGE_FEATURES)}, got {self.image_features!r}"
@@ -309,25 +323,28 @@ def _start_or_resume(
     student = student.to(device).eval()
     for p in student.parameters():
         p.requires_grad_(False)
-    learner = DualPromptLearner(
-        student,
-        table.classnames,
-        tokenizer=tokenizer,
-        n_ctx={
+    options: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "n_ctx": {
             space: cfg.n_ctx
             for space, init in zip(SPACES, (cfg.positive_init, cfg.negative_init))
             if init is None
         },
-        positive_init=cfg.positive_init,
-        negative_init=cfg.negative_init,
-        class_specific=cfg.class_specific,
-        class_chunk_size=cfg.class_chunk_size,
-        normalize_classnames=False,  # the table's names, normalised when it was built (or kept on purpose)
-    ).to(device)
-    model: torch.nn.Module = learner
+        "positive_init": cfg.positive_init,
+        "negative_init": cfg.negative_init,
+        "class_chunk_size": cfg.class_chunk_size,
+        "normalize_classnames": False,  # the table's names, normalised when it was built (or kept on purpose)
+    }
+    if cfg.method == "cocoop":
+        options["meta_net"] = cfg.meta_net
+    else:
+        options["class_specific"] = cfg.class_specific
+    prompts = build_learner(cfg.method, student, table.classnames, **options).to(device)
+    learner = prompts.learner
+    model: torch.nn.Module = prompts
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            learner, device_ids=[device.index] if device.type == "cuda" else None
+            prompts, device_ids=[device.index] if device.type == "cuda" else None
         )
     dataset = RegionDataset(
         table,
@@ -454,11 +471,10 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
         )
         labels = labels.restrict(classes)
     if "features" in batch:  # stored by the table: the frozen image encoder's output
-        image_features = batch["features"].to(device=device, dtype=torch.float32)
-    else:
-        with torch.no_grad():
-            image_features = session.student.encode_image(batch["image"].to(device))
-    positive, negative = session.model(classes)
+        stored = batch["features"].to(device=device, dtype=torch.float32)
+        image_features, positive, negative = session.model(image_features=stored, classes=classes)
+    else:  # the frozen image encoder runs inside, under no_grad
+        image_features, positive, negative = session.model(batch["image"].to(device), classes=classes)
     weight = batch["weight"].to(device)
     out = session.loss_fn(image_features, positive, negative, labels, weight, session.logit_scale)
     session.optimizer.zero_grad(set_to_none=True)

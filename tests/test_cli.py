@@ -296,3 +296,28 @@ def test_weights_that_cannot_be_downloaded_name_the_local_file_option(monkeypatc
         FDBPLError, match=r"could not be loaded or downloaded .* pass the local file \(--pretrained PATH\)"
     ):
         load_open_clip("ViT-B-32", "openai")
+
+
+def test_cocoop_trains_and_evaluates_end_to_end(image_root, teacher_files, tmp_path, capsys):
+    """fdbpl train --method cocoop, from stored features and from replayed crops; evaluate
+    reads the method from the run; a resume with another method is refused."""
+    config, checkpoint = teacher_files
+    table = tmp_path / "t"
+    argv = _build_args(image_root, table, teacher_files, "--crops-per-image", 2, "--topk", 2)
+    assert run_main([*argv, "--student", config, "--student-pretrained", checkpoint], capsys)[0] == 0
+    train = ["train", table, image_root, *student_args(teacher_files), "--epochs", 1, "--batch-size", 4]
+    cocoop = [*train, "--no-progress", "--method", "cocoop"]
+    assert run_main([*cocoop, "--out", tmp_path / "run"], capsys)[0] == 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["learner"]
+    assert state["_extra_state"]["method"] == "cocoop" and "meta_net.shared.0.weight" in state
+    argv = [*cocoop, "--meta-net", "per_space", "--image-features", "encode", "--class-chunk-size", 2]
+    assert run_main([*argv, "--out", tmp_path / "run2"], capsys)[0] == 0
+    state = torch.load(tmp_path / "run2" / "checkpoint.pt", weights_only=True)["learner"]
+    assert "meta_net.negative.2.bias" in state
+    assert main(["evaluate", str(tmp_path / "run"), str(image_root), "--initial"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("learned") and out[2].startswith("initial"), out
+    code, err = run_main([*train, "--no-progress", "--out", tmp_path / "run", "--epochs", 1], capsys)
+    assert code == 2 and "method: 'cocoop' -> 'coop'" in err, err
+    code, err = run_main([*cocoop, "--out", tmp_path / "r3", "--class-specific"], capsys)
+    assert code == 2 and "class_specific: CoCoOp" in err, err
