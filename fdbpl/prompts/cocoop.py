@@ -46,8 +46,9 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
     feature to a shift added to every context token, so :meth:`forward` returns text
     features per image, :math:`(N, C, D)` for each space.
 
-    The text pass covers N x C sequences per space. Both spaces run in one batched pass
-    over sequences cut to the longest tokenized prompt. With ``share_prefix`` (default)
+    The text pass covers N x C sequences per space. Both spaces run in one batched pass;
+    with ``truncate`` (default) the classes are grouped by prompt length and each group's
+    sequences are cut to its own length (one pass per length). With ``share_prefix`` (default)
     each image's start token and shifted context — the prefix every class of that image
     shares — is computed once per image and space, and only the class-name part runs per
     (image, class) (:meth:`~fdbpl.prompts.TextTower.encode_shared_prefix`); checked once at
@@ -119,6 +120,10 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
         names = ("shared",) if meta_net == "shared" else SPACES
         self.meta_net = nn.ModuleDict({name: _meta_net(self.feature_dim, tower.width) for name in names})
         self.meta_net.to(device=tower.device, dtype=self.positive_context.dtype)
+        # each class's own sequence length in both spaces, for the pass grouped by length
+        self._by_length = truncate and tower.can_truncate
+        lengths = torch.maximum(self._positive_pool, self._negative_pool) + 1
+        self.register_buffer("_class_lengths", lengths, persistent=False)
         if share_prefix and tower.can_share_prefix:
             self.shares_prefix = self._per_image_prefix_agrees()
 
@@ -170,29 +175,56 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
     def _encode_per_image(
         self, positive_ctx: torch.Tensor, negative_ctx: torch.Tensor, idx: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both spaces' (N, C', D) features of the classes ``idx``, shifted contexts given."""
+        """Both spaces' (N, C', D) features of the classes ``idx``, shifted contexts given.
+
+        With truncation, classes are grouped by prompt length and each group's sequences
+        are cut to its own length (a CoCoOp pass is N times as many sequences as CoOp's, so
+        padding every prompt to the longest one costs N times as much)."""
+        if not self._by_length:
+            return self._encode_cut(positive_ctx, negative_ctx, idx, self.sequence_length)
+        lengths = self._class_lengths.index_select(0, idx).tolist()
+        groups: dict[int, list[int]] = {}
+        for position, length in enumerate(lengths):
+            groups.setdefault(length, []).append(position)
+        if len(groups) == 1:
+            return self._encode_cut(positive_ctx, negative_ctx, idx, lengths[0])
+        outputs, order = [], []
+        for length, positions in sorted(groups.items()):
+            where = torch.tensor(positions, device=idx.device)
+            outputs.append(torch.stack(self._encode_cut(positive_ctx, negative_ctx, idx[where], length)))
+            order.append(where)
+        inverse = torch.argsort(torch.cat(order))
+        out = torch.cat(outputs, dim=2).index_select(2, inverse)
+        return out[0], out[1]
+
+    def _encode_cut(
+        self, positive_ctx: torch.Tensor, negative_ctx: torch.Tensor, idx: torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both spaces' (N, C', D) features of the classes ``idx``, sequences cut to ``length``."""
         contexts = {"positive": positive_ctx, "negative": negative_ctx}
         n, c = positive_ctx.shape[0], len(idx)
         if self.shares_prefix and self.n_ctx["positive"] == self.n_ctx["negative"]:
-            parts = [self._prefix_and_rest(space, contexts[space], idx) for space in SPACES]
+            parts = [self._prefix_and_rest(space, contexts[space], idx, length) for space in SPACES]
             prefix, rest, pool = (torch.cat(t) for t in zip(*parts))
             out = self._tower.encode_shared_prefix(prefix, rest, pool)
         elif self.shares_prefix:  # prefixes of two lengths: one pass per space
             out = torch.cat(
                 [
-                    self._tower.encode_shared_prefix(*self._prefix_and_rest(space, contexts[space], idx))
+                    self._tower.encode_shared_prefix(
+                        *self._prefix_and_rest(space, contexts[space], idx, length)
+                    )
                     for space in SPACES
                 ]
             )
         else:
-            parts = [self._full_sequences(space, contexts[space], idx) for space in SPACES]
+            parts = [self._full_sequences(space, contexts[space], idx, length) for space in SPACES]
             x, pool = (torch.cat(t) for t in zip(*parts))
             out = self._tower.encode_embeddings(x, pool)
         out = out.view(2, n, c, -1)
         return out[0], out[1]
 
     def _prefix_and_rest(
-        self, space: str, ctx: torch.Tensor, idx: torch.Tensor
+        self, space: str, ctx: torch.Tensor, idx: torch.Tensor, length: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per image, the prefix ``[start, shifted context]`` (N, P, W); per (image, class),
         the rest of the prompt (N C', S, W) and its pooling position within the rest."""
@@ -201,16 +233,16 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
         n = ctx.shape[0]
         start = template[:1, :1].expand(n, 1, -1)
         prefix = torch.cat([start, ctx.to(template.dtype)], dim=1)
-        rest = template.index_select(0, idx)[:, 1 + k :]
+        rest = template.index_select(0, idx)[:, 1 + k : length]
         rest = rest[None].expand(n, *rest.shape).flatten(0, 1)
         pool = (getattr(self, f"_{space}_pool").index_select(0, idx) - (1 + k)).repeat(n)
         return prefix, rest, pool
 
     def _full_sequences(
-        self, space: str, ctx: torch.Tensor, idx: torch.Tensor
+        self, space: str, ctx: torch.Tensor, idx: torch.Tensor, length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every (image, class) prompt in full: (N C', L', W) and its pooling positions."""
-        template = getattr(self, f"_{space}_template").index_select(0, idx)
+        """Every (image, class) prompt in full: (N C', length, W) and its pooling positions."""
+        template = getattr(self, f"_{space}_template").index_select(0, idx)[:, :length]
         k = self.n_ctx[space]
         n, c = ctx.shape[0], len(idx)
         x = torch.cat(

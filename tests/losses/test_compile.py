@@ -40,7 +40,23 @@ CASES = {
         f, pos, neg, labels, w
     ),
     "fdbpl": lambda f, pos, neg, labels, w, logits, t: fdbpl_loss(f, pos, neg, t, w).total,
+    # text features per image (N, C, D), as a CoCoOp learner gives them
+    "first_order_per_image": lambda f, pos, neg, labels, w, logits, t: first_order_difference_loss(
+        f, per_image(pos), per_image(neg), labels, w
+    ),
+    "second_order_per_image": lambda f, pos, neg, labels, w, logits, t: second_order_difference_loss(
+        f, per_image(pos), per_image(neg), labels, w
+    ),
+    "fdbpl_per_image": lambda f, pos, neg, labels, w, logits, t: fdbpl_loss(
+        f, per_image(pos), per_image(neg), t, w
+    ).total,
 }
+
+
+def per_image(text: torch.Tensor) -> torch.Tensor:
+    """(C, D) -> (12, C, D), a different scale and shift per image (not an expand view)."""
+    scale = torch.linspace(0.5, 1.5, 12)[:, None, None]
+    return text[None] * scale + 0.1 * torch.cos(scale * torch.arange(text.shape[1]))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

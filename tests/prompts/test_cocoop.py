@@ -109,13 +109,17 @@ def class_selections(draw):
 
 @given(class_selections())
 def test_shared_prefix_and_chunks_give_the_full_pass(open_clip_model, selection):
-    """Every way to run the text pass gives the same features and gradients."""
+    """Every way to run the text pass gives the same features and gradients: per-image shared
+    prefixes, classes grouped by prompt length (the names have 1 to 3 tokens), chunks."""
     ids, chunk, n = selection
     model, tok = open_clip_model
     base = perturbed(CoCoOpDualPromptLearner(model, NAMES, tokenizer=tok, meta_net="per_space"))
     assert base.shares_prefix
     others = [
         CoCoOpDualPromptLearner(model, NAMES, tokenizer=tok, meta_net="per_space", share_prefix=False),
+        CoCoOpDualPromptLearner(  # every prompt at 77 tokens: no cut, no grouping by length
+            model, NAMES, tokenizer=tok, meta_net="per_space", share_prefix=False, truncate=False
+        ),
         CoCoOpDualPromptLearner(model, NAMES, tokenizer=tok, meta_net="per_space", class_chunk_size=chunk),
     ]
     f = torch.randn(n, base.feature_dim, generator=torch.Generator().manual_seed(n))
