@@ -238,7 +238,7 @@ def second_order_difference_loss(
     :math:`S_{ic} = \cos(f_i, D^{(1)}_{i,y_i} - D^{(1)}_{i,c})`, computed from anchor
     :math:`i`'s :math:`(C, D)` block with the difference vectors built directly, in chunks,
     and a hand-written backward that builds them again (see
-    :mod:`fdbpl.losses.functional.per_image`): memory :math:`O(NC + N^2)` beyond the
+    :mod:`fdbpl.losses.functional.per_image`): memory :math:`O(NC)` beyond the
     inputs and one chunk, exact for near ties, static shapes. An ``expand`` of
     :math:`(C, D)` features to :math:`(N, C, D)` is recognised (stride 0) and takes the
     class-level path; it gives the same values either way.
