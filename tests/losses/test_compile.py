@@ -47,9 +47,9 @@ CASES = {
     "second_order_per_image": lambda f, pos, neg, labels, w, logits, t: second_order_difference_loss(
         f, per_image(pos), per_image(neg), labels, w
     ),
-    "fdbpl_per_image": lambda f, pos, neg, labels, w, logits, t: fdbpl_loss(
-        f, per_image(pos), per_image(neg), t, w
-    ).total,
+    "fdbpl_per_image": lambda f, pos, neg, labels, w, logits, t: (
+        fdbpl_loss(f, per_image(pos), per_image(neg), t, w).total
+    ),
 }
 
 
