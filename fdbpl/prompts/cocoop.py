@@ -55,11 +55,12 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
     construction, as in :class:`DualPromptLearner`. ``class_chunk_size`` encodes that many
     classes (for all N images) at a time and recomputes each chunk in the backward pass.
 
+    The other arguments are those of :class:`DualPromptLearner` (CoCoOp has no
+    ``class_specific`` or ``class_token_position``). CoCoOp's default is 4 context tokens
+    from ``"a photo of a"``, which the default init phrases give (``"a photo of no"`` also
+    has 4).
+
     Args:
-        clip_model, classnames, tokenizer, n_ctx, positive_init, negative_init, truncate,
-            class_chunk_size, share_prefix, normalize_classnames: as for
-            :class:`DualPromptLearner`. CoCoOp's default is 4 context tokens from ``"a photo
-            of a"``, which the default init phrases give (``"a photo of no"`` also has 4).
         meta_net: ``"shared"`` (default): one meta-network shifts both spaces' contexts
             with the same vector, so the positive-negative difference :math:`D^{(1)}` that
             the PCD losses (Eq. 11-16) shape comes from the two learned contexts alone, the

@@ -16,7 +16,7 @@ from fdbpl._checks import check_count, first_difference
 from fdbpl.data.items import coop_classname
 from fdbpl.errors import InputValueError
 from fdbpl.logits import clip_logits, logit_scale_of
-from fdbpl.prompts.text_tower import TextTower, Tokenizer
+from fdbpl.prompts.text_tower import TextTower, Tokenizer, check_text_tower
 
 __all__ = ["SPACES", "DualPromptLearner"]
 
@@ -196,6 +196,9 @@ class DualPromptLearner(nn.Module):
             self.register_buffer(f"_{space}_pool", pools[space], persistent=False)
             order = self._order(self.n_ctx[space], name_lens, length, tower.device)
             self.register_buffer(f"_{space}_order", order, persistent=False)
+        check_text_tower(
+            clip_model, tower, ids["positive"][:4], self._positive_template[:4], self._positive_pool[:4]
+        )
         self.shares_prefix = False
         if (
             share_prefix
@@ -234,9 +237,13 @@ class DualPromptLearner(nn.Module):
             raise InputValueError(f"n_ctx: expected keys 'positive' and/or 'negative', got {unknown}")
         return {space: n_ctx.get(space) for space in SPACES}
 
-    @staticmethod
+    #: Whether ``n_ctx`` may be shorter than an init phrase (the first ``n_ctx`` of its tokens
+    #: learn, the rest stay words of the prompt, as MaPLe's and IVLP's learners do).
+    _partial_phrase = False
+
+    @classmethod
     def _init_context(
-        tower: TextTower, tokenizer: Tokenizer, init: str | None, n_ctx: int | None, space: str
+        cls, tower: TextTower, tokenizer: Tokenizer, init: str | None, n_ctx: int | None, space: str
     ) -> tuple[int, torch.Tensor]:
         if init is None:
             n = _RANDOM_N_CTX if n_ctx is None else check_count("n_ctx", n_ctx)
@@ -247,7 +254,9 @@ class DualPromptLearner(nn.Module):
         n = int((ids != 0).sum()) - 2
         if n < 1:
             raise InputValueError(f"{space}_init: expected a phrase with at least one token, got {init!r}")
-        if n_ctx is not None and n_ctx != n:
+        if n_ctx is not None and cls._partial_phrase and check_count("n_ctx", n_ctx) <= n:
+            n = n_ctx
+        elif n_ctx is not None and n_ctx != n:
             raise InputValueError(
                 f"n_ctx: the {space} init phrase {init!r} has {n} tokens, which fixes n_ctx; got "
                 f"n_ctx={n_ctx} (size the other space alone with n_ctx={{'{_other(space)}': {n_ctx}}}, or "
@@ -533,7 +542,7 @@ class DualPromptLearner(nn.Module):
                 "evaluate them on their own classes (fdbpl evaluate --classes all)"
             )
         method = config.get("method", "coop")
-        if method != cls.method:
+        if not cls._handles(method):
             raise InputValueError(
                 f"state_dict: a {method!r} learner's state, not a {cls.method!r} one "
                 "(fdbpl.prompts.learner_from_state_dict picks the class from the state)"
@@ -543,11 +552,20 @@ class DualPromptLearner(nn.Module):
         return learner
 
     @classmethod
+    def _handles(cls, method: str) -> bool:
+        """Whether this class builds learners of ``method``."""
+        return method == cls.method
+
+    @classmethod
     def _options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
         """The constructor's options recorded in a state's configuration (its extra state)."""
         inits = config.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
         return {
-            "n_ctx": {space: config["n_ctx"][space] for space in SPACES if inits.get(space) is None},
+            "n_ctx": {
+                space: config["n_ctx"][space]
+                for space in SPACES
+                if inits.get(space) is None or cls._partial_phrase
+            },
             "positive_init": inits.get("positive"),
             "negative_init": inits.get("negative"),
             "class_specific": bool(config.get("class_specific")),

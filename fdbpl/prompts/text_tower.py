@@ -9,7 +9,7 @@ the context (causal attention and end-of-text pooling make the padded tail irrel
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from torch import nn
 
 from fdbpl.errors import FDBPLError
 
-__all__ = ["TextTower", "UnsupportedModelError"]
+__all__ = ["TextTower", "UnsupportedModelError", "replace_tokens"]
 
 Tokenizer = Callable[..., torch.Tensor]
 
@@ -223,12 +223,23 @@ class TextTower:
         """Token embeddings :math:`(B, L, W)` in the tower's compute dtype, as ``encode_text`` makes them."""
         return self.token_embedding(ids.to(self.device)).to(self.cast_dtype)
 
-    def encode_embeddings(self, x: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
-        """``encode_text`` from token embeddings.
+    def encode_embeddings(
+        self,
+        x: torch.Tensor,
+        pool_index: torch.Tensor,
+        deep: Sequence[torch.Tensor] | None = None,
+        deep_start: int = 1,
+    ) -> torch.Tensor:
+        """``encode_text`` from token embeddings, optionally with deep prompts.
 
         Args:
             x: :math:`(B, L', W)` token embeddings in the compute dtype, :math:`L' \\le L`.
             pool_index: :math:`(B,)` the position to pool each sequence at (< L').
+            deep: deep prompts (IVLP, MaPLe): ``deep[j - 1]``, :math:`(n, W)` or
+                :math:`(B, n, W)`, replaces the hidden states at positions
+                ``deep_start .. deep_start + n - 1`` before block ``j`` (j = 1 .. len(deep));
+                ``None`` or empty: the plain encoder.
+            deep_start: the first position the deep prompts replace (1: after the start token).
 
         Returns:
             :math:`(B, D)` text features, not normalised.
@@ -236,14 +247,26 @@ class TextTower:
         length = x.shape[1]
         x = x + self.positional_embedding[:length].to(self.cast_dtype)
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        deep = list(deep or [])
         if self.kind == "openai_clip":
-            x = self._openai_blocks(x.permute(1, 0, 2), mask).permute(1, 0, 2)
+            x = self._openai_blocks(x.permute(1, 0, 2), mask, deep, deep_start).permute(1, 0, 2)
             x = self.ln_final(x).type(self.cast_dtype)
         else:
-            if hasattr(self.transformer, "batch_first"):  # open_clip >= 2.25 takes (B, L, W)
-                x = self.transformer(x, attn_mask=mask)
-            else:  # older open_clip runs sequence-first
-                x = self.transformer(x.permute(1, 0, 2), attn_mask=mask).permute(1, 0, 2)
+            batch_first = getattr(self.transformer, "batch_first", False)
+            if not deep:
+                if hasattr(self.transformer, "batch_first"):  # open_clip >= 2.25 takes (B, L, W)
+                    x = self.transformer(x, attn_mask=mask)
+                else:  # older open_clip runs sequence-first
+                    x = self.transformer(x.permute(1, 0, 2), attn_mask=mask).permute(1, 0, 2)
+            else:
+                for j, blk in enumerate(self.transformer.resblocks):
+                    if 1 <= j <= len(deep):
+                        x = replace_tokens(x, deep[j - 1].to(x.dtype), deep_start)
+                    x = (
+                        blk(x, attn_mask=mask)
+                        if batch_first
+                        else blk(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+                    )
             x = self.ln_final(x)
         return self._pool_and_project(x, pool_index)
 
@@ -324,15 +347,77 @@ class TextTower:
             f"cannot tell the output dimension of text projection {type(proj).__name__}"
         )
 
-    def _openai_blocks(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _openai_blocks(
+        self, x: torch.Tensor, mask: torch.Tensor | None, deep: list[torch.Tensor], deep_start: int
+    ) -> torch.Tensor:
         # OpenAI-clip blocks keep a fixed (L, L) mask inside; run them with the cut one.
         if mask is not None:
             mask = mask.to(dtype=x.dtype, device=x.device)
-        for blk in self.transformer.resblocks:
+        for j, blk in enumerate(self.transformer.resblocks):
+            if 1 <= j <= len(deep):  # sequence-first here
+                x = replace_tokens(x.transpose(0, 1), deep[j - 1].to(x.dtype), deep_start).transpose(0, 1)
             h = blk.ln_1(x)
             x = x + blk.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
             x = x + blk.mlp(blk.ln_2(x))
         return x
+
+
+def unexpected_block_parts(blocks: nn.Module) -> list[str]:
+    """``"block j: name"`` for every parameter a block holds itself rather than in its
+    submodules: open_clip's and OpenAI-clip's blocks hold none, a block patched for deep
+    prompting holds its learned prompt tokens there (PromptSRC's and MaPLe's code do)."""
+    return [f"block {j}: {n}" for j, blk in enumerate(blocks) for n, _ in blk.named_parameters(recurse=False)]
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.detach().float(), want.detach().float()
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """How far a re-run of a tower may be from the model's own (float round-off, by dtype)."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def check_text_tower(
+    model: nn.Module, tower: TextTower, ids: torch.Tensor, embeddings: torch.Tensor, pool_index: torch.Tensor
+) -> None:
+    """Refuse a text tower that fdbpl does not reproduce: its blocks hold parts fdbpl does not
+    know (a tower patched for deep prompts), or :meth:`TextTower.encode_embeddings` of the
+    prompts ``ids`` (their ``embeddings``) differs from the model's own ``encode_text``.
+
+    Raises:
+        UnsupportedModelError: naming what differs.
+    """
+    unknown = unexpected_block_parts(tower.transformer.resblocks)
+    if unknown:
+        raise UnsupportedModelError(
+            "the text tower's blocks hold parts fdbpl does not run ("
+            + ", ".join(unknown[:6])
+            + "): a tower already modified (e.g. patched for deep prompts) cannot be reproduced; "
+            "pass the unmodified CLIP model"
+        )
+    with torch.no_grad():
+        try:
+            want = model.encode_text(ids)
+        except Exception as error:  # a patched tower may not even run on token ids
+            raise UnsupportedModelError(
+                f"the model's encode_text fails on its own prompts: {error}"
+            ) from error
+        got = tower.encode_embeddings(embeddings, pool_index)
+    error = relative_error(got, want)
+    if not error <= tolerance(tower.cast_dtype):
+        raise UnsupportedModelError(
+            f"the text tower is not reproduced from token embeddings (relative error {error:.1e} against "
+            "the model's encode_text): its blocks or pooling work in a way fdbpl does not know"
+        )
+
+
+def replace_tokens(x: torch.Tensor, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    """``x`` (B, L, W) with positions ``start .. start + n - 1`` replaced by ``tokens``
+    ((n, W), or (B, n, W) per sequence); a new tensor (autograd sees the replacement)."""
+    tokens = tokens.expand(x.shape[0], *tokens.shape[-2:])
+    return torch.cat([x[:, :start], tokens, x[:, start + tokens.shape[1] :]], dim=1)
 
 
 def _plain_block(blk: nn.Module) -> bool:

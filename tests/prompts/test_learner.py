@@ -519,3 +519,32 @@ def test_class_names_are_read_as_coop_reads_them(open_clip_model):
     assert DualPromptLearner.from_state_dict(model, kept.state_dict()).classnames == kept.classnames
     with pytest.raises(FDBPLError, match="repeated"):
         DualPromptLearner(model, ["red_panda", "red panda"])  # one class once normalised
+
+
+# -- towers fdbpl cannot reproduce are refused at construction ---------------------------------
+
+
+def test_a_tower_patched_for_deep_prompts_is_refused():
+    """Blocks that hold their own prompt tokens (as PromptSRC's and MaPLe's patched CLIP
+    blocks do) are refused by name, before any feature is computed."""
+    model, tok = tiny_open_clip("clip")
+    block = model.transformer.resblocks[1]
+    block.register_parameter("compound_prompt", torch.nn.Parameter(torch.randn(2, 64)))
+    with pytest.raises(UnsupportedModelError, match="block 1: compound_prompt"):
+        DualPromptLearner(model, NAMES, tokenizer=tok)
+
+
+@pytest.mark.parametrize("change", ["scaled", "raises"])
+def test_a_model_whose_encode_text_is_not_its_tower_is_refused(change):
+    model, tok = tiny_open_clip("clip")
+    plain = model.encode_text
+
+    def encode_text(ids):
+        if change == "raises":
+            raise TypeError("forward() missing 1 required positional argument: 'compound_prompts'")
+        return plain(ids) * 1.5
+
+    model.encode_text = encode_text
+    match = "relative error 3.3e-01" if change == "scaled" else "encode_text fails on its own prompts"
+    with pytest.raises(UnsupportedModelError, match=match):
+        DualPromptLearner(model, NAMES, tokenizer=tok)

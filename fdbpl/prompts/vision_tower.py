@@ -1,0 +1,138 @@
+"""A uniform view of the ViT image encoder of open_clip and OpenAI-``clip`` models, with
+deep visual prompts (VPT).
+
+VPT (Jia et al., ECCV 2022) appends learnable tokens to the sequence of a ViT after the
+class and patch tokens: at layer 0 they are appended, at layers 1..J-1 the hidden states
+at their positions are replaced by another set (VPT-deep; J = 1 is VPT-shallow), and they
+are dropped before pooling. :class:`VisionTower` finds the pieces of the two ViT layouts
+in use and runs ``encode_image`` with such prompts; with no prompts it is ``encode_image``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fdbpl.prompts.text_tower import UnsupportedModelError
+
+__all__ = ["VisionTower"]
+
+
+class VisionTower:
+    """The pieces of a CLIP ViT image encoder, and ``encode_image`` with appended prompts.
+
+    Build one with :meth:`from_model`; it holds references to the model's modules (it is
+    not an ``nn.Module``). Models whose image tower is not a plain ViT (ResNets, attention
+    pooling) are refused with :class:`UnsupportedModelError`.
+
+    Attributes:
+        kind: ``"open_clip"`` or ``"openai_clip"``.
+        width: the transformer width (the size of a visual prompt token).
+        layers: the number of transformer blocks (the largest prompt depth).
+    """
+
+    def __init__(self, kind: str, visual: nn.Module, dtype: torch.dtype) -> None:
+        self.kind = kind
+        self.visual = visual
+        self.dtype = dtype
+        self.width = visual.conv1.out_channels
+        self.layers = len(visual.transformer.resblocks)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> VisionTower:
+        """Find the ViT of an open_clip ``CLIP`` / ``CustomTextCLIP`` or an OpenAI-clip model.
+
+        Raises:
+            UnsupportedModelError: a ResNet image tower, or a ViT variant this cannot run
+                (attention pooling, a pooling type other than the class token or the mean).
+        """
+        visual = getattr(model, "visual", None)
+        needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
+        if visual is None or not all(hasattr(visual, n) for n in needed):
+            kind = type(visual).__name__ if visual is not None else "no image tower"
+            raise UnsupportedModelError(
+                f"vision prompts need a ViT image tower (conv1, class_embedding, positional_embedding, ln_pre, "
+                f"transformer, ln_post); this model has {kind} (a ResNet tower cannot take prompt tokens)"
+            )
+        if not hasattr(visual.transformer, "resblocks"):
+            raise UnsupportedModelError(f"{type(visual).__name__}.transformer has no resblocks")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise UnsupportedModelError("vision prompts on a ViT with attention pooling are not supported")
+        if getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
+            raise UnsupportedModelError(
+                f"vision prompts with pool_type {visual.pool_type!r} are not supported"
+            )
+        if hasattr(visual, "_embeds"):
+            return cls("open_clip", visual, visual.conv1.weight.dtype)
+        dtype = (
+            model.dtype
+            if isinstance(getattr(model, "dtype", None), torch.dtype)
+            else visual.conv1.weight.dtype
+        )
+        return cls("openai_clip", visual, dtype)
+
+    @property
+    def output_dim(self) -> int:
+        proj = getattr(self.visual, "proj", None)
+        return self.width if proj is None else int(proj.shape[1])
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.visual.parameters())
+
+    def _embeds(self, images: torch.Tensor) -> torch.Tensor:
+        """Class and patch tokens with positions, through ``ln_pre``: (B, 1 + P, W)."""
+        v = self.visual
+        if self.kind == "open_clip":
+            return v._embeds(images)
+        x = v.conv1(images.type(self.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls_token = v.class_embedding.to(x.dtype) + torch.zeros(
+            x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device
+        )
+        x = torch.cat([cls_token, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.ln_pre(x)
+
+    def encode(self, images: torch.Tensor, prompts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``encode_image`` with VPT prompts.
+
+        Args:
+            images: :math:`(B, 3, H, W)` preprocessed images.
+            prompts: ``prompts[j]`` :math:`(n, W)` (or :math:`(B, n, W)`): appended after the
+                class and patch tokens before block 0 (j = 0), and replacing those positions
+                before block j (j = 1 .. len - 1); dropped before pooling. ``None`` or empty:
+                plain ``encode_image``.
+
+        Returns:
+            :math:`(B, D)` image features, not normalised.
+        """
+        x = self._embeds(images)
+        tokens = x.shape[1]
+        prompts = list(prompts or [])
+        if len(prompts) > self.layers:
+            raise UnsupportedModelError(
+                f"{len(prompts)} layers of vision prompts, the ViT has {self.layers} blocks"
+            )
+        seq_first = self.kind == "openai_clip" or not getattr(self.visual.transformer, "batch_first", False)
+        for j, blk in enumerate(self.visual.transformer.resblocks):
+            if j < len(prompts):
+                p = prompts[j].to(x.dtype).expand(x.shape[0], *prompts[j].shape[-2:])
+                x = torch.cat([x[:, :tokens], p], dim=1)
+            x = blk(x.transpose(0, 1)).transpose(0, 1) if seq_first else blk(x)
+        x = x[:, :tokens]
+        return self._pool(x)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.visual
+        if self.kind == "openai_clip":
+            pooled = v.ln_post(x[:, 0])
+        else:
+            pooled_first = getattr(v, "final_ln_after_pool", False)
+            if not pooled_first:
+                x = v.ln_post(x)
+            pooled = x[:, 1:].mean(dim=1) if getattr(v, "pool_type", "tok") == "avg" else x[:, 0]
+            if pooled_first:
+                pooled = v.ln_post(pooled)
+        proj = getattr(v, "proj", None)
+        return pooled if proj is None else pooled @ proj
