@@ -133,7 +133,7 @@ def test_shared_prefix_and_chunks_give_the_full_pass(open_clip_model, selection)
     for other in others:
         other.load_state_dict(base.state_dict())
         for a, b in zip(run(other), want):  # float32 sums in another order: relative to the largest entry
-            assert float((a - b).abs().max()) <= 1e-5 * (1 + float(b.abs().max()))
+            assert float((a - b).abs().max()) <= 1e-4 * (1 + float(b.abs().max()))
 
 
 def test_prefixes_of_two_lengths(open_clip_model):
