@@ -1,27 +1,34 @@
 """Dual positive/negative prompts over a frozen CLIP text encoder (Section 3.3), per base method.
 
 :class:`DualPromptLearner` is CoOp's learner in both spaces, :class:`CoCoOpDualPromptLearner`
-CoCoOp's (a meta-network conditions the contexts on each image); :func:`build_learner`
-builds either behind one interface. Works on open_clip ``CLIP`` and ``CustomTextCLIP``
+CoCoOp's (a meta-network conditions the contexts on each image), :class:`DeepPromptLearner`
+the deep vision-language prompts of VPT, IVLP, MaPLe and PromptSRC; :func:`build_learner`
+builds any of them behind one interface. Works on open_clip ``CLIP`` and ``CustomTextCLIP``
 models and on the OpenAI-``clip`` models that CoOp scripts hold. open_clip is imported
 only when its tokenizer is needed.
 """
 
 from fdbpl.prompts.build import LEARNERS, METHODS, PromptModel, build_learner, learner_from_state_dict
 from fdbpl.prompts.cocoop import META_NETS, CoCoOpDualPromptLearner
+from fdbpl.prompts.deep import DEEP_DEFAULTS, DEEP_METHODS, DeepPromptLearner
 from fdbpl.prompts.learner import SPACES, DualPromptLearner
 from fdbpl.prompts.text_tower import TextTower, UnsupportedModelError
+from fdbpl.prompts.vision_tower import VisionTower
 
 __all__ = [
+    "DEEP_DEFAULTS",
+    "DEEP_METHODS",
     "LEARNERS",
     "META_NETS",
     "METHODS",
     "SPACES",
     "CoCoOpDualPromptLearner",
+    "DeepPromptLearner",
     "DualPromptLearner",
     "PromptModel",
     "TextTower",
     "UnsupportedModelError",
+    "VisionTower",
     "build_learner",
     "learner_from_state_dict",
 ]

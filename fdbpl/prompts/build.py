@@ -12,6 +12,7 @@ from torch import nn
 from fdbpl.errors import InputValueError
 from fdbpl.logits import clip_logits, logit_scale_of
 from fdbpl.prompts.cocoop import CoCoOpDualPromptLearner
+from fdbpl.prompts.deep import DEEP_METHODS, DeepPromptLearner
 from fdbpl.prompts.learner import ClassSelection, DualPromptLearner
 from fdbpl.prompts.text_tower import Tokenizer
 
@@ -21,6 +22,7 @@ __all__ = ["LEARNERS", "METHODS", "PromptModel", "build_learner", "learner_from_
 LEARNERS: dict[str, type[DualPromptLearner]] = {
     "coop": DualPromptLearner,
     "cocoop": CoCoOpDualPromptLearner,
+    **dict.fromkeys(DEEP_METHODS, DeepPromptLearner),
 }
 
 #: The base methods :func:`build_learner` knows.
@@ -37,9 +39,10 @@ class PromptModel(nn.Module):
     """A base method's prompt learner over a frozen CLIP: ``forward(images)`` gives
     ``(image_features, positive, negative)``, ready for :class:`~fdbpl.losses.FDBPLLoss`.
 
-    The image encoder runs frozen, under ``torch.no_grad()`` (CoOp's and CoCoOp's image
-    tower does not learn); the text features are :math:`(C, D)` for ``coop`` and per image
-    :math:`(N, C, D)` for ``cocoop`` (the losses take both). The CLIP model is not a
+    For ``coop`` and ``cocoop`` the image encoder runs frozen, under ``torch.no_grad()``;
+    for the deep methods (``vpt``, ``ivlp``, ``maple``, ``promptsrc``) it runs with the
+    learner's vision prompts and gradients into them. The text features are :math:`(C, D)`,
+    or per image :math:`(N, C, D)` for ``cocoop`` (the losses take both). The CLIP model is not a
     submodule: :meth:`state_dict` holds the learner only (under ``learner.``), and every CLIP
     parameter is set to ``requires_grad=False``, so an optimiser over :meth:`parameters`
     trains the prompts alone.
@@ -59,6 +62,12 @@ class PromptModel(nn.Module):
     @property
     def method(self) -> str:
         return self.learner.method
+
+    @property
+    def prompts_images(self) -> bool:
+        """Whether the learner prompts the image tower (VPT, IVLP, MaPLe, PromptSRC): then
+        :meth:`forward` needs the images, and gradients flow through the image tower."""
+        return hasattr(self.learner, "encode_image")
 
     @property
     def clip_model(self) -> nn.Module:
@@ -90,7 +99,14 @@ class PromptModel(nn.Module):
         """
         if (images is None) == (image_features is None):
             raise InputValueError("PromptModel: pass images or image_features (exactly one of them)")
-        if image_features is None:
+        if self.prompts_images:
+            if images is None:
+                raise InputValueError(
+                    f"image_features: the {self.method!r} learner prompts the image tower, so it needs the "
+                    "images themselves (stored features are the unprompted tower's)"
+                )
+            image_features = self.learner.encode_image(images)  # type: ignore[attr-defined]
+        elif image_features is None:
             image_features = self.image_features(images)  # type: ignore[arg-type]
         if self.learner.per_image:
             positive, negative = self.learner(image_features, classes)
@@ -137,8 +153,10 @@ def build_learner(
     """The prompt learner of a base method, over a frozen CLIP, with one interface.
 
     Args:
-        method: ``"coop"`` (:class:`~fdbpl.prompts.DualPromptLearner`) or ``"cocoop"``
-            (:class:`~fdbpl.prompts.CoCoOpDualPromptLearner`); :data:`METHODS`.
+        method: ``"coop"`` (:class:`~fdbpl.prompts.DualPromptLearner`), ``"cocoop"``
+            (:class:`~fdbpl.prompts.CoCoOpDualPromptLearner`), or ``"vpt"``, ``"ivlp"``,
+            ``"maple"``, ``"promptsrc"`` (:class:`~fdbpl.prompts.DeepPromptLearner`);
+            :data:`METHODS`.
         clip_model: an open_clip ``CLIP`` / ``CustomTextCLIP`` or OpenAI-clip model.
         classnames: the C class names.
         **options: the learner's own options (``tokenizer``, ``n_ctx``, ``positive_init``,
@@ -163,11 +181,13 @@ def build_learner(
     """
     learner_class = _learner_class(method)
     accepted = inspect.signature(learner_class.__init__).parameters
-    unknown = sorted(set(options) - set(accepted) - {"self", "clip_model", "classnames"})
+    unknown = sorted(set(options) - set(accepted) - {"self", "clip_model", "classnames", "method"})
     if unknown:
         raise InputValueError(
             f"build_learner: the {method!r} learner ({learner_class.__name__}) takes no option(s) {unknown}"
         )
+    if "method" in accepted:
+        options = {**options, "method": method}
     return PromptModel(learner_class(clip_model, classnames, **options), clip_model)
 
 

@@ -1,0 +1,255 @@
+r"""Deep vision-language prompts in both spaces: VPT, IVLP, MaPLe and PromptSRC's learner.
+
+- **Text** (``ivlp``, ``maple``, ``promptsrc``): the context tokens of each space are
+  learned at layer 0 (initialised from the space's init phrase) and replaced by another
+  learned set before each of the text transformer's blocks 1..J-1 (random, std 0.02), as
+  IVLP and MaPLe do; one set per space and layer.
+- **Vision** (all four): learned tokens appended to the ViT's class and patch tokens before
+  block 0 and replaced before blocks 1..J-1 (VPT-deep; J = 1 is VPT-shallow), dropped
+  before pooling; one set shared by the two spaces, since the losses take one image
+  feature :math:`f(x)`. MaPLe's vision tokens at each layer are a learned linear
+  projection of the *positive* space's text tokens at that layer: the positive space is
+  the one the teacher's knowledge is distilled into (Eq. 9) and the one that classifies at
+  test time, so the image side is coupled to it, and the negative space stays free to say
+  "no" without pulling the image features with it.
+- ``vpt``: vision prompts only; each space's text is its fixed init phrase ("a photo of
+  a {}" / "a photo of no {}": the contexts are frozen).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fdbpl._checks import check_count
+from fdbpl.errors import InputValueError
+from fdbpl.prompts.learner import SPACES, DualPromptLearner
+from fdbpl.prompts.text_tower import (
+    Tokenizer,
+    UnsupportedModelError,
+    relative_error,
+    tolerance,
+    unexpected_block_parts,
+)
+from fdbpl.prompts.vision_tower import VisionTower
+
+__all__ = ["DEEP_DEFAULTS", "DEEP_METHODS", "DeepPromptLearner"]
+
+#: Each deep method's base-to-new defaults from its authors' configs (ViT-B/16):
+#: VPT (multimodal-prompt-learning, ``VPT/vit_b16_c2_ep5_batch4_4``: 8 vision tokens, depth
+#: 12), IVLP and PromptSRC (PromptSRC's ``vit_b16_c2_ep20_batch4_4+4ctx``: 4 text and 4
+#: vision tokens, depth 9), MaPLe (``MaPLe/vit_b16_c2_ep5_batch4_2ctx``: 2 tokens, depth 9).
+#: ``text_ctx`` tokens of the init phrase learn (the rest of the phrase stays words).
+DEEP_DEFAULTS: dict[str, dict[str, int]] = {
+    "vpt": {"depth": 12, "text_ctx": 4, "vision_ctx": 8},
+    "ivlp": {"depth": 9, "text_ctx": 4, "vision_ctx": 4},
+    "maple": {"depth": 9, "text_ctx": 2, "vision_ctx": 2},
+    "promptsrc": {"depth": 9, "text_ctx": 4, "vision_ctx": 4},
+}
+
+#: The deep-prompt methods :class:`DeepPromptLearner` builds.
+DEEP_METHODS = tuple(DEEP_DEFAULTS)
+
+
+class DeepPromptLearner(DualPromptLearner):
+    r"""Deep prompts in the text tower (per space) and the image tower (shared), over a frozen CLIP.
+
+    :meth:`forward` gives both spaces' class-level text features :math:`(C, D)`, as
+    :class:`DualPromptLearner` does; :meth:`encode_image` gives the prompted image features
+    :math:`(N, D)` (the image tower runs with gradients into the vision prompts, the CLIP
+    weights stay frozen). :class:`~fdbpl.prompts.PromptModel` combines the two.
+
+    Args:
+        clip_model: an open_clip ``CLIP`` / ``CustomTextCLIP`` or OpenAI-clip model with a ViT
+            image tower (a ResNet tower is refused: it takes no prompt tokens).
+        classnames: the C class names.
+        method: ``"vpt"``, ``"ivlp"``, ``"maple"`` or ``"promptsrc"`` (:data:`DEEP_METHODS`).
+        tokenizer: as for :class:`DualPromptLearner`.
+        depth: J, the layers that get prompts (1..the tower's blocks), in both towers.
+        text_ctx: learned text tokens per space and layer (at most the init phrase's tokens
+            when there is one; the first ``text_ctx`` of them learn).
+        vision_ctx: learned vision tokens per layer (MaPLe: equals ``text_ctx``).
+        positive_init, negative_init: the spaces' init phrases (``None``: random contexts
+            of ``text_ctx`` tokens).
+        truncate, class_chunk_size, normalize_classnames: as for :class:`DualPromptLearner`.
+
+    Defaults are each method's (:data:`DEEP_DEFAULTS`). At construction the text pass (with
+    the layer-0 tokens only) is checked against the model's ``encode_text`` and the image
+    pass with no prompts against its ``encode_image``; a tower either does not reproduce
+    is refused (:class:`~fdbpl.prompts.UnsupportedModelError`).
+    """
+
+    _partial_phrase = True
+    _shape_keys = ("n_ctx", "depth", "vision_ctx")
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        classnames: Sequence[str],
+        method: str = "ivlp",
+        tokenizer: Tokenizer | None = None,
+        depth: int | None = None,
+        text_ctx: int | None = None,
+        vision_ctx: int | None = None,
+        positive_init: str | None = "a photo of a",
+        negative_init: str | None = "a photo of no",
+        truncate: bool = True,
+        class_chunk_size: int | None = None,
+        normalize_classnames: bool = True,
+    ) -> None:
+        if method not in DEEP_DEFAULTS:
+            raise InputValueError(f"method: expected one of {list(DEEP_METHODS)}, got {method!r}")
+        defaults = DEEP_DEFAULTS[method]
+        depth = check_count("depth", defaults["depth"] if depth is None else depth)
+        text_ctx = check_count("text_ctx", defaults["text_ctx"] if text_ctx is None else text_ctx)
+        vision_ctx = defaults["vision_ctx"] if vision_ctx is None else vision_ctx
+        if method == "maple":
+            if vision_ctx != text_ctx and vision_ctx != defaults["vision_ctx"]:
+                raise InputValueError(
+                    f"vision_ctx: MaPLe projects each text token to a vision token, so vision_ctx is "
+                    f"text_ctx ({text_ctx}); got {vision_ctx}"
+                )
+            vision_ctx = text_ctx
+        vision_ctx = check_count("vision_ctx", vision_ctx, minimum=0)
+        vision = VisionTower.from_model(clip_model)  # refuses a ResNet tower
+        super().__init__(
+            clip_model,
+            classnames,
+            tokenizer=tokenizer,
+            n_ctx=dict.fromkeys(SPACES, text_ctx),
+            positive_init=positive_init,
+            negative_init=negative_init,
+            truncate=truncate,
+            class_chunk_size=class_chunk_size,
+            share_prefix=False,
+            normalize_classnames=normalize_classnames,
+        )
+        text_layers = len(self._tower.transformer.resblocks)
+        if depth > min(text_layers, vision.layers):
+            raise InputValueError(
+                f"depth: the towers have {text_layers} text and {vision.layers} vision blocks; got depth={depth}"
+            )
+        self.method = method
+        self.depth = depth
+        self.vision_ctx = vision_ctx
+        self._vision = vision
+        for p in vision.parameters():
+            p.requires_grad_(False)
+        dtype, device = self.positive_context.dtype, self.positive_context.device
+        width = self._tower.width
+        if method == "vpt":  # the text is each space's fixed phrase
+            self.positive_context.requires_grad_(False)
+            self.negative_context.requires_grad_(False)
+        else:
+            for space in SPACES:
+                deep = torch.empty(depth - 1, self.n_ctx[space], width, device=device, dtype=dtype)
+                setattr(self, f"{space}_deep_context", nn.Parameter(nn.init.normal_(deep, std=0.02)))
+        if method == "maple":
+            self.vision_projection = nn.ModuleList([nn.Linear(width, vision.width) for _ in range(depth)]).to(
+                device=device, dtype=dtype
+            )
+        else:
+            tokens = torch.empty(depth, vision_ctx, vision.width, device=device, dtype=dtype)
+            self.vision_context = nn.Parameter(nn.init.normal_(tokens, std=0.02))
+        self._check_vision_tower(clip_model)
+
+    @classmethod
+    def _handles(cls, method: str) -> bool:
+        return method in DEEP_METHODS
+
+    def _check_vision_tower(self, clip_model: nn.Module) -> None:
+        """Refuse an image tower :class:`VisionTower` does not reproduce (see the class docs)."""
+        unknown = unexpected_block_parts(self._vision.visual.transformer.resblocks)
+        if unknown:
+            raise UnsupportedModelError(
+                "the image tower's blocks hold parts fdbpl does not run ("
+                + ", ".join(unknown[:6])
+                + "): a tower "
+                "already modified (e.g. patched for deep prompts) cannot be reproduced; pass the unmodified CLIP model"
+            )
+        size = self._vision.visual.image_size if hasattr(self._vision.visual, "image_size") else None
+        side = size[0] if isinstance(size, (tuple, list)) else size or self._vision.visual.input_resolution
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(2, 3, side, side, generator=g).to(self.positive_context.device)
+        with torch.no_grad():
+            try:
+                want = clip_model.encode_image(images)
+            except Exception as error:
+                raise UnsupportedModelError(
+                    f"the model's encode_image fails on a plain image: {error}"
+                ) from error
+            got = self._vision.encode(images)
+        error = relative_error(got, want)
+        if not error <= tolerance(self._vision.dtype):
+            raise UnsupportedModelError(
+                f"the image tower is not reproduced (relative error {error:.1e} against the model's encode_image): "
+                "its blocks or pooling work in a way fdbpl does not know"
+            )
+
+    # -- the prompts ----------------------------------------------------------------------
+
+    def text_prompts(self, space: str) -> list[torch.Tensor]:
+        """One space's text tokens at layers 0..J-1, each :math:`(n, W)` (layer 0: its context)."""
+        tokens = [getattr(self, f"{space}_context")]
+        if self.method != "vpt":
+            tokens += list(getattr(self, f"{space}_deep_context").unbind(0))
+        return tokens
+
+    def vision_prompts(self) -> list[torch.Tensor]:
+        """The vision tokens at layers 0..J-1, each :math:`(n_v, W_v)` (MaPLe: projected from
+        the positive space's text tokens)."""
+        if self.method == "maple":
+            return [proj(t) for proj, t in zip(self.vision_projection, self.text_prompts("positive"))]
+        return list(self.vision_context.unbind(0))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Prompted image features :math:`(N, D)`, not normalised (gradients reach the vision
+        prompts; the CLIP weights are frozen)."""
+        return self._vision.encode(images.to(self.positive_context.device), self.vision_prompts())
+
+    # -- the text pass --------------------------------------------------------------------
+
+    def _deep(self, space: str) -> list[torch.Tensor]:
+        return self.text_prompts(space)[1:]
+
+    def _encode_space(self, space: str, idx: torch.Tensor) -> torch.Tensor:
+        return self._tower.encode_embeddings(*self._embeddings(space, idx), deep=self._deep(space))
+
+    def _encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._encode_full(idx)
+
+    def _encode_full(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos, pos_pool = self._embeddings("positive", idx)
+        neg, neg_pool = self._embeddings("negative", idx)
+        c = len(idx)
+        deep = [
+            torch.cat([p.expand(c, -1, -1), q.expand(c, -1, -1)])
+            for p, q in zip(self._deep("positive"), self._deep("negative"))
+        ]
+        x = torch.cat([pos, neg])
+        features = self._tower.encode_embeddings(x, torch.cat([pos_pool, neg_pool]), deep=deep)
+        return features[:c], features[c:]
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "depth": self.depth, "vision_ctx": self.vision_ctx}
+
+    @classmethod
+    def _options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        options = super()._options_from_config(config)
+        del options["class_specific"], options["class_token_position"]
+        n_ctx = options.pop("n_ctx")
+        return {
+            **options,
+            "method": config["method"],
+            "depth": config["depth"],
+            "text_ctx": n_ctx["positive"],
+            "vision_ctx": config["vision_ctx"],
+        }
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, depth={self.depth}, vision_ctx={self.vision_ctx}, {super().extra_repr()}"
