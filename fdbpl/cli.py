@@ -29,7 +29,7 @@ from fdbpl.distributed import process_group, rank_and_world
 from fdbpl.errors import FDBPLError, InputValueError
 from fdbpl.evaluate import evaluate_prompts, harmonic_mean
 from fdbpl.models import LoadedCLIP, load_open_clip
-from fdbpl.prompts import META_NETS, METHODS
+from fdbpl.prompts import DEEP_DEFAULTS, META_NETS, METHODS
 from fdbpl.run import CHECKPOINT, CONFIG, LOG, RunFolder
 from fdbpl.split import select_images
 from fdbpl.train import IMAGE_FEATURES, TrainConfig, train
@@ -342,9 +342,48 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--method",
         choices=METHODS,
         default=d.method,
-        help="the base method's prompt learner: coop (one context per space) or cocoop (a meta-network "
-        "shifts the contexts per image, Zhou et al. 2022; its default 4 tokens from 'a photo of a' are "
-        f"the default init phrases) (default: {d.method})",
+        help="the base method's prompt learner: coop (one context per space); cocoop (a meta-network "
+        "shifts the contexts per image, Zhou et al. 2022); vpt (deep vision prompts, fixed text), ivlp "
+        "(independent deep vision and text prompts), maple (vision prompts projected from the text "
+        "ones, Khattak et al. 2023) or promptsrc (ivlp plus PromptSRC's self-regulating losses and "
+        f"Gaussian prompt aggregation) (default: {d.method})",
+    )
+    deep = ", ".join(f"{m} {v['depth']}" for m, v in DEEP_DEFAULTS.items())
+    p.add_argument(
+        "--depth",
+        type=_integer(1),
+        help=f"deep methods: layers that get prompts, in both towers (default: the method's paper: {deep})",
+    )
+    text_ctx = ", ".join(f"{m} {v['text_ctx']}" for m, v in DEEP_DEFAULTS.items())
+    p.add_argument(
+        "--text-ctx",
+        type=_integer(1),
+        help="deep methods: learned text tokens per space and layer, the first ones of the init phrase "
+        f"(default: {text_ctx})",
+    )
+    vision_ctx = ", ".join(f"{m} {v['vision_ctx']}" for m, v in DEEP_DEFAULTS.items())
+    p.add_argument(
+        "--vision-ctx",
+        type=_integer(0),
+        help=f"deep methods: learned vision tokens per layer (maple: --text-ctx) (default: {vision_ctx})",
+    )
+    p.add_argument(
+        "--src-weights",
+        type=_number(minimum=0.0),
+        nargs=3,
+        metavar=("IMAGE", "TEXT", "LOGITS"),
+        default=[d.src_image_weight, d.src_text_weight, d.src_logit_weight],
+        help="promptsrc: weights of its image, text and logit constraints (default: "
+        f"{d.src_image_weight:g} {d.src_text_weight:g} {d.src_logit_weight:g}, PromptSRC's base-to-new config)",
+    )
+    p.add_argument(
+        "--gpa",
+        type=_number(),
+        nargs=2,
+        metavar=("MEAN", "STD"),
+        default=[d.gpa_mean, d.gpa_std],
+        help="promptsrc: the Gaussian over epochs (counted from 1) that averages the prompts "
+        f"(default: {d.gpa_mean:g} {d.gpa_std:g}, PromptSRC's for 20 epochs)",
     )
     p.add_argument(
         "--meta-net",
@@ -750,6 +789,14 @@ def _train(args: argparse.Namespace) -> int:
             max_classes=args.max_classes,
             method=args.method,
             meta_net=args.meta_net,
+            depth=args.depth,
+            text_ctx=args.text_ctx,
+            vision_ctx=args.vision_ctx,
+            src_image_weight=args.src_weights[0],
+            src_text_weight=args.src_weights[1],
+            src_logit_weight=args.src_weights[2],
+            gpa_mean=args.gpa[0],
+            gpa_std=args.gpa[1],
         )
         result = train(
             table,

@@ -111,7 +111,8 @@ def evaluate_prompts(
         x = torch.stack(
             [preprocess(decode_image(root / r.path), recipe.size, recipe.mean, recipe.std) for r in recs]
         )
-        feats = torch.nn.functional.normalize(student.encode_image(x.to(device)).float(), dim=-1)
+        encode = getattr(learner, "encode_image", student.encode_image)  # deep methods prompt the image tower
+        feats = torch.nn.functional.normalize(encode(x.to(device)).float(), dim=-1)
         if text is None:  # CoCoOp: each image has its own text features
             scores = clip_logits(feats, learner(feats)[0], 1.0)
         else:

@@ -23,14 +23,18 @@ from typing import IO, Any
 import torch
 
 from fdbpl._checks import check_count, check_number
+from fdbpl.aggregation import GPA_MEAN, GPA_STD, GaussianPromptAggregation
 from fdbpl.cache import RegionDataset, RILTable
 from fdbpl.cache.manifest import MANIFEST
 from fdbpl.distributed import barrier, rank_and_world
 from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe
-from fdbpl.logits import logit_scale_of
+from fdbpl.logits import clip_logits, logit_scale_of
 from fdbpl.losses import FDBPLLoss
-from fdbpl.prompts import META_NETS, METHODS, SPACES, DualPromptLearner, build_learner
+from fdbpl.losses.functional.promptsrc import IMAGE_WEIGHT, TEXT_WEIGHT, PromptSRCLossOutput
+from fdbpl.losses.promptsrc import PromptSRCLoss
+from fdbpl.prompts import DEEP_METHODS, META_NETS, METHODS, SPACES, DualPromptLearner, build_learner
+from fdbpl.prompts.ensemble import template_ensemble
 from fdbpl.run import CHECKPOINT, RunFolder, load_run
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -89,6 +93,14 @@ class TrainConfig:
     max_classes: int | None = None
     method: str = "coop"
     meta_net: str = "shared"
+    depth: int | None = None
+    text_ctx: int | None = None
+    vision_ctx: int | None = None
+    src_image_weight: float = IMAGE_WEIGHT
+    src_text_weight: float = TEXT_WEIGHT
+    src_logit_weight: float = 1.0
+    gpa_mean: float = GPA_MEAN
+    gpa_std: float = GPA_STD
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crops_per_image"):
@@ -114,6 +126,22 @@ class TrainConfig:
             raise InputValueError(
                 "class_specific: CoCoOp has one context per space, conditioned on the image"
             )
+        if self.method in DEEP_METHODS and self.image_features == "cached":
+            raise InputValueError(
+                f"image_features: the {self.method} learner prompts the image tower, so its features cannot be "
+                "the table's stored ones; use 'encode' (or 'auto')"
+            )
+        if self.method in DEEP_METHODS and self.class_specific:
+            raise InputValueError(f"class_specific: the {self.method} learner has one context per space")
+        for name in ("depth", "text_ctx"):
+            if getattr(self, name) is not None:
+                check_count(name, getattr(self, name))
+        if self.vision_ctx is not None:
+            check_count("vision_ctx", self.vision_ctx, minimum=0)
+        for name in ("src_image_weight", "src_text_weight", "src_logit_weight"):
+            check_number(name, getattr(self, name), minimum=0.0)
+        check_number("gpa_mean", self.gpa_mean)
+        check_number("gpa_std", self.gpa_std, positive=True)
         if self.image_features not in IMAGE_FEATURES:
             raise InputValueError(
                 f"image_features: expected one of {list(IMAGE_FEATURES)}, got {self.image_features!r}"
@@ -221,6 +249,8 @@ class _Session:
     steps_per_epoch: int
     logit_scale: torch.Tensor | float  # the frozen student's, read once
     class_ranking: torch.Tensor | None = None  # class-agnostic: class ids by mean teacher probability
+    src: PromptSRCTerms | None = None  # promptsrc: the frozen text ensemble and the loss
+    gpa: GaussianPromptAggregation | None = None  # promptsrc: prompts averaged over epochs
     start_epoch: int = 0
     step: int = 0
     log: IO[str] | None = None
@@ -337,6 +367,10 @@ def _start_or_resume(
     }
     if cfg.method == "cocoop":
         options["meta_net"] = cfg.meta_net
+    elif cfg.method in DEEP_METHODS:
+        del options["n_ctx"]
+        text_ctx = cfg.text_ctx if cfg.text_ctx is not None else cfg.n_ctx
+        options.update(depth=cfg.depth, text_ctx=text_ctx, vision_ctx=cfg.vision_ctx)
     else:
         options["class_specific"] = cfg.class_specific
     prompts = build_learner(cfg.method, student, table.classnames, **options).to(device)
@@ -352,7 +386,7 @@ def _start_or_resume(
         crops_per_image=cfg.crops_per_image,
         seed=cfg.seed,
         recipe=recipe,
-        features=_stored_features(table, student, recipe, cfg.image_features),
+        features=_stored_features(table, student, recipe, cfg.image_features, prompts.prompts_images),
     )
     sampler = _ShareSampler(len(dataset), rank, world, cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -360,7 +394,10 @@ def _start_or_resume(
     )
     steps_per_epoch = math.ceil(len(dataset) / world / cfg.batch_size)
     optimizer = torch.optim.SGD(
-        learner.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        [p for p in learner.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, cfg.epochs * steps_per_epoch)
@@ -389,6 +426,30 @@ def _start_or_resume(
         steps_per_epoch,
         logit_scale_of(student),
         class_ranking(table).to(device) if cfg.max_classes is not None else None,
+        _promptsrc_terms(student, table.classnames, tokenizer, cfg, device)
+        if cfg.method == "promptsrc"
+        else None,
+        GaussianPromptAggregation(learner, cfg.epochs, cfg.gpa_mean, cfg.gpa_std)
+        if cfg.method == "promptsrc"
+        else None,
+    )
+
+
+@dataclass
+class PromptSRCTerms:
+    """What ``promptsrc`` adds to a step: the frozen template ensemble of the classes and
+    PromptSRC's self-regulating loss."""
+
+    ensemble: torch.Tensor  # (C, D), the frozen student's text features averaged over templates
+    loss: PromptSRCLoss
+
+
+def _promptsrc_terms(
+    student: torch.nn.Module, classnames: list[str], tokenizer: Any, cfg: TrainConfig, device: torch.device
+) -> PromptSRCTerms:
+    ensemble = template_ensemble(student, classnames, tokenizer=tokenizer).to(device)
+    return PromptSRCTerms(
+        ensemble, PromptSRCLoss(cfg.src_image_weight, cfg.src_text_weight, cfg.src_logit_weight)
     )
 
 
@@ -414,10 +475,13 @@ def batch_classes(indices: torch.Tensor, ranking: torch.Tensor, budget: int) -> 
     return present.nonzero().flatten()
 
 
-def _stored_features(table: RILTable, student: torch.nn.Module, recipe: InputRecipe, how: str) -> bool:
+def _stored_features(
+    table: RILTable, student: torch.nn.Module, recipe: InputRecipe, how: str, prompted: bool = False
+) -> bool:
     """Whether steps take the table's stored image features (see :data:`IMAGE_FEATURES`);
-    stored features of another student or input recipe are refused."""
-    if how == "encode" or (how == "auto" and not table.has_features):
+    stored features of another student or input recipe are refused. A learner that prompts
+    the image tower (``prompted``) needs the images."""
+    if prompted or how == "encode" or (how == "auto" and not table.has_features):
         return False
     table.check_student(student, recipe)  # also refuses "cached" on a table without features
     return True
@@ -448,6 +512,8 @@ def _resume_or_record(session: _Session, images: str | os.PathLike[str]) -> None
         session.optimizer.load_state_dict(state["optimizer"])
         session.scheduler.load_state_dict(state["scheduler"])
         session.start_epoch, session.step = int(state["epoch"]), int(state["step"])
+        if session.gpa is not None and "gpa" in state:
+            session.gpa.load_state_dict(state["gpa"])
         if rank == 0:
             folder.trim_log(session.start_epoch)
     elif rank == 0:
@@ -470,23 +536,50 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
             labels.indices, session.class_ranking, session.settings["config"]["max_classes"]
         )
         labels = labels.restrict(classes)
+    images = None
     if "features" in batch:  # stored by the table: the frozen image encoder's output
         stored = batch["features"].to(device=device, dtype=torch.float32)
         image_features, positive, negative = session.model(image_features=stored, classes=classes)
-    else:  # the frozen image encoder runs inside, under no_grad
-        image_features, positive, negative = session.model(batch["image"].to(device), classes=classes)
+    else:  # the image encoder runs inside: frozen (no_grad), or with the learner's vision prompts
+        images = batch["image"].to(device)
+        image_features, positive, negative = session.model(images, classes=classes)
     weight = batch["weight"].to(device)
     out = session.loss_fn(image_features, positive, negative, labels, weight, session.logit_scale)
+    parts = out._asdict()
+    total = out.total
+    if session.src is not None and images is not None:  # PromptSRC's self-regulating terms
+        total, src = _add_promptsrc(session, images, image_features, positive, classes, total)
+        parts.update(total=total, src_image=src.image, src_text=src.text, src_logits=src.logits)
     session.optimizer.zero_grad(set_to_none=True)
-    out.total.backward()
+    total.backward()
     session.optimizer.step()
     session.scheduler.step()
     session.step += 1
-    session.last = {k: float(v.detach()) for k, v in out._asdict().items()}
+    session.last = {k: float(v.detach()) for k, v in parts.items()}
     if session.log is not None:
         lr = session.scheduler.get_last_lr()[0]
         session.log.write(json.dumps({"epoch": epoch, "step": session.step, "lr": lr, **session.last}) + "\n")
     return torch.stack([torch.tensor(float(len(ids))), ids.sum(), (ids**2).sum()])
+
+
+def _add_promptsrc(
+    session: _Session,
+    images: torch.Tensor,
+    image_features: torch.Tensor,
+    positive: torch.Tensor,
+    classes: torch.Tensor | None,
+    total: torch.Tensor,
+) -> tuple[torch.Tensor, PromptSRCLossOutput]:
+    """FDBPL's total plus PromptSRC's constraints on the positive space (the one that
+    classifies; the negative prompts have no hand-written counterpart to stay close to)."""
+    assert session.src is not None
+    ensemble = session.src.ensemble if classes is None else session.src.ensemble.index_select(0, classes)
+    with torch.no_grad():
+        frozen = session.student.encode_image(images).float()
+        frozen_logits = clip_logits(frozen, ensemble, session.logit_scale)
+    logits = clip_logits(image_features, positive, session.logit_scale)
+    src = session.src.loss(image_features, frozen, positive, ensemble, logits, frozen_logits)
+    return total + src.total, src
 
 
 def _end_of_epoch(session: _Session, epoch: int, seen: torch.Tensor) -> None:
@@ -494,6 +587,10 @@ def _end_of_epoch(session: _Session, epoch: int, seen: torch.Tensor) -> None:
     rank, world = rank_and_world()
     if world > 1:
         torch.distributed.all_reduce(seen)
+    if session.gpa is not None:  # PromptSRC: the prompts of the run are the Gaussian-weighted average
+        session.gpa.update(epoch)
+        if epoch + 1 == session.settings["config"]["epochs"]:
+            session.gpa.apply()
     if rank == 0:
         assert session.log is not None
         counts = {"items": int(seen[0]), "item_id_sum": int(seen[1]), "item_id_square_sum": int(seen[2])}
@@ -510,6 +607,7 @@ def _end_of_epoch(session: _Session, epoch: int, seen: torch.Tensor) -> None:
                 "table_sha256": session.settings["table_sha256"],
                 "settings": session.settings,
                 "student": session.settings["student"],
+                **({"gpa": session.gpa.state_dict()} if session.gpa is not None else {}),
             }
         )
     barrier()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -321,3 +322,34 @@ def test_cocoop_trains_and_evaluates_end_to_end(image_root, teacher_files, tmp_p
     assert code == 2 and "method: 'cocoop' -> 'coop'" in err, err
     code, err = run_main([*cocoop, "--out", tmp_path / "r3", "--class-specific"], capsys)
     assert code == 2 and "class_specific: CoCoOp" in err, err
+
+
+@pytest.mark.parametrize("method", ["vpt", "ivlp", "maple", "promptsrc"])
+def test_deep_methods_train_and_evaluate_end_to_end(method, image_root, teacher_files, tmp_path, capsys):
+    """Each deep method from a table through the CLI (its images replayed: the image tower is
+    prompted), then evaluated with the run's own learner."""
+    table = tmp_path / "t"
+    assert (
+        run_main(_build_args(image_root, table, teacher_files, "--crops-per-image", 2, "--topk", 2), capsys)[
+            0
+        ]
+        == 0
+    )
+    run = tmp_path / "run"
+    argv = ["train", table, image_root, *student_args(teacher_files), "--epochs", 2, "--batch-size", 4]
+    argv += ["--no-progress", "--method", method, "--depth", 2, "--out", run]
+    assert run_main(argv, capsys)[0] == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert (
+        state["learner"]["_extra_state"]["method"] == method
+        and state["learner"]["_extra_state"]["depth"] == 2
+    )
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [entry for entry in log if "step" in entry]
+    assert all(("src_image" in entry) == (method == "promptsrc") for entry in steps)
+    if method == "promptsrc":
+        assert len(state["gpa"]["seen"]) == 2
+    assert main(["evaluate", str(run), str(image_root)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("learned")
+    code, err = run_main([*argv[:-1], tmp_path / "r2", "--image-features", "cached"], capsys)
+    assert code == 2 and "prompts the image tower" in err, err

@@ -208,3 +208,16 @@ def test_towers_it_cannot_prompt_are_refused():
         DeepPromptLearner(model, NAMES, "ivlp", tokenizer=tok, depth=3)
     with pytest.raises(FDBPLError, match="n_ctx"):
         DeepPromptLearner(model, NAMES, "ivlp", tokenizer=tok, depth=1, text_ctx=5)
+
+
+def test_template_ensemble_is_the_mean_of_encode_text_over_templates(open_clip_model):
+    from fdbpl.prompts.ensemble import imagenet_templates, template_ensemble
+
+    model, tok = open_clip_model
+    templates = ["a photo of a {}.", lambda c: f"a drawing of the {c}."]
+    got = template_ensemble(model, NAMES, templates, tokenizer=tok)
+    with torch.no_grad():
+        a = model.encode_text(tok([f"a photo of a {c}." for c in NAMES]))
+        b = model.encode_text(tok([f"a drawing of the {c}." for c in NAMES]))
+    torch.testing.assert_close(got, (a + b) / 2, rtol=0, atol=1e-6)
+    assert len(imagenet_templates()) == 80

@@ -14,6 +14,12 @@ from fdbpl.losses.functional.pcd import (
     pcd_loss,
     second_order_difference_loss,
 )
+from fdbpl.losses.functional.promptsrc import (
+    PromptSRCLossOutput,
+    feature_consistency_loss,
+    logit_consistency_loss,
+    promptsrc_loss,
+)
 from fdbpl.losses.functional.radp import negative_uniform_loss, positive_distillation_loss, radp_loss
 from fdbpl.losses.functional.reduction import Reduction
 from fdbpl.losses.functional.total import FDBPLLossOutput, fdbpl_loss
@@ -25,14 +31,18 @@ __all__ = [
     "NORM_EPS",
     "RESOLUTION",
     "FDBPLLossOutput",
+    "PromptSRCLossOutput",
     "Reduction",
     "clip_logits",
     "fdbpl_loss",
+    "feature_consistency_loss",
     "first_order_difference_loss",
     "information_weight",
+    "logit_consistency_loss",
     "negative_uniform_loss",
     "pcd_loss",
     "positive_distillation_loss",
+    "promptsrc_loss",
     "radp_loss",
     "second_order_difference_loss",
 ]
