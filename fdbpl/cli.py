@@ -368,6 +368,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=f"deep methods: learned vision tokens per layer (maple: --text-ctx) (default: {vision_ctx})",
     )
     p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="deep methods: recompute each image-tower block in backward instead of keeping its "
+        "activations (less memory, about one more image forward per step)",
+    )
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="run the CLIP towers under bfloat16 autocast (on a GPU: less memory, faster); the losses "
+        "stay float32",
+    )
+    p.add_argument(
         "--src-weights",
         type=_number(minimum=0.0),
         nargs=3,
@@ -797,6 +809,8 @@ def _train(args: argparse.Namespace) -> int:
             src_logit_weight=args.src_weights[2],
             gpa_mean=args.gpa[0],
             gpa_std=args.gpa[1],
+            gradient_checkpointing=args.gradient_checkpointing,
+            amp=args.amp,
         )
         result = train(
             table,

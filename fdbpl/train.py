@@ -66,9 +66,15 @@ class TrainConfig:
     ``image_features`` says where the student's image features come from (see
     :data:`IMAGE_FEATURES`); ``class_chunk_size`` bounds the text pass's memory (see
     :class:`~fdbpl.prompts.DualPromptLearner`). ``method`` is the base method's prompt
-    learner (:data:`~fdbpl.prompts.METHODS`: ``"coop"`` or ``"cocoop"``, whose text features
-    are per image) and ``meta_net`` CoCoOp's meta-network, shared by the two spaces or one
-    per space (:data:`~fdbpl.prompts.META_NETS`).
+    learner (:data:`~fdbpl.prompts.METHODS`: ``"coop"``, ``"cocoop"``, whose text
+    features are per image, or the deep methods ``"vpt"``, ``"ivlp"``, ``"maple"``,
+    ``"promptsrc"``) and ``meta_net`` CoCoOp's meta-network, shared by the two spaces or
+    one per space (:data:`~fdbpl.prompts.META_NETS`). The deep methods take ``depth``,
+    ``text_ctx`` and ``vision_ctx`` (``None``: the method's own defaults,
+    :data:`~fdbpl.prompts.DEEP_DEFAULTS`) and ``gradient_checkpointing``; ``promptsrc``
+    its constraints' weights ``src_*`` and the Gaussian ``gpa_mean``, ``gpa_std``
+    (:mod:`fdbpl.aggregation`). ``amp`` runs the towers under bfloat16 autocast (the
+    losses stay float32).
     """
 
     epochs: int = 50
@@ -101,6 +107,8 @@ class TrainConfig:
     src_logit_weight: float = 1.0
     gpa_mean: float = GPA_MEAN
     gpa_std: float = GPA_STD
+    gradient_checkpointing: bool = False
+    amp: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crops_per_image"):
@@ -133,6 +141,11 @@ class TrainConfig:
             )
         if self.method in DEEP_METHODS and self.class_specific:
             raise InputValueError(f"class_specific: the {self.method} learner has one context per space")
+        if self.gradient_checkpointing and self.method not in DEEP_METHODS:
+            raise InputValueError(
+                f"gradient_checkpointing: only the deep methods ({', '.join(DEEP_METHODS)}) run the image tower "
+                f"with gradients; {self.method} does not"
+            )
         for name in ("depth", "text_ctx"):
             if getattr(self, name) is not None:
                 check_count(name, getattr(self, name))
@@ -196,7 +209,7 @@ def _flatten_crops(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 #: Settings that do not change what a run computes, so a resumed run may change them.
-_FREE_ON_RESUME = ("num_workers", "class_chunk_size")
+_FREE_ON_RESUME = ("num_workers", "class_chunk_size", "gradient_checkpointing")
 
 
 def _check_same_settings(folder: RunFolder, state: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -370,7 +383,12 @@ def _start_or_resume(
     elif cfg.method in DEEP_METHODS:
         del options["n_ctx"]
         text_ctx = cfg.text_ctx if cfg.text_ctx is not None else cfg.n_ctx
-        options.update(depth=cfg.depth, text_ctx=text_ctx, vision_ctx=cfg.vision_ctx)
+        options.update(
+            depth=cfg.depth,
+            text_ctx=text_ctx,
+            vision_ctx=cfg.vision_ctx,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+        )
     else:
         options["class_specific"] = cfg.class_specific
     prompts = build_learner(cfg.method, student, table.classnames, **options).to(device)
@@ -537,12 +555,14 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
         )
         labels = labels.restrict(classes)
     images = None
-    if "features" in batch:  # stored by the table: the frozen image encoder's output
-        stored = batch["features"].to(device=device, dtype=torch.float32)
-        image_features, positive, negative = session.model(image_features=stored, classes=classes)
-    else:  # the image encoder runs inside: frozen (no_grad), or with the learner's vision prompts
-        images = batch["image"].to(device)
-        image_features, positive, negative = session.model(images, classes=classes)
+    # the towers in bfloat16 with --amp; the losses compute in float32 outside autocast
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=session.settings["config"]["amp"]):
+        if "features" in batch:  # stored by the table: the frozen image encoder's output
+            stored = batch["features"].to(device=device, dtype=torch.float32)
+            image_features, positive, negative = session.model(image_features=stored, classes=classes)
+        else:  # the image encoder runs inside: frozen (no_grad), or with the learner's vision prompts
+            images = batch["image"].to(device)
+            image_features, positive, negative = session.model(images, classes=classes)
     weight = batch["weight"].to(device)
     out = session.loss_fn(image_features, positive, negative, labels, weight, session.logit_scale)
     parts = out._asdict()

@@ -338,6 +338,8 @@ def test_deep_methods_train_and_evaluate_end_to_end(method, image_root, teacher_
     run = tmp_path / "run"
     argv = ["train", table, image_root, *student_args(teacher_files), "--epochs", 2, "--batch-size", 4]
     argv += ["--no-progress", "--method", method, "--depth", 2, "--out", run]
+    if method == "ivlp":  # the memory options: same run, less memory on a GPU
+        argv = [*argv[:-2], "--gradient-checkpointing", "--amp", *argv[-2:]]
     assert run_main(argv, capsys)[0] == 0
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert (

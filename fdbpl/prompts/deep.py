@@ -38,11 +38,11 @@ from fdbpl.prompts.vision_tower import VisionTower
 
 __all__ = ["DEEP_DEFAULTS", "DEEP_METHODS", "DeepPromptLearner"]
 
-#: Each deep method's base-to-new defaults from its authors' configs (ViT-B/16):
-#: VPT (multimodal-prompt-learning, ``VPT/vit_b16_c2_ep5_batch4_4``: 8 vision tokens, depth
-#: 12), IVLP and PromptSRC (PromptSRC's ``vit_b16_c2_ep20_batch4_4+4ctx``: 4 text and 4
-#: vision tokens, depth 9), MaPLe (``MaPLe/vit_b16_c2_ep5_batch4_2ctx``: 2 tokens, depth 9).
-#: ``text_ctx`` tokens of the init phrase learn (the rest of the phrase stays words).
+#: Each deep method's base-to-new defaults, from its authors' ViT-B/16 configs: VPT's
+#: (multimodal-prompt-learning) has 8 vision tokens at depth 12; IVLP's and PromptSRC's
+#: (PromptSRC's repository) have 4 text and 4 vision tokens at depth 9; MaPLe's has 2
+#: tokens at depth 9. The first ``text_ctx`` tokens of the init phrase learn, the rest of
+#: the phrase stays words of the prompt.
 DEEP_DEFAULTS: dict[str, dict[str, int]] = {
     "vpt": {"depth": 12, "text_ctx": 4, "vision_ctx": 8},
     "ivlp": {"depth": 9, "text_ctx": 4, "vision_ctx": 4},
@@ -75,6 +75,11 @@ class DeepPromptLearner(DualPromptLearner):
         positive_init, negative_init: the spaces' init phrases (``None``: random contexts
             of ``text_ctx`` tokens).
         truncate, class_chunk_size, normalize_classnames: as for :class:`DualPromptLearner`.
+        gradient_checkpointing: recompute each image-tower block in the backward pass
+            instead of keeping its activations (the vision prompts need gradients through
+            the whole image tower, whose activations grow with the batch); the same
+            result for about one more image forward. Not part of the state dict; set it
+            any time. For many classes, ``class_chunk_size`` bounds the text pass.
 
     Defaults are each method's (:data:`DEEP_DEFAULTS`). At construction the text pass (with
     the layer-0 tokens only) is checked against the model's ``encode_text`` and the image
@@ -99,6 +104,7 @@ class DeepPromptLearner(DualPromptLearner):
         truncate: bool = True,
         class_chunk_size: int | None = None,
         normalize_classnames: bool = True,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if method not in DEEP_DEFAULTS:
             raise InputValueError(f"method: expected one of {list(DEEP_METHODS)}, got {method!r}")
@@ -134,6 +140,7 @@ class DeepPromptLearner(DualPromptLearner):
             )
         self.method = method
         self.depth = depth
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         self.vision_ctx = vision_ctx
         self._vision = vision
         for p in vision.parameters():
@@ -208,7 +215,9 @@ class DeepPromptLearner(DualPromptLearner):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Prompted image features :math:`(N, D)`, not normalised (gradients reach the vision
         prompts; the CLIP weights are frozen)."""
-        return self._vision.encode(images.to(self.positive_context.device), self.vision_prompts())
+        return self._vision.encode(
+            images.to(self.positive_context.device), self.vision_prompts(), self.gradient_checkpointing
+        )
 
     # -- the text pass --------------------------------------------------------------------
 

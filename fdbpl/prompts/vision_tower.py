@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fdbpl.prompts.text_tower import UnsupportedModelError
 
@@ -94,7 +95,12 @@ class VisionTower:
         x = torch.cat([cls_token, x], dim=1) + v.positional_embedding.to(x.dtype)
         return v.ln_pre(x)
 
-    def encode(self, images: torch.Tensor, prompts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[torch.Tensor] | None = None,
+        checkpoint_blocks: bool = False,
+    ) -> torch.Tensor:
         """``encode_image`` with VPT prompts.
 
         Args:
@@ -103,6 +109,9 @@ class VisionTower:
                 class and patch tokens before block 0 (j = 0), and replacing those positions
                 before block j (j = 1 .. len - 1); dropped before pooling. ``None`` or empty:
                 plain ``encode_image``.
+            checkpoint_blocks: keep no activations inside the blocks; each block is
+                recomputed in the backward pass (gradient checkpointing: less memory, one
+                more forward). The result is the same.
 
         Returns:
             :math:`(B, D)` image features, not normalised.
@@ -119,7 +128,10 @@ class VisionTower:
             if j < len(prompts):
                 p = prompts[j].to(x.dtype).expand(x.shape[0], *prompts[j].shape[-2:])
                 x = torch.cat([x[:, :tokens], p], dim=1)
-            x = blk(x.transpose(0, 1)).transpose(0, 1) if seq_first else blk(x)
+            if checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(_run_block, blk, x, seq_first, use_reentrant=False)
+            else:
+                x = _run_block(blk, x, seq_first)
         x = x[:, :tokens]
         return self._pool(x)
 
@@ -136,3 +148,8 @@ class VisionTower:
                 pooled = v.ln_post(pooled)
         proj = getattr(v, "proj", None)
         return pooled if proj is None else pooled @ proj
+
+
+def _run_block(blk: nn.Module, x: torch.Tensor, seq_first: bool) -> torch.Tensor:
+    """One block on batch-first ``x``, whatever layout the block takes."""
+    return blk(x.transpose(0, 1)).transpose(0, 1) if seq_first else blk(x)

@@ -221,3 +221,23 @@ def test_template_ensemble_is_the_mean_of_encode_text_over_templates(open_clip_m
         b = model.encode_text(tok([f"a drawing of the {c}." for c in NAMES]))
     torch.testing.assert_close(got, (a + b) / 2, rtol=0, atol=1e-6)
     assert len(imagenet_templates()) == 80
+
+
+def test_gradient_checkpointing_gives_the_same_features_and_gradients(open_clip_model):
+    model, tok = open_clip_model
+    plain = perturbed(DeepPromptLearner(model, NAMES, "maple", tokenizer=tok, depth=2))
+    checkpointed = DeepPromptLearner(
+        model, NAMES, "maple", tokenizer=tok, depth=2, gradient_checkpointing=True
+    )
+    checkpointed.load_state_dict(plain.state_dict())
+    images = torch.randn(3, 3, 32, 32)
+
+    def run(learner):
+        f = learner.encode_image(images)
+        grads = torch.autograd.grad(
+            (f * torch.linspace(-1, 1, f.shape[1])).sum(), list(learner.parameters()), allow_unused=True
+        )
+        return [f.detach(), *[g for g in grads if g is not None]]
+
+    for a, b in zip(run(checkpointed), run(plain)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
