@@ -9,7 +9,6 @@ every :mod:`fdbpl.losses` function takes.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -268,17 +267,7 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
             got = self._encode_per_image(ctx["positive"], ctx["negative"], idx)
             self.shares_prefix = False
             want = self._encode_per_image(ctx["positive"], ctx["negative"], idx)
-        tolerance = 1e-4 if self._tower.cast_dtype in (torch.float32, torch.float64) else 2e-2
-        for a, b in zip(got, want):
-            error = float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
-            if not error <= tolerance:
-                warnings.warn(
-                    f"the text tower's blocks are not reproduced by the shared-prefix pass (relative error "
-                    f"{error:.1e}): every prompt is computed in full",
-                    stacklevel=3,
-                )
-                return False
-        return True
+        return self._same_features(got, want)
 
     def normalized_features(  # type: ignore[override]
         self, image_features: torch.Tensor, classes: ClassSelection = None

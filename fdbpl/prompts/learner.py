@@ -16,7 +16,7 @@ from fdbpl._checks import check_count, first_difference
 from fdbpl.data.items import coop_classname
 from fdbpl.errors import InputValueError
 from fdbpl.logits import clip_logits, logit_scale_of
-from fdbpl.prompts.text_tower import TextTower, Tokenizer, check_text_tower
+from fdbpl.prompts.text_tower import TextTower, Tokenizer, check_text_tower, relative_error, tolerance
 
 __all__ = ["SPACES", "DualPromptLearner"]
 
@@ -448,14 +448,18 @@ class DualPromptLearner(nn.Module):
         with torch.no_grad():
             want = self._encode_full(idx)
             got = [self._encode_shared(space, idx) for space in SPACES]
-        tolerance = 1e-4 if self._tower.cast_dtype in (torch.float32, torch.float64) else 2e-2
+        return self._same_features(got, want)
+
+    def _same_features(self, got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> bool:
+        """Whether a shared-prefix pass gave the full pass's features (to float round-off);
+        warns that every prompt will be computed in full where not."""
         for g, w in zip(got, want):
-            error = float((g.float() - w.float()).norm() / w.float().norm().clamp_min(1e-30))
-            if not error <= tolerance:
+            error = relative_error(g, w)
+            if not error <= tolerance(self._tower.cast_dtype):
                 warnings.warn(
                     f"the text tower's blocks are not reproduced by the shared-prefix pass (relative error "
                     f"{error:.1e}): every prompt is computed in full",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 return False
         return True

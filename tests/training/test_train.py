@@ -64,8 +64,14 @@ def test_training_logs_every_part_and_checkpoints_both_spaces(table, image_root,
     )
 
 
-def test_interrupted_training_resumes_to_the_same_prompts(table, image_root, tmp_path, monkeypatch):
-    run_train(table, image_root, tmp_path / "straight")
+#: PromptSRC: deep prompts in both towers, its constraints, and the Gaussian aggregation whose
+#: running sums must survive the crash (mean 2.5: the weight spreads over the three epochs).
+PROMPTSRC = dataclasses.replace(CONFIG, method="promptsrc", depth=2, gpa_mean=2.5, gpa_std=1.0)
+
+
+@pytest.mark.parametrize("config", [CONFIG, PROMPTSRC], ids=["coop", "promptsrc"])
+def test_interrupted_training_resumes_to_the_same_prompts(table, image_root, tmp_path, monkeypatch, config):
+    run_train(table, image_root, tmp_path / "straight", config)
     saves = {"n": 0, "steps_after": 0}
     real_save, real_loss = RunFolder.save_checkpoint, train_module.FDBPLLoss
 
@@ -84,14 +90,16 @@ def test_interrupted_training_resumes_to_the_same_prompts(table, image_root, tmp
     monkeypatch.setattr(RunFolder, "save_checkpoint", count_saves)
     monkeypatch.setattr(train_module, "FDBPLLoss", CrashingLoss)
     with pytest.raises(KeyboardInterrupt):
-        run_train(table, image_root, tmp_path / "resumed")
+        run_train(table, image_root, tmp_path / "resumed", config)
     monkeypatch.setattr(train_module, "FDBPLLoss", real_loss)
     monkeypatch.setattr(RunFolder, "save_checkpoint", real_save)
     assert load_run(tmp_path / "resumed")["epoch"] == 2
-    run_train(table, image_root, tmp_path / "resumed")
+    run_train(table, image_root, tmp_path / "resumed", config)
     a, b = load_run(tmp_path / "straight"), load_run(tmp_path / "resumed")
-    for key in ("positive_context", "negative_context"):
-        assert torch.equal(a["learner"][key], b["learner"][key])
+    learned = [k for k in a["learner"] if k != "_extra_state"]
+    assert len(learned) == (2 if config.method == "coop" else 5)
+    for key in learned:
+        assert torch.equal(a["learner"][key], b["learner"][key]), key
     logs = [(tmp_path / run / "log.jsonl").read_text().splitlines() for run in ("straight", "resumed")]
     assert [json.loads(x)["step"] for x in logs[0] if "step" in x] == [
         json.loads(x)["step"] for x in logs[1] if "step" in x
@@ -160,8 +168,9 @@ def _openai():
     return OPENAI_MEAN, OPENAI_STD
 
 
+@pytest.mark.parametrize("method", [[], ["--method", "promptsrc", "--depth", "2"]], ids=["coop", "promptsrc"])
 def test_two_process_training_sees_each_image_once_and_ends_with_one_set_of_prompts(
-    table, image_root, teacher_files, tmp_path
+    table, image_root, teacher_files, tmp_path, method
 ):
     config, checkpoint = teacher_files
     run_fdbpl(
@@ -179,6 +188,7 @@ def test_two_process_training_sees_each_image_once_and_ends_with_one_set_of_prom
         "--batch-size",
         4,
         "--no-progress",
+        *method,
         nproc=2,
     )
     lines = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
