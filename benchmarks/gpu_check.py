@@ -6,10 +6,10 @@ Without CUDA it says so and exits 0 (``--device cpu`` runs the same checks on th
 which is how the tests exercise this script). On the device it runs, and prints:
 
 1. every loss (Eq. 9, 10, 13, 16 over items and over classes, 17, ``clip_logits``,
-   the information weight) in float32, bfloat16 and float16 autocast, against float64
+   the information weight; Eq. 16 and 17 also with per-image text features) in float32, bfloat16 and float16 autocast, against float64
    CPU references: the largest relative error of values and gradients;
-2. the prompt learner (both spaces, chunked and not) against the same learner on the
-   CPU, and its gradients;
+2. the prompt learner (both spaces, chunked and not), and the CoCoOp, IVLP and MaPLe
+   learners, against the same learners on the CPU, and their gradients;
 3. a training step from a table with stored student features, and one encoding images;
 4. ``torch.compile`` (inductor) of the total loss against eager, and their times;
 5. time and peak memory of the fused vs naive second-order loss (N x C grid, D = 512).
@@ -101,7 +101,20 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
         f, pos, neg, labels, w
     ),
     "total (Eq. 17)": lambda f, pos, neg, teacher, labels, w: L.fdbpl_loss(f, pos, neg, teacher, w).total,
+    # text features per image (N, C, D), as a CoCoOp learner gives them
+    "second order per image (Eq. 16)": lambda f, pos, neg, teacher, labels, w: L.second_order_difference_loss(
+        f, per_image(pos, len(f)), per_image(neg, len(f)), labels, w
+    ),
+    "total per image (Eq. 17)": lambda f, pos, neg, teacher, labels, w: (
+        L.fdbpl_loss(f, per_image(pos, len(f)), per_image(neg, len(f)), teacher, w).total
+    ),
 }
+
+
+def per_image(text: torch.Tensor, n: int) -> torch.Tensor:
+    """(C, D) -> (N, C, D), another scale per image (not an expand view)."""
+    scale = 1 + 0.1 * torch.arange(n, device=text.device, dtype=text.dtype) / n
+    return text[None] * scale[:, None, None]
 
 
 def value_and_grads(
@@ -171,6 +184,24 @@ def check_learner(device: torch.device, report: Report) -> None:
     for chunk in (None, 7):
         error = max(relative_error(a, b) for a, b in zip(results["device", chunk], results["cpu", None]))
         report.check(f"learner features and gradients, class_chunk_size={chunk}", error, 1e-4)
+    check_other_learners(names[:12], cpu_model, dev_model, device, report)
+
+
+def check_other_learners(names, cpu_model, dev_model, device: torch.device, report: Report) -> None:
+    """CoCoOp's and the deep methods' learners on the device against the CPU: features and gradients."""
+    from fdbpl.prompts import build_learner
+
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for method, options in (("cocoop", {}), ("ivlp", {"depth": 2}), ("maple", {"depth": 2})):
+        results = {}
+        for where, model in (("cpu", cpu_model), ("device", dev_model)):
+            torch.manual_seed(3)  # the same random prompts on both
+            prompts = build_learner(method, model, names, **options).to(next(model.parameters()).device)
+            f, pos, neg = prompts(images.to(next(model.parameters()).device))
+            (f.sum() + pos.square().sum() + neg.sum()).backward()
+            results[where] = [f, pos, neg, *(p.grad for p in prompts.parameters() if p.grad is not None)]
+        error = max(relative_error(a, b) for a, b in zip(results["device"], results["cpu"]))
+        report.check(f"{method} learner features and gradients", error, 1e-4)
 
 
 def check_training(device: torch.device, report: Report) -> None:

@@ -264,7 +264,16 @@ def test_ctrl_c_prints_one_line_and_exits_130(image_root, teacher_files, tmp_pat
     out = tmp_path / "t"
     cmd = fdbpl_command(
         *_build_args(
-            image_root, out, teacher_files, "--crops-per-image", 400, "--batch-size", 400, "--topk", 3
+            # long enough (seconds) that a loaded machine cannot finish it before the signal lands
+            image_root,
+            out,
+            teacher_files,
+            "--crops-per-image",
+            2000,
+            "--batch-size",
+            400,
+            "--topk",
+            3,
         )
     )
     proc = subprocess.Popen(
