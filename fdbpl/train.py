@@ -1,8 +1,8 @@
 """FDBPL training of the dual prompts from a RIL table (the CoOp-style loop, as a function).
 
 The student CLIP stays frozen; only the prompt learner of the base method trains
-(:func:`~fdbpl.prompts.build_learner`: CoOp's two contexts, or CoCoOp's contexts and
-meta-network), with :class:`~fdbpl.losses.FDBPLLoss` on :class:`~fdbpl.cache.RegionDataset`
+(:func:`~fdbpl.prompts.build_learner`: CoOp's two contexts, CoCoOp's contexts and
+meta-network, or the deep text and vision prompts of VPT, IVLP, MaPLe and PromptSRC), with :class:`~fdbpl.losses.FDBPLLoss` on :class:`~fdbpl.cache.RegionDataset`
 batches. Under ``torchrun`` the learner is wrapped in ``DistributedDataParallel``: every
 rank sees a disjoint share of each epoch and all ranks end with the same prompts.
 """
@@ -262,7 +262,7 @@ class _Session:
     steps_per_epoch: int
     logit_scale: torch.Tensor | float  # the frozen student's, read once
     class_ranking: torch.Tensor | None = None  # class-agnostic: class ids by mean teacher probability
-    src: PromptSRCTerms | None = None  # promptsrc: the frozen text ensemble and the loss
+    src: _PromptSRCTerms | None = None  # promptsrc: the frozen text ensemble and the loss
     gpa: GaussianPromptAggregation | None = None  # promptsrc: prompts averaged over epochs
     start_epoch: int = 0
     step: int = 0
@@ -454,7 +454,7 @@ def _start_or_resume(
 
 
 @dataclass
-class PromptSRCTerms:
+class _PromptSRCTerms:
     """What ``promptsrc`` adds to a step: the frozen template ensemble of the classes and
     PromptSRC's self-regulating loss."""
 
@@ -464,9 +464,9 @@ class PromptSRCTerms:
 
 def _promptsrc_terms(
     student: torch.nn.Module, classnames: list[str], tokenizer: Any, cfg: TrainConfig, device: torch.device
-) -> PromptSRCTerms:
+) -> _PromptSRCTerms:
     ensemble = template_ensemble(student, classnames, tokenizer=tokenizer).to(device)
-    return PromptSRCTerms(
+    return _PromptSRCTerms(
         ensemble, PromptSRCLoss(cfg.src_image_weight, cfg.src_text_weight, cfg.src_logit_weight)
     )
 

@@ -74,7 +74,10 @@ class DeepPromptLearner(DualPromptLearner):
         vision_ctx: learned vision tokens per layer (MaPLe: equals ``text_ctx``).
         positive_init, negative_init: the spaces' init phrases (``None``: random contexts
             of ``text_ctx`` tokens).
-        truncate, class_chunk_size, normalize_classnames: as for :class:`DualPromptLearner`.
+        truncate, class_chunk_size, normalize_classnames, share_prefix: as for
+            :class:`DualPromptLearner`; the shared prompt start (start token and context)
+            carries the deep text tokens, which are the same for every class, so it is
+            computed once per space at every layer.
         gradient_checkpointing: recompute each image-tower block in the backward pass
             instead of keeping its activations (the vision prompts need gradients through
             the whole image tower, whose activations grow with the batch); the same
@@ -105,6 +108,7 @@ class DeepPromptLearner(DualPromptLearner):
         class_chunk_size: int | None = None,
         normalize_classnames: bool = True,
         gradient_checkpointing: bool = False,
+        share_prefix: bool = True,
     ) -> None:
         if method not in DEEP_DEFAULTS:
             raise InputValueError(f"method: expected one of {list(DEEP_METHODS)}, got {method!r}")
@@ -162,6 +166,8 @@ class DeepPromptLearner(DualPromptLearner):
             tokens = torch.empty(depth, vision_ctx, vision.width, device=device, dtype=dtype)
             self.vision_context = nn.Parameter(nn.init.normal_(tokens, std=0.02))
         self._check_vision_tower(clip_model)
+        if share_prefix and self._tower.can_share_prefix:  # deep text tokens are class-agnostic too
+            self.shares_prefix = self._shared_prefix_agrees()
 
     @classmethod
     def _handles(cls, method: str) -> bool:
@@ -223,24 +229,6 @@ class DeepPromptLearner(DualPromptLearner):
 
     def _deep(self, space: str) -> list[torch.Tensor]:
         return self.text_prompts(space)[1:]
-
-    def _encode_space(self, space: str, idx: torch.Tensor) -> torch.Tensor:
-        return self._tower.encode_embeddings(*self._embeddings(space, idx), deep=self._deep(space))
-
-    def _encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._encode_full(idx)
-
-    def _encode_full(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pos, pos_pool = self._embeddings("positive", idx)
-        neg, neg_pool = self._embeddings("negative", idx)
-        c = len(idx)
-        deep = [
-            torch.cat([p.expand(c, -1, -1), q.expand(c, -1, -1)])
-            for p, q in zip(self._deep("positive"), self._deep("negative"))
-        ]
-        x = torch.cat([pos, neg])
-        features = self._tower.encode_embeddings(x, torch.cat([pos_pool, neg_pool]), deep=deep)
-        return features[:c], features[c:]
 
     # -- checkpoints ----------------------------------------------------------------------
 

@@ -423,7 +423,7 @@ class DualPromptLearner(nn.Module):
         """One space's features of the classes ``idx`` (a chunk of the chunked pass)."""
         if self.shares_prefix:
             return self._encode_shared(space, idx)
-        return self._tower.encode_embeddings(*self._embeddings(space, idx))
+        return self._tower.encode_embeddings(*self._embeddings(space, idx), deep=self._deep(space))
 
     def _encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both spaces' features of the classes ``idx`` in one batched text pass."""
@@ -440,7 +440,11 @@ class DualPromptLearner(nn.Module):
         prefix = torch.cat([template[0, :1], ctx])
         rest = template.index_select(0, idx)[:, 1 + n :]
         pool = getattr(self, f"_{space}_pool").index_select(0, idx) - (1 + n)
-        return self._tower.encode_shared_prefix(prefix, rest, pool)
+        return self._tower.encode_shared_prefix(prefix, rest, pool, deep=self._deep(space))
+
+    def _deep(self, space: str) -> list[torch.Tensor]:
+        """One space's deep text tokens for blocks 1..J-1 (none here; see :class:`DeepPromptLearner`)."""
+        return []
 
     def _shared_prefix_agrees(self) -> bool:
         """Whether the shared-prefix pass reproduces the full one here, on a few classes."""
@@ -468,8 +472,14 @@ class DualPromptLearner(nn.Module):
         """Both spaces' features, every prompt computed in full, in one batched pass."""
         pos, pos_pool = self._embeddings("positive", idx)
         neg, neg_pool = self._embeddings("negative", idx)
-        features = self._tower.encode_embeddings(torch.cat([pos, neg]), torch.cat([pos_pool, neg_pool]))
-        return features[: len(idx)], features[len(idx) :]
+        c = len(idx)
+        deep = [  # per sequence: each space's deep tokens for its C prompts
+            torch.cat([p.expand(c, -1, -1), q.expand(c, -1, -1)])
+            for p, q in zip(self._deep("positive"), self._deep("negative"))
+        ]
+        x, pool = torch.cat([pos, neg]), torch.cat([pos_pool, neg_pool])
+        features = self._tower.encode_embeddings(x, pool, deep=deep)
+        return features[:c], features[c:]
 
     def normalized_features(self, classes: ClassSelection = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward`'s features, L2-normalised along D."""

@@ -292,7 +292,12 @@ class TextTower:
         return all(_plain_block(blk) for blk in self.transformer.resblocks)
 
     def encode_shared_prefix(
-        self, prefix: torch.Tensor, rest: torch.Tensor, pool_index: torch.Tensor
+        self,
+        prefix: torch.Tensor,
+        rest: torch.Tensor,
+        pool_index: torch.Tensor,
+        deep: Sequence[torch.Tensor] | None = None,
+        deep_start: int = 1,
     ) -> torch.Tensor:
         """``encode_text`` of sequences that start with a shared ``prefix``, computing each
         prefix's activations once.
@@ -310,6 +315,9 @@ class TextTower:
                 (a CoCoOp learner's: one prefix per image, shared by its classes).
             rest: :math:`(B, S, W)` token embeddings of what follows the prefix in each sequence.
             pool_index: :math:`(B,)` the position to pool at, counted within ``rest``.
+            deep, deep_start: deep prompts, as for :meth:`encode_embeddings`; they replace
+                positions of the prefix (``deep_start + n <= P``), so they are computed once
+                per prefix too.
 
         Returns:
             :math:`(B, D)` text features, not normalised.
@@ -323,7 +331,12 @@ class TextTower:
         x_p = prefix + pos[:p]
         x_s = rest + pos[p:]
         mask = self.attn_mask[: p + s, : p + s].to(device=rest.device, dtype=rest.dtype)
-        for blk in self.transformer.resblocks:
+        deep = list(deep or [])
+        if deep and deep_start + deep[0].shape[-2] > p:
+            raise ValueError(f"deep: prompts at positions {deep_start}.. do not fit a prefix of {p} tokens")
+        for j, blk in enumerate(self.transformer.resblocks):
+            if 1 <= j <= len(deep):
+                x_p = replace_tokens(x_p, deep[j - 1].to(x_p.dtype), deep_start)
             x_p, x_s = _shared_prefix_block(blk, x_p, x_s, mask)
         x = self.ln_final(x_s)
         if self.kind == "openai_clip":

@@ -87,11 +87,14 @@ def plain_vision_tokens(learner):
     return [t @ proj.weight.T + proj.bias for t, proj in zip(text, learner.vision_projection)]
 
 
+@pytest.mark.parametrize("share_prefix", [True, False], ids=["shared-prefix", "full"])
 @pytest.mark.parametrize("method", DEEP_METHODS)
 @given(depth=st.integers(1, 2), text_ctx=st.integers(1, 4), vision_ctx=st.integers(0, 3), data=st.data())
 def test_features_equal_plain_loops_over_the_blocks(
-    model_and_tokenizer, method, depth, text_ctx, vision_ctx, data
+    model_and_tokenizer, method, share_prefix, depth, text_ctx, vision_ctx, data
 ):
+    """Every method, with the prompt start (and its deep tokens) computed once per space or
+    every prompt in full."""
     model, tok = model_and_tokenizer
     names = data.draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=4, unique=True))
     learner = DeepPromptLearner(
@@ -102,7 +105,9 @@ def test_features_equal_plain_loops_over_the_blocks(
         depth=depth,
         text_ctx=text_ctx,
         vision_ctx=None if method == "maple" else vision_ctx,
+        share_prefix=share_prefix,
     )
+    assert learner.shares_prefix == share_prefix
     perturbed(learner)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(depth))
     with torch.no_grad():
