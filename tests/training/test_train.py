@@ -168,7 +168,11 @@ def _openai():
     return OPENAI_MEAN, OPENAI_STD
 
 
-@pytest.mark.parametrize("method", [[], ["--method", "promptsrc", "--depth", "2"]], ids=["coop", "promptsrc"])
+@pytest.mark.parametrize(
+    "method",
+    [[], ["--method", "cocoop"], ["--method", "promptsrc", "--depth", "2"]],
+    ids=["coop", "cocoop", "promptsrc"],
+)
 def test_two_process_training_sees_each_image_once_and_ends_with_one_set_of_prompts(
     table, image_root, teacher_files, tmp_path, method
 ):
