@@ -107,7 +107,10 @@ class DualPromptLearner(nn.Module):
         InputValueError: an empty or duplicated class list, a class whose prompt does not
             fit the context length, an unknown ``class_token_position``, an ``n_ctx`` that
             contradicts an init phrase.
-        UnsupportedModelError: a model without a recognisable text tower.
+        UnsupportedModelError: a model without a recognisable text tower, or one whose
+            ``encode_text`` this learner does not reproduce from token embeddings (checked
+            once here on a few prompts; e.g. a tower already patched for deep prompts,
+            whose blocks hold their own prompt tokens).
 
     Example:
         >>> import open_clip, torch
