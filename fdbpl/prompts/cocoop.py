@@ -18,7 +18,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fdbpl.errors import InputValueError
-from fdbpl.logits import clip_logits, logit_scale_of
 from fdbpl.prompts.learner import SPACES, ClassSelection, DualPromptLearner
 from fdbpl.prompts.text_tower import Tokenizer
 
@@ -275,22 +274,6 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
         """:meth:`forward`'s features, L2-normalised along D."""
         pos, neg = self(image_features, classes)
         return F.normalize(pos, dim=-1), F.normalize(neg, dim=-1)
-
-    def logits(
-        self,
-        image_features: torch.Tensor,
-        classes: ClassSelection = None,
-        logit_scale: float | torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positive and negative logits, Eq. 7-8, each image against its own text features.
-
-        Returns:
-            ``(positive_logits, negative_logits)``, each :math:`(N, C')`.
-        """
-        if logit_scale is None:
-            logit_scale = logit_scale_of(self._tower.module)
-        pos, neg = self(image_features, classes)
-        return clip_logits(image_features, pos, logit_scale), clip_logits(image_features, neg, logit_scale)
 
     # -- checkpoints --------------------------------------------------------------------
 

@@ -504,11 +504,12 @@ class DualPromptLearner(nn.Module):
                 ``logit_scale.exp()``, or 100 when it has none.
 
         Returns:
-            ``(positive_logits, negative_logits)``, each :math:`(N, C')`.
+            ``(positive_logits, negative_logits)``, each :math:`(N, C')` (a per-image
+            learner compares each image with its own text features).
         """
         if logit_scale is None:
             logit_scale = logit_scale_of(self._tower.module)
-        pos, neg = self(classes)
+        pos, neg = self(image_features, classes) if self.per_image else self(classes)
         return clip_logits(image_features, pos, logit_scale), clip_logits(image_features, neg, logit_scale)
 
     # -- checkpoints --------------------------------------------------------------------

@@ -237,3 +237,17 @@ def test_build_learner_errors(open_clip_model):
         prompts()
     with pytest.raises(FDBPLError, match=r"image_features: expected \(N, 64\)"):
         prompts(image_features=torch.randn(2, 5))
+
+
+def test_logits_compare_each_image_with_its_own_text_features(open_clip_model):
+    model, tok = open_clip_model
+    learner = perturbed(CoCoOpDualPromptLearner(model, NAMES, tokenizer=tok))
+    f = torch.randn(3, learner.feature_dim)
+    with torch.no_grad():
+        pos, neg = learner(f, [4, 0])
+        got = learner.logits(f, [4, 0], logit_scale=10.0)
+        for logits, text in zip(got, (pos, neg)):
+            want = 10.0 * torch.stack(
+                [torch.nn.functional.cosine_similarity(f[i][None], text[i], dim=-1) for i in range(3)]
+            )
+            torch.testing.assert_close(logits, want, rtol=0, atol=1e-5)
