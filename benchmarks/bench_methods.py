@@ -63,15 +63,8 @@ def positive_features(prompts: PromptModel, image_features: torch.Tensor) -> tor
     idx = learner.class_indices()
     if not learner.per_image:
         return learner._encode_space("positive", idx)
-    ctx = learner.contexts(image_features)["positive"]
-    lengths = learner._class_lengths.tolist()
-    parts, order = [], []
-    for length in sorted(set(lengths)):
-        where = torch.tensor([i for i, n in enumerate(lengths) if n == length])
-        prefix, rest, pool = learner._prefix_and_rest("positive", ctx, idx[where], length)
-        parts.append(learner.tower.encode_shared_prefix(prefix, rest, pool).view(len(ctx), len(where), -1))
-        order.append(where)
-    return torch.cat(parts, dim=1).index_select(1, torch.argsort(torch.cat(order)))
+    (positive,) = learner.encode_contexts({"positive": learner.contexts(image_features)["positive"]}, idx)
+    return positive
 
 
 def main() -> None:

@@ -62,3 +62,12 @@ def toy_teacher(num_classes: int):
         return torch.softmax(crops.mean(dim=(2, 3)) @ weight, dim=1)
 
     return Teacher(probs, 16, (0.5,) * 3, (0.5,) * 3, {"name": "toy"})
+
+
+def perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move a learner's parameters off their initial values (so nothing is trivially equal)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module

@@ -158,69 +158,72 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
             not normalised.
         """
         idx = self.class_indices(classes)
-        ctx = self.contexts(image_features)
+        contexts = self.contexts(image_features)
         chunk = self._class_chunk_size
         if chunk is None or len(idx) <= chunk:
-            return self._encode_per_image(ctx["positive"], ctx["negative"], idx)
+            pos, neg = self.encode_contexts(contexts, idx)
+            return pos, neg
         recompute = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         parts = [
-            checkpoint(self._encode_per_image, ctx["positive"], ctx["negative"], part, use_reentrant=False)
+            checkpoint(self.encode_contexts, contexts, part, use_reentrant=False)
             if recompute
-            else self._encode_per_image(ctx["positive"], ctx["negative"], part)
+            else self.encode_contexts(contexts, part)
             for part in idx.split(chunk)
         ]
         return torch.cat([p for p, _ in parts], dim=1), torch.cat([n for _, n in parts], dim=1)
 
-    def _encode_per_image(
-        self, positive_ctx: torch.Tensor, negative_ctx: torch.Tensor, idx: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both spaces' (N, C', D) features of the classes ``idx``, shifted contexts given.
+    def encode_contexts(
+        self, contexts: Mapping[str, torch.Tensor], idx: torch.Tensor, share_prefix: bool | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The (N, C', D) features of the classes ``idx`` in each space of ``contexts``
+        (shifted contexts by space, as :meth:`contexts` gives them; one space or both), in
+        the order given, in one batched pass per prompt length.
 
         With truncation, classes are grouped by prompt length and each group's sequences
         are cut to its own length (a CoCoOp pass is N times as many sequences as CoOp's, so
-        padding every prompt to the longest one costs N times as much)."""
+        padding every prompt to the longest one costs N times as much). ``share_prefix``:
+        compute each image's prompt start once (default: :attr:`shares_prefix`)."""
+        shared = self.shares_prefix if share_prefix is None else share_prefix
         if not self._by_length:
-            return self._encode_cut(positive_ctx, negative_ctx, idx, self.sequence_length)
+            return self._encode_cut(contexts, idx, self.sequence_length, shared)
         lengths = self._class_lengths.index_select(0, idx).tolist()
         groups: dict[int, list[int]] = {}
         for position, length in enumerate(lengths):
             groups.setdefault(length, []).append(position)
         if len(groups) == 1:
-            return self._encode_cut(positive_ctx, negative_ctx, idx, lengths[0])
+            return self._encode_cut(contexts, idx, lengths[0], shared)
         outputs, order = [], []
         for length, positions in sorted(groups.items()):
             where = torch.tensor(positions, device=idx.device)
-            outputs.append(torch.stack(self._encode_cut(positive_ctx, negative_ctx, idx[where], length)))
+            outputs.append(torch.stack(self._encode_cut(contexts, idx[where], length, shared)))
             order.append(where)
         inverse = torch.argsort(torch.cat(order))
-        out = torch.cat(outputs, dim=2).index_select(2, inverse)
-        return out[0], out[1]
+        return tuple(torch.cat(outputs, dim=2).index_select(2, inverse).unbind(0))
 
     def _encode_cut(
-        self, positive_ctx: torch.Tensor, negative_ctx: torch.Tensor, idx: torch.Tensor, length: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both spaces' (N, C', D) features of the classes ``idx``, sequences cut to ``length``."""
-        contexts = {"positive": positive_ctx, "negative": negative_ctx}
-        n, c = positive_ctx.shape[0], len(idx)
-        if self.shares_prefix and self.n_ctx["positive"] == self.n_ctx["negative"]:
-            parts = [self._prefix_and_rest(space, contexts[space], idx, length) for space in SPACES]
+        self, contexts: Mapping[str, torch.Tensor], idx: torch.Tensor, length: int, shared: bool
+    ) -> tuple[torch.Tensor, ...]:
+        """Each given space's (N, C', D) features of the classes ``idx``, sequences cut to ``length``."""
+        spaces = list(contexts)
+        n, c = contexts[spaces[0]].shape[0], len(idx)
+        if shared and len({self.n_ctx[space] for space in spaces}) == 1:
+            parts = [self._prefix_and_rest(space, contexts[space], idx, length) for space in spaces]
             prefix, rest, pool = (torch.cat(t) for t in zip(*parts))
             out = self._tower.encode_shared_prefix(prefix, rest, pool)
-        elif self.shares_prefix:  # prefixes of two lengths: one pass per space
+        elif shared:  # prefixes of two lengths: one pass per space
             out = torch.cat(
                 [
                     self._tower.encode_shared_prefix(
                         *self._prefix_and_rest(space, contexts[space], idx, length)
                     )
-                    for space in SPACES
+                    for space in spaces
                 ]
             )
         else:
-            parts = [self._full_sequences(space, contexts[space], idx, length) for space in SPACES]
+            parts = [self._full_sequences(space, contexts[space], idx, length) for space in spaces]
             x, pool = (torch.cat(t) for t in zip(*parts))
             out = self._tower.encode_embeddings(x, pool)
-        out = out.view(2, n, c, -1)
-        return out[0], out[1]
+        return tuple(out.view(len(spaces), n, c, -1).unbind(0))
 
     def _prefix_and_rest(
         self, space: str, ctx: torch.Tensor, idx: torch.Tensor, length: int
@@ -261,11 +264,9 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
         g = torch.Generator(device="cpu").manual_seed(0)
         features = torch.randn(2, self.feature_dim, generator=g).to(self._positive_pool.device)
         with torch.no_grad():
-            ctx = self.contexts(features)
-            self.shares_prefix = True
-            got = self._encode_per_image(ctx["positive"], ctx["negative"], idx)
-            self.shares_prefix = False
-            want = self._encode_per_image(ctx["positive"], ctx["negative"], idx)
+            contexts = self.contexts(features)
+            got = self.encode_contexts(contexts, idx, share_prefix=True)
+            want = self.encode_contexts(contexts, idx, share_prefix=False)
         return self._same_features(got, want)
 
     def normalized_features(  # type: ignore[override]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny_models import tiny_open_clip
+from tiny_models import perturbed, tiny_open_clip
 
 from fdbpl.errors import FDBPLError
 from fdbpl.losses import FDBPLLoss
@@ -26,11 +26,6 @@ NAMES = ["cat", "dog", "school bus", "african bush elephant", "red panda"]
 @pytest.fixture(scope="module", params=KINDS)
 def model_and_tokenizer(request):
     return tiny_open_clip(request.param)
-
-
-@pytest.fixture(scope="module")
-def open_clip_model():
-    return tiny_open_clip("clip")
 
 
 def token_embedding_of(model):
@@ -63,15 +58,6 @@ def plain_cocoop(model, tokenizer, learner, image_features, names, space):
         finally:
             handle.remove()
     return torch.stack(out)
-
-
-def perturbed(learner, seed=0):
-    """Move the contexts and meta-network off their initial values (so nothing is trivially equal)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in learner.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return learner
 
 
 @pytest.mark.parametrize("meta_net", ["shared", "per_space"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny_models import tiny_open_clip
+from tiny_models import perturbed, tiny_open_clip
 
 from fdbpl.errors import FDBPLError
 from fdbpl.prompts import (
@@ -26,11 +26,6 @@ NAMES = ["cat", "dog", "school bus", "red panda"]
 @pytest.fixture(scope="module", params=KINDS)
 def model_and_tokenizer(request):
     return tiny_open_clip(request.param)
-
-
-@pytest.fixture(scope="module")
-def open_clip_model():
-    return tiny_open_clip("clip")
 
 
 def text_parts(model):
@@ -69,14 +64,6 @@ def plain_image(model, images, tokens):
             x = torch.cat([x[:, :keep], tokens[j].expand(len(x), -1, -1)], dim=1)
         x = blk(x.permute(1, 0, 2)).permute(1, 0, 2) if openai else blk(x)
     return v.ln_post(x[:, 0]) @ v.proj
-
-
-def perturbed(learner, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in learner.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return learner
 
 
 def plain_vision_tokens(learner):

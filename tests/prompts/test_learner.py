@@ -24,11 +24,6 @@ def model_and_tokenizer(request):
     return tiny_open_clip(request.param)
 
 
-@pytest.fixture(scope="module")
-def open_clip_model():
-    return tiny_open_clip("clip")
-
-
 def encode(model, tokenizer, texts):
     with torch.no_grad():
         return model.encode_text(tokenizer(texts))
