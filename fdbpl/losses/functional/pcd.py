@@ -299,15 +299,13 @@ def second_order_unchecked(
             f, positive_text_features.to(dtype), negative_text_features.to(dtype), labels
         )
         per_anchor = _per_anchor_from_cosines(s2, labels, w, delta)
-        if reduction == "sum":
-            return per_anchor.sum()
-        return reduce(per_anchor / max(n - 1, 1), reduction)
-    f = f * _inverse_norm(f)[:, None]
-    d1 = positive.to(dtype) - negative.to(dtype)
-    if n >= CLASS_PATH_RATIO * d1.shape[0]:
-        per_anchor = _per_anchor_by_classes(f, d1, labels, w, delta)
     else:
-        per_anchor = _per_anchor_by_items(f, d1, labels, w, delta)
+        f = f * _inverse_norm(f)[:, None]
+        d1 = positive.to(dtype) - negative.to(dtype)
+        if n >= CLASS_PATH_RATIO * d1.shape[0]:
+            per_anchor = _per_anchor_by_classes(f, d1, labels, w, delta)
+        else:
+            per_anchor = _per_anchor_by_items(f, d1, labels, w, delta)
     if reduction == "sum":
         return per_anchor.sum()
     return reduce(per_anchor / max(n - 1, 1), reduction)
