@@ -27,13 +27,7 @@ from torch import nn
 from fdbpl._checks import check_count
 from fdbpl.errors import InputValueError
 from fdbpl.prompts.learner import SPACES, DualPromptLearner
-from fdbpl.prompts.text_tower import (
-    Tokenizer,
-    UnsupportedModelError,
-    relative_error,
-    tolerance,
-    unexpected_block_parts,
-)
+from fdbpl.prompts.text_tower import Tokenizer, check_reproduced
 from fdbpl.prompts.vision_tower import VisionTower
 
 __all__ = ["DEEP_DEFAULTS", "DEEP_METHODS", "DeepPromptLearner"]
@@ -175,32 +169,20 @@ class DeepPromptLearner(DualPromptLearner):
 
     def _check_vision_tower(self, clip_model: nn.Module) -> None:
         """Refuse an image tower :class:`VisionTower` does not reproduce (see the class docs)."""
-        unknown = unexpected_block_parts(self._vision.visual.transformer.resblocks)
-        if unknown:
-            raise UnsupportedModelError(
-                "the image tower's blocks hold parts fdbpl does not run ("
-                + ", ".join(unknown[:6])
-                + "): a tower "
-                "already modified (e.g. patched for deep prompts) cannot be reproduced; pass the unmodified CLIP model"
-            )
-        size = self._vision.visual.image_size if hasattr(self._vision.visual, "image_size") else None
-        side = size[0] if isinstance(size, (tuple, list)) else size or self._vision.visual.input_resolution
+        visual = self._vision.visual
+        size = visual.image_size if hasattr(visual, "image_size") else None
+        side = size[0] if isinstance(size, (tuple, list)) else size or visual.input_resolution
         g = torch.Generator().manual_seed(0)
         images = torch.randn(2, 3, side, side, generator=g).to(self.positive_context.device)
-        with torch.no_grad():
-            try:
-                want = clip_model.encode_image(images)
-            except Exception as error:
-                raise UnsupportedModelError(
-                    f"the model's encode_image fails on a plain image: {error}"
-                ) from error
-            got = self._vision.encode(images)
-        error = relative_error(got, want)
-        if not error <= tolerance(self._vision.dtype):
-            raise UnsupportedModelError(
-                f"the image tower is not reproduced (relative error {error:.1e} against the model's encode_image): "
-                "its blocks or pooling work in a way fdbpl does not know"
-            )
+        check_reproduced(
+            "image",
+            visual.transformer.resblocks,
+            lambda: clip_model.encode_image(images),
+            lambda: self._vision.encode(images),
+            self._vision.dtype,
+            "encode_image",
+            "a plain image",
+        )
 
     # -- the prompts ----------------------------------------------------------------------
 

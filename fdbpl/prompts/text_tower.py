@@ -402,27 +402,52 @@ def check_text_tower(
     Raises:
         UnsupportedModelError: naming what differs.
     """
-    unknown = unexpected_block_parts(tower.transformer.resblocks)
+    check_reproduced(
+        "text",
+        tower.transformer.resblocks,
+        lambda: model.encode_text(ids),
+        lambda: tower.encode_embeddings(embeddings, pool_index),
+        tower.cast_dtype,
+        "encode_text",
+        "its own prompts",
+    )
+
+
+def check_reproduced(
+    name: str,
+    blocks: nn.Module,
+    theirs: Callable[[], torch.Tensor],
+    ours: Callable[[], torch.Tensor],
+    dtype: torch.dtype,
+    call: str,
+    inputs: str,
+) -> None:
+    """Refuse a tower (``name``: "text" or "image") whose ``blocks`` hold parts fdbpl does not
+    run, or whose model output ``theirs()`` fdbpl's re-run ``ours()`` does not reproduce to
+    :func:`tolerance`; ``call`` names the model's method and ``inputs`` what it was given.
+
+    Raises:
+        UnsupportedModelError: naming what differs.
+    """
+    unknown = unexpected_block_parts(blocks)
     if unknown:
         raise UnsupportedModelError(
-            "the text tower's blocks hold parts fdbpl does not run ("
+            f"the {name} tower's blocks hold parts fdbpl does not run ("
             + ", ".join(unknown[:6])
             + "): a tower already modified (e.g. patched for deep prompts) cannot be reproduced; "
             "pass the unmodified CLIP model"
         )
     with torch.no_grad():
         try:
-            want = model.encode_text(ids)
-        except Exception as error:  # a patched tower may not even run on token ids
-            raise UnsupportedModelError(
-                f"the model's encode_text fails on its own prompts: {error}"
-            ) from error
-        got = tower.encode_embeddings(embeddings, pool_index)
+            want = theirs()
+        except Exception as error:  # a patched tower may not even run on plain inputs
+            raise UnsupportedModelError(f"the model's {call} fails on {inputs}: {error}") from error
+        got = ours()
     error = relative_error(got, want)
-    if not error <= tolerance(tower.cast_dtype):
+    if not error <= tolerance(dtype):
         raise UnsupportedModelError(
-            f"the text tower is not reproduced from token embeddings (relative error {error:.1e} against "
-            "the model's encode_text): its blocks or pooling work in a way fdbpl does not know"
+            f"the {name} tower is not reproduced (relative error {error:.1e} against the model's {call}): "
+            "its blocks or pooling work in a way fdbpl does not know"
         )
 
 
