@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
 from fdbpl._checks import (
@@ -21,23 +19,18 @@ from fdbpl.losses.functional.per_image import per_image_second_order_cosines
 from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
 
 __all__ = [
-    "CLASS_PATH_RATIO",
     "EXACT_NEIGHBOURS",
     "NORM_EPS",
     "first_order_difference_loss",
     "pcd_loss",
     "second_order_difference_loss",
+    "second_order_path",
 ]
 
 #: Per anchor, the fused second-order loss computes the difference vectors of this many
 #: nearest other classes of the batch directly, as the plain formula does, instead of
 #: through the Gram expansion (which cannot resolve near-identical classes).
 EXACT_NEIGHBOURS = 4
-
-#: The fused second-order loss works over classes, not over the batch's item pairs, when
-#: the batch has at least this many times more items than there are classes (C x C and
-#: N x C products are then cheaper than N x N ones; both give the same values).
-CLASS_PATH_RATIO = 4
 
 #: Relative resolution of the fused second-order distances, by dtype: a pair with
 #: ``||E_i - E_j||^2 <= RESOLUTION * (|E_i|^2 + |E_j|^2) + NORM_EPS**2`` counts as a zero
@@ -217,9 +210,10 @@ def second_order_difference_loss(
     :math:`O(ND + N^2)`, static shapes (it traces and compiles) and no host
     synchronisation. Centring keeps float32 accurate: the two prompts differ by one word,
     so the difference vectors share a large component that would cancel catastrophically.
-    With :data:`~fdbpl.losses.functional.pcd.CLASS_PATH_RATIO` times more items than
-    classes the sums run over classes instead (:math:`P` is :math:`(N, C)`, :math:`G` is
-    :math:`(C, C)`, each class weighted by its items' total :math:`w`); the shapes choose.
+    When the batch has many items per class the sums run over classes instead
+    (:math:`P` is :math:`(N, C)`, :math:`G` is :math:`(C, C)`, each class weighted by its
+    items' total :math:`w`); :func:`second_order_path` picks whichever multiplies less from
+    the shapes.
 
     Near ties: the Gram expansion resolves a distance only to about
     :math:`\sqrt{\text{RESOLUTION}}\,(\|E_i\| + \|E_j\|)`, so for each anchor the
@@ -302,7 +296,7 @@ def second_order_unchecked(
     else:
         f = f * _inverse_norm(f)[:, None]
         d1 = positive.to(dtype) - negative.to(dtype)
-        if n >= CLASS_PATH_RATIO * d1.shape[0]:
+        if second_order_path(n, d1.shape[0]) == "classes":
             per_anchor = _per_anchor_by_classes(f, d1, labels, w, delta)
         else:
             per_anchor = _per_anchor_by_items(f, d1, labels, w, delta)
@@ -325,7 +319,7 @@ def _per_anchor_from_cosines(
 def _per_anchor_by_items(
     f: torch.Tensor, d1: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, delta: float
 ) -> torch.Tensor:
-    """Per-anchor sums of Eq. 16 from (N, N) products over the batch's items."""
+    """Per-anchor sums of Eq. 16 over the batch's item pairs: the columns are the items."""
     n = f.shape[0]
     rows = d1.index_select(0, labels)
     # Centre in two steps: subtracting one of the rows is exact where rows are close (a
@@ -338,52 +332,40 @@ def _per_anchor_by_items(
     class_weight = w.new_zeros(d1.shape[0]).index_add(0, labels, w)[labels]
     same = labels[:, None] == labels[None, :]
     pair_weight = torch.outer(w, w).masked_fill_(same, 0.0)
-    # pairs that cannot be a near class: the same class, or not the first item of its class
+    # columns that cannot be a near class: the same class, or not the first item of its class
     blocked = same | (first != torch.arange(n, device=labels.device))[None, :]
-    return _SecondOrderHinge.apply(f, e, rows.detach(), first, blocked, pair_weight, w, class_weight, delta)
+    return _PairHinge.apply(f, e, None, rows.detach(), first, blocked, pair_weight, w, class_weight, delta)
 
 
 def _per_anchor_by_classes(
     f: torch.Tensor, d1: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, delta: float
 ) -> torch.Tensor:
-    """Per-anchor sums of Eq. 16 from (N, C) and (C, C) products, for batches with more items
-    than classes: a pair's terms depend on its second item only through that item's class,
+    r"""Per-anchor sums of Eq. 16 over classes: a pair's terms depend on its second item
+    only through that item's class,
 
-    .. math:: \\sum_j w_i w_j [y_i \\ne y_j] h_{i, y_j} = w_i \\sum_{c \\ne y_i} W_c h_{i, c},
-        \\qquad W_c = \\sum_{j: y_j = c} w_j,
+    .. math:: \sum_j w_i w_j [y_i \ne y_j] h_{i, y_j} = w_i \sum_{c \ne y_i} W_c h_{i, c},
+        \qquad W_c = \sum_{j: y_j = c} w_j,
 
-    with :math:`P = f E^\\top` (N, C), :math:`G = E E^\\top` (C, C) over the centred class
-    difference vectors, and each class's :data:`EXACT_NEIGHBOURS` nearest present classes
-    summed from directly built difference vectors, as in the item path. Autograd
-    differentiates it; every tensor is at most (N, C), (C, C) or (N, m, D).
+    so the columns are the classes: :math:`P = f E^\top` is (N, C) and the Gram matrix
+    :math:`E E^\top` (C, C), its rows gathered by label.
     """
     c = d1.shape[0]
     rows = d1.index_select(0, labels)
     e = d1 - rows[:1]  # centred on the batch, in two steps as in the item path
     e = e - (rows - rows[:1]).mean(dim=0, keepdim=True)
     class_w = w.new_zeros(c).index_add(0, labels, w)
-    e_sq = (e * e).sum(dim=1)
-    sq = torch.addmm(e_sq[:, None] + e_sq[None, :], e, e.T, alpha=-2)  # (C, C)
-    p = f @ e.T  # (N, C)
-    numer = p.gather(1, labels[:, None]) - p
-    floor = RESOLUTION[e.dtype] * e_sq
-    unresolved = sq <= floor[:, None] + floor[None, :] + NORM_EPS**2
-    # each class's nearest present classes, their difference vectors built directly
-    m = min(EXACT_NEIGHBOURS, c)
-    blocked = torch.eye(c, dtype=torch.bool, device=sq.device) | (class_w == 0)[None, :]
-    near = sq.detach().masked_fill(blocked, float("inf")).topk(m, dim=1, largest=False, sorted=False)
-    valid = torch.isfinite(near.values)
-    diff = d1[:, None, :] - d1.index_select(0, near.indices.flatten()).view(c, m, d1.shape[1])
-    near_sq = (diff * diff).sum(dim=2)
-    sq = torch.scatter(sq, 1, near.indices, torch.where(valid, near_sq, sq.gather(1, near.indices)))
-    near_unresolved = torch.where(valid, near_sq <= NORM_EPS**2, unresolved.gather(1, near.indices))
-    unresolved = torch.scatter(unresolved, 1, near.indices, near_unresolved)
-    inv_norm = torch.where(unresolved, 0.0, sq.clamp_min(NORM_EPS**2).rsqrt())
-    # per anchor, the numerators of its class's nearest classes from the exact vectors
-    near_numer = torch.linalg.vecdot(diff.index_select(0, labels), f[:, None, :])  # (N, m)
-    candidates, valid = near.indices.index_select(0, labels), valid.index_select(0, labels)
-    numer = torch.scatter(numer, 1, candidates, torch.where(valid, near_numer, numer.gather(1, candidates)))
-    return _per_anchor_from_cosines(numer * inv_norm.index_select(0, labels), labels, w, delta)
+    classes = torch.arange(c, device=labels.device)
+    pair_weight = (w[:, None] * class_w[None, :]).masked_fill(labels[:, None] == classes[None, :], 0.0)
+    # columns that cannot be a near class: the class itself, or a class with no item
+    blocked = (classes[:, None] == classes[None, :]) | (class_w == 0)[None, :]
+    return _PairHinge.apply(f, e, labels, d1.detach(), None, blocked, pair_weight, w, class_w, delta)
+
+
+def second_order_path(n: int, c: int) -> str:
+    """Which sums the fused second-order loss runs for N items and C classes: ``"items"``
+    (four N x D x N products) or ``"classes"`` (two N x D x C and two C x D x C), whichever
+    multiplies less (``C (N + C) < 2 N^2``); both give the same values."""
+    return "classes" if c * (n + c) < 2 * n * n else "items"
 
 
 def pcd_loss(
@@ -411,97 +393,129 @@ def pcd_loss(
     return lambda_diff1 * first + lambda_diff2 * second_order_unchecked(*args, delta, reduction)
 
 
-def _nearest_classes(
-    sq_norm: torch.Tensor, blocked: torch.Tensor, first: torch.Tensor, m: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per anchor, the ``m`` other classes of the batch whose difference vectors are nearest.
-
-    ``first`` (N,) is the first batch item of each item's class; only first items of other
-    classes are candidates (``blocked`` (N, N) marks the rest; items of a class share
-    their difference vector), so the candidates are distinct classes. Returns ``candidates`` (N, m) items, ``valid`` (N, m) (False where
-    the batch has fewer other classes) and ``near`` (N, N), True where item j's class is
-    one of anchor i's candidates.
-    """
-    n = sq_norm.shape[0]
-    nearest = sq_norm.masked_fill(blocked, float("inf")).topk(m, dim=1, largest=False, sorted=False)
-    valid = ~torch.isinf(nearest.values)
-    # built transposed: gathering rows is much faster than gathering columns
-    near_t = torch.zeros(n, n, dtype=torch.bool, device=sq_norm.device)
-    near_t.scatter_(0, nearest.indices.T, valid.T)
-    return nearest.indices, valid, near_t.index_select(0, first).T
+#: The directly built near-class difference vectors are handled this many elements at a
+#: time (a block of candidate columns): small batches take every candidate in one block,
+#: large ones one column at a time, so a block stays in cache.
+NEAR_BLOCK_ELEMENTS = 1 << 18
 
 
-class _SecondOrderHinge(torch.autograd.Function):
-    """Per-anchor sums of ``W_ij relu(cos(f_i, E_i - E_j) + delta)`` with a hand-written backward.
+def _near_blocks(rows: int, m: int, d: int) -> list[slice]:
+    """Blocks of the ``m`` candidate columns, each at most ``NEAR_BLOCK_ELEMENTS`` (N, k, D) elements."""
+    step = max(1, min(m, NEAR_BLOCK_ELEMENTS // max(rows * d, 1)))
+    return [slice(k, min(k + step, m)) for k in range(0, m, step)]
 
-    ``f`` (N, D) has unit rows, ``e`` (N, D) holds the centred difference vectors of the
-    batch and ``rows`` (N, D) the same uncentred (:math:`D^{(1)}_{y_i}`); ``first`` (N,)
-    is the first item of each item's class, ``blocked`` (N, N) the pairs that cannot be
-    near classes (see :func:`_nearest_classes`),
-    ``pair_weight`` (N, N) is ``w_i w_j [y_i != y_j]``, ``class_weight`` (N,) the total
-    ``w`` of each item's class. Each (N, N) intermediate is touched a few times and the
-    backward needs two (N, N) x (N, D) products for ``e`` (three when ``f`` needs a
-    gradient); autograd's generic chain made about twice as many (N, N) passes and one
-    product more.
 
-    Near ties: the Gram expansion resolves ``||E_i - E_j||`` only to about
-    ``sqrt(RESOLUTION)`` times ``|E_i| + |E_j|``, and ``P_ii - P_ij`` cancels likewise.
-    So for each anchor the :data:`EXACT_NEIGHBOURS` nearest other classes (by the Gram
-    estimate) are taken out of the (N, N) sums and summed per class instead, from their
-    difference vectors ``rows_i - rows_c`` built directly (one (N, D) block per candidate
-    column, in the backward again rather than kept), each
-    weighted by ``w_i`` times its class's total ``w``: as accurate as the plain formula,
-    values and gradients. Other pairs whose squared distance is below ``RESOLUTION``
-    times ``|E_i|^2 + |E_j|^2`` (an anchor with more than m near-identical classes)
-    cannot be told from zero: their cosine is 0 and they pass no gradient, as do pairs
-    with a distance at most ``NORM_EPS``.
+def _near_differences(raw: torch.Tensor, candidates: torch.Tensor, block: slice) -> torch.Tensor:
+    """(M, k, D): ``raw[s] - raw[candidates[s, k]]`` for the block's candidate columns,
+    exact where the vectors are close (the difference of two close floats is exact)."""
+    cols = candidates[:, block]
+    return raw[:, None, :] - raw.index_select(0, cols.flatten()).view(*cols.shape, raw.shape[1])
+
+
+def _per_anchor(x: torch.Tensor, row_index: torch.Tensor | None) -> torch.Tensor:
+    """Rows of a per-source tensor for each anchor (the sources are the anchors when ``row_index`` is None)."""
+    return x if row_index is None else x.index_select(0, row_index)
+
+
+def _to_sources(x: torch.Tensor, row_index: torch.Tensor | None, sources: int) -> torch.Tensor:
+    """The adjoint of :func:`_per_anchor`: per-anchor rows summed into their sources."""
+    if row_index is None:
+        return x
+    return x.new_zeros(sources, *x.shape[1:]).index_add_(0, row_index, x)
+
+
+class _PairHinge(torch.autograd.Function):
+    """Per-anchor sums ``sum_j W_ij relu(cos(f_i, e_{r_i} - e_j) + delta)`` over M columns,
+    with a hand-written backward. One function serves both sums of Eq. 16:
+
+    - over item pairs: the columns are the batch's items, ``e`` (N, D) their centred
+      difference vectors, ``row_index`` None (anchor i's own vector is ``e_i``);
+    - over classes: the columns are the classes, ``e`` (C, D), ``row_index`` the labels.
+
+    ``raw`` is ``e`` uncentred (no gradient: the near terms' gradients are those of ``e``,
+    as a shift cancels in a difference); ``group`` (M,) maps each column to the column that
+    stands for its class (items: the first item of the class; None: itself);
+    ``blocked`` (M, M) marks the columns that cannot be a source's near class;
+    ``pair_weight`` (N, M) is ``W_ij`` (zero within a class); ``w`` (N,) the anchors'
+    weights and ``group_weight`` (M,) the total weight of each column's class.
+
+    With :math:`P = f e^\\top` and the Gram distances
+    :math:`\\|e_a - e_b\\|^2 = G_{aa} + G_{bb} - 2 G_{ab}`, :math:`G = e e^\\top` (M, M):
+    ``f_i . (e_{r_i} - e_j) = P[i, r_i] - P[i, j]``. Near ties: the Gram expansion resolves
+    a distance only to about ``sqrt(RESOLUTION)`` times ``|e_a| + |e_b|``, and
+    ``P[i, r_i] - P[i, j]`` cancels likewise. So for each source row the
+    :data:`EXACT_NEIGHBOURS` nearest other classes (by the Gram estimate) are taken out of
+    the (N, M) sums and summed per class instead, from their difference vectors
+    ``raw[r_i] - raw[c]`` built directly (in the backward again rather than kept), each
+    weighted by ``w_i`` times its class's total weight: as accurate as the plain formula,
+    values and gradients. Other pairs below ``RESOLUTION`` times ``|e_a|^2 + |e_b|^2`` (a
+    source with more than m near-identical classes) cannot be told from zero: their cosine
+    is 0 and they pass no gradient, as do pairs with a distance at most ``NORM_EPS``.
+
+    Products: forward ``G`` (M x D x M) and ``P`` (N x D x M); backward ``e``'s gradient
+    from ``P`` (M x N x D) and from ``G`` (M x M x D), and one more N x M x D when ``f``
+    needs a gradient.
     """
 
     @staticmethod
-    def forward(ctx, f, e, rows, first, blocked, pair_weight, w, class_weight, delta):  # type: ignore[override]
-        n = e.shape[0]
+    def forward(ctx, f, e, row_index, raw, group, blocked, pair_weight, w, group_weight, delta):  # type: ignore[override]
+        n, m_cols = f.shape[0], e.shape[0]
         e_sq = (e * e).sum(dim=1)
-        # ||E_i - E_j||^2 = G_ii + G_jj - 2 G_ij with G = E E^T, one addmm.
-        sq_norm = torch.addmm(e_sq[:, None] + e_sq[None, :], e, e.T, alpha=-2)
-        m = min(EXACT_NEIGHBOURS, n)
-        candidates, valid, near_pair = _nearest_classes(sq_norm, blocked, first, m)
+        gram_sq = torch.addmm(e_sq[:, None] + e_sq[None, :], e, e.T, alpha=-2)
+        m = min(EXACT_NEIGHBOURS, m_cols)
+        nearest = gram_sq.masked_fill(blocked, float("inf")).topk(m, dim=1, largest=False, sorted=False)
+        source_candidates, source_valid = nearest.indices, torch.isfinite(nearest.values)
+        # near[s, j]: column j's class is one of source s's candidates (built transposed:
+        # gathering rows is much faster than gathering columns)
+        near_t = torch.zeros(m_cols, m_cols, dtype=torch.bool, device=e.device)
+        near_t.scatter_(0, source_candidates.T, source_valid.T)
+        near_pair = _per_anchor((near_t if group is None else near_t.index_select(0, group)).T, row_index)
         half_floor = RESOLUTION[e.dtype] * e_sq + NORM_EPS**2 / 2
-        unresolved = sq_norm <= half_floor[:, None] + half_floor[None, :]
-        inv_norm = sq_norm.clamp_min_(NORM_EPS**2).rsqrt_().masked_fill_(unresolved, 0.0)
-        # f_i . (E_i - E_j) = P_ii - P_ij with P = f E^T; P_ii as a row-wise dot product.
-        numer = torch.addmm((f * e).sum(dim=1, keepdim=True).expand_as(inv_norm), f, e.T, alpha=-1)
+        unresolved = gram_sq <= half_floor[:, None] + half_floor[None, :]
+        inv_norm = _per_anchor(gram_sq.clamp_min_(NORM_EPS**2).rsqrt_().masked_fill_(unresolved, 0.0), row_index)
+        # f_i . (e_{r_i} - e_j) = P[i, r_i] - P[i, j] with P = f e^T
+        if row_index is None:
+            own = (f * e).sum(dim=1, keepdim=True)
+            numer = torch.addmm(own.expand(n, m_cols), f, e.T, alpha=-1)
+        else:
+            p = f @ e.T
+            numer = torch.sub(p.gather(1, row_index[:, None]), p)
         s2 = numer.mul_(inv_norm)
         hinge = s2 + delta
         active_weight = pair_weight.masked_fill((hinge <= 0) | near_pair, 0.0)
 
-        # The near classes, one term per class, from the difference vectors rows_i - rows_c
-        # built directly, one candidate column at a time ((N, D) each: it stays in cache).
-        near_sq = e.new_empty(n, m)
+        # The near classes, one term per class, from directly built difference vectors.
+        candidates = _per_anchor(source_candidates, row_index)
+        valid = _per_anchor(source_valid, row_index)
+        source_near_sq = e.new_empty(m_cols, m)
         near_s2 = e.new_empty(n, m)
-        for k, diff in _near_differences(rows, candidates):
-            near_sq[:, k] = torch.linalg.vector_norm(diff, dim=1).square_()
-            near_s2[:, k] = torch.linalg.vecdot(diff, f)
+        for block in _near_blocks(max(n, m_cols), m, e.shape[1]):
+            diff = _near_differences(raw, source_candidates, block)
+            source_near_sq[:, block] = torch.linalg.vecdot(diff, diff)
+            near_s2[:, block] = torch.linalg.vecdot(_per_anchor(diff, row_index), f[:, None, :])
+        near_sq = _per_anchor(source_near_sq, row_index)
         near_inv_norm = near_sq.clamp_min(NORM_EPS**2).rsqrt_().masked_fill_(near_sq <= NORM_EPS**2, 0.0)
         near_s2.mul_(near_inv_norm)
         near_relu = (near_s2 + delta).clamp_min_(0).masked_fill_(~valid, 0.0)
-        near_class_weight = class_weight[candidates]
+        near_group_weight = group_weight.index_select(0, candidates.flatten()).view(n, m)
         ctx.save_for_backward(
             f,
             e,
+            row_index,
+            raw,
             s2,
             inv_norm,
             active_weight,
             near_pair,
-            rows,
-            candidates,
+            source_candidates,
             near_s2,
             near_inv_norm,
             near_relu,
             w,
-            near_class_weight,
+            near_group_weight,
         )
         ctx.delta = delta
-        return hinge.mul_(active_weight).sum(dim=1) + w * (near_relu * near_class_weight).sum(dim=1)
+        return hinge.mul_(active_weight).sum(dim=1) + w * (near_relu * near_group_weight).sum(dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -509,54 +523,56 @@ class _SecondOrderHinge(torch.autograd.Function):
         (
             f,
             e,
+            row_index,
+            raw,
             s2,
             inv_norm,
             active_weight,
             near_pair,
-            rows,
-            candidates,
+            source_candidates,
             near_s2,
             near_inv_norm,
             near_relu,
             w,
-            near_class_weight,
+            near_group_weight,
         ) = ctx.saved_tensors
+        n, m_cols, m = f.shape[0], e.shape[0], source_candidates.shape[1]
+        blocks = _near_blocks(max(n, m_cols), m, e.shape[1])
+        candidates = _per_anchor(source_candidates, row_index)
         d_numer = torch.mul(active_weight, grad_out[:, None]).mul_(inv_norm)
         # d s2 / d sq = -1/2 numer sq^(-3/2) = -1/2 s2 inv_norm^2; the -1/2 is folded below.
         d_sq = torch.mul(d_numer, s2).mul_(inv_norm)
-        d_sq_sym = d_sq + d_sq.T
         # The near classes' terms: the same derivatives, per (anchor, candidate).
-        near_weight = (grad_out * w)[:, None] * near_class_weight
-        near_d_numer = near_weight.masked_fill(near_relu <= 0, 0.0).mul_(near_inv_norm)
+        near_weight = (grad_out * w)[:, None] * near_group_weight
+        near_d_numer = near_weight.masked_fill_(near_relu <= 0, 0.0).mul_(near_inv_norm)
         near_d_sq = torch.mul(near_d_numer, near_s2).mul_(near_inv_norm)
         d_f = None
         if ctx.needs_input_grad[0]:
-            # d_f_i = sum_j d_numer_ij (e_i - e_j), the near ones from their difference vectors.
-            d_f = d_numer.sum(dim=1, keepdim=True) * e - d_numer @ e
-            for k, diff in _near_differences(rows, candidates):
-                d_f.addcmul_(diff, near_d_numer[:, k, None])
-        # numer_ij = f_i.e_i - f_i.e_j has no cancellation: the near terms join the product.
+            # d_f_i = sum_j d_numer_ij (e_{r_i} - e_j), the near ones from their difference vectors.
+            d_f = d_numer.sum(dim=1, keepdim=True) * _per_anchor(e, row_index) - d_numer @ e
+            for block in blocks:
+                diff = _per_anchor(_near_differences(raw, source_candidates, block), row_index)
+                d_f += torch.bmm(near_d_numer[:, None, block], diff).squeeze(1)
+        # numer = f_i.e_{r_i} - f_i.e_j has no cancellation: the near terms join the product.
         d_numer.scatter_add_(1, candidates, near_d_numer)
-        # d_e = rowsum(d_numer) f - d_numer^T f - sum_j d_sq_sym_ij (e_i - e_j) for sq_ij = |e_i - e_j|^2.
-        d_e = d_numer.sum(dim=1, keepdim=True) * f - d_sq_sym.sum(dim=1, keepdim=True) * e
-        d_e = d_e.addmm_(d_numer.T, f, alpha=-1).addmm_(d_sq_sym, e)
-        for k, diff in _near_differences(rows, candidates):
-            near_grad = diff.mul_(near_d_sq[:, k, None])
-            d_e -= near_grad
-            d_e.index_add_(0, candidates[:, k], near_grad)
-        d_pair_weight = d_w = d_class_weight = None
-        if ctx.needs_input_grad[5]:
-            d_pair_weight = (grad_out[:, None] * (s2 + ctx.delta).clamp_min(0)).masked_fill_(near_pair, 0.0)
+        # From P: d e_{r_i} += rowsum(d_numer)_i f_i and d e_j -= sum_i d_numer_ij f_i.
+        d_e = _to_sources(d_numer.sum(dim=1, keepdim=True) * f, row_index, m_cols)
+        d_e = d_e.addmm_(d_numer.T, f, alpha=-1)
+        # From G, for sq_ab = |e_a - e_b|^2: d e = -rowsum(S) e + S e with S = d_G + d_G^T.
+        d_gram = _to_sources(d_sq, row_index, m_cols)
+        d_gram_sym = d_gram + d_gram.T
+        d_e = d_e.addcmul_(d_gram_sym.sum(dim=1, keepdim=True), e, value=-1).addmm_(d_gram_sym, e)
+        source_near_d_sq = _to_sources(near_d_sq, row_index, m_cols)
+        for block in blocks:
+            near_grad = _near_differences(raw, source_candidates, block).mul_(source_near_d_sq[:, block, None])
+            d_e -= near_grad.sum(dim=1)
+            d_e.index_add_(0, source_candidates[:, block].flatten(), near_grad.flatten(0, 1))
+        d_pair_weight = d_w = d_group_weight = None
         if ctx.needs_input_grad[6]:
-            d_w = grad_out * (near_relu * near_class_weight).sum(dim=1)
+            d_pair_weight = (grad_out[:, None] * (s2 + ctx.delta).clamp_min(0)).masked_fill_(near_pair, 0.0)
         if ctx.needs_input_grad[7]:
-            near_d_class = (grad_out * w)[:, None] * near_relu
-            d_class_weight = torch.zeros_like(w).index_add_(0, candidates.flatten(), near_d_class.flatten())
-        return d_f, d_e, None, None, None, d_pair_weight, d_w, d_class_weight, None
-
-
-def _near_differences(rows: torch.Tensor, candidates: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(k, rows - rows[candidates[:, k]])`` for each candidate column: (N, D) each, exact
-    where the rows are close (the difference of two close floats is exact)."""
-    for k in range(candidates.shape[1]):
-        yield k, torch.sub(rows, rows.index_select(0, candidates[:, k]))
+            d_w = grad_out * (near_relu * near_group_weight).sum(dim=1)
+        if ctx.needs_input_grad[8]:
+            near_d_group = (grad_out * w)[:, None] * near_relu
+            d_group_weight = e.new_zeros(m_cols).index_add_(0, candidates.flatten(), near_d_group.flatten())
+        return d_f, d_e, None, None, None, None, d_pair_weight, d_w, d_group_weight, None
