@@ -294,12 +294,10 @@ def second_order_unchecked(
         )
         per_anchor = _per_anchor_from_cosines(s2, labels, w, delta)
     else:
-        f = f * _inverse_norm(f)[:, None]
-        d1 = positive.to(dtype) - negative.to(dtype)
-        if second_order_path(n, d1.shape[0]) == "classes":
-            per_anchor = _per_anchor_by_classes(f, d1, labels, w, delta)
-        else:
-            per_anchor = _per_anchor_by_items(f, d1, labels, w, delta)
+        by_classes = second_order_path(n, positive.shape[0]) == "classes"
+        per_anchor = _SecondOrderSums.apply(
+            f, positive.to(dtype), negative.to(dtype), labels, w, delta, by_classes
+        )
     if reduction == "sum":
         return per_anchor.sum()
     return reduce(per_anchor / max(n - 1, 1), reduction)
@@ -314,51 +312,6 @@ def _per_anchor_from_cosines(
     class_w = w.new_zeros(c).index_add(0, labels, w)
     other = labels[:, None] != torch.arange(c, device=labels.device)[None, :]
     return w * (torch.where(other, class_w[None, :], 0.0) * torch.relu(s2 + delta)).sum(dim=1)
-
-
-def _per_anchor_by_items(
-    f: torch.Tensor, d1: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, delta: float
-) -> torch.Tensor:
-    """Per-anchor sums of Eq. 16 over the batch's item pairs: the columns are the items."""
-    n = f.shape[0]
-    rows = d1.index_select(0, labels)
-    # Centre in two steps: subtracting one of the rows is exact where rows are close (a
-    # large shared component), then the mean centres what is left.
-    e = rows - rows[:1]
-    e = e - e.mean(dim=0, keepdim=True)
-    # per item: the first item of its class, and the total weight of its class
-    first = torch.full((d1.shape[0],), n, dtype=labels.dtype, device=labels.device)
-    first = first.scatter_reduce_(0, labels, torch.arange(n, device=labels.device), "amin")[labels]
-    class_weight = w.new_zeros(d1.shape[0]).index_add(0, labels, w)[labels]
-    same = labels[:, None] == labels[None, :]
-    pair_weight = torch.outer(w, w).masked_fill_(same, 0.0)
-    # columns that cannot be a near class: the same class, or not the first item of its class
-    blocked = same | (first != torch.arange(n, device=labels.device))[None, :]
-    return _PairHinge.apply(f, e, None, rows.detach(), first, blocked, pair_weight, w, class_weight, delta)
-
-
-def _per_anchor_by_classes(
-    f: torch.Tensor, d1: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, delta: float
-) -> torch.Tensor:
-    r"""Per-anchor sums of Eq. 16 over classes: a pair's terms depend on its second item
-    only through that item's class,
-
-    .. math:: \sum_j w_i w_j [y_i \ne y_j] h_{i, y_j} = w_i \sum_{c \ne y_i} W_c h_{i, c},
-        \qquad W_c = \sum_{j: y_j = c} w_j,
-
-    so the columns are the classes: :math:`P = f E^\top` is (N, C) and the Gram matrix
-    :math:`E E^\top` (C, C), its rows gathered by label.
-    """
-    c = d1.shape[0]
-    rows = d1.index_select(0, labels)
-    e = d1 - rows[:1]  # centred on the batch, in two steps as in the item path
-    e = e - (rows - rows[:1]).mean(dim=0, keepdim=True)
-    class_w = w.new_zeros(c).index_add(0, labels, w)
-    classes = torch.arange(c, device=labels.device)
-    pair_weight = (w[:, None] * class_w[None, :]).masked_fill(labels[:, None] == classes[None, :], 0.0)
-    # columns that cannot be a near class: the class itself, or a class with no item
-    blocked = (classes[:, None] == classes[None, :]) | (class_w == 0)[None, :]
-    return _PairHinge.apply(f, e, labels, d1.detach(), None, blocked, pair_weight, w, class_w, delta)
 
 
 def second_order_path(n: int, c: int) -> str:
@@ -400,7 +353,7 @@ NEAR_BLOCK_ELEMENTS = 1 << 18
 
 
 def _near_blocks(rows: int, m: int, d: int) -> list[slice]:
-    """Blocks of the ``m`` candidate columns, each at most ``NEAR_BLOCK_ELEMENTS`` (N, k, D) elements."""
+    """Blocks of the ``m`` candidate columns, each at most ``NEAR_BLOCK_ELEMENTS`` (rows, k, D) elements."""
     step = max(1, min(m, NEAR_BLOCK_ELEMENTS // max(rows * d, 1)))
     return [slice(k, min(k + step, m)) for k in range(0, m, step)]
 
@@ -413,7 +366,7 @@ def _near_differences(raw: torch.Tensor, candidates: torch.Tensor, block: slice)
 
 
 def _per_anchor(x: torch.Tensor, row_index: torch.Tensor | None) -> torch.Tensor:
-    """Rows of a per-source tensor for each anchor (the sources are the anchors when ``row_index`` is None)."""
+    """Each anchor's row of a per-source tensor (the sources are the anchors when ``row_index`` is None)."""
     return x if row_index is None else x.index_select(0, row_index)
 
 
@@ -424,69 +377,105 @@ def _to_sources(x: torch.Tensor, row_index: torch.Tensor | None, sources: int) -
     return x.new_zeros(sources, *x.shape[1:]).index_add_(0, row_index, x)
 
 
-class _PairHinge(torch.autograd.Function):
-    """Per-anchor sums ``sum_j W_ij relu(cos(f_i, e_{r_i} - e_j) + delta)`` over M columns,
-    with a hand-written backward. One function serves both sums of Eq. 16:
+class _SecondOrderSums(torch.autograd.Function):
+    r"""Per-anchor sums of Eq. 16 from class-level text features, fused, with a hand-written
+    backward: ``sum_j W_ij relu(cos(f_i, e_{r_i} - e_j) + delta)`` over M columns, one of
 
-    - over item pairs: the columns are the batch's items, ``e`` (N, D) their centred
-      difference vectors, ``row_index`` None (anchor i's own vector is ``e_i``);
-    - over classes: the columns are the classes, ``e`` (C, D), ``row_index`` the labels.
+    - the batch's items (``by_classes`` False): ``e`` (N, D) the items' centred difference
+      vectors, anchor i's own vector ``e_i``, ``W_ij = w_i w_j [y_i != y_j]``;
+    - the classes (``by_classes`` True): a pair's terms depend on its second item only
+      through that item's class, :math:`\sum_j w_i w_j [y_i \ne y_j] h_{i, y_j} = w_i
+      \sum_{c \ne y_i} W_c h_{i, c}` with :math:`W_c = \sum_{j: y_j = c} w_j`, so ``e`` is
+      (C, D), anchor i's own vector ``e_{y_i}`` and ``W_ic = w_i W_c [c != y_i]``.
 
-    ``raw`` is ``e`` uncentred (no gradient: the near terms' gradients are those of ``e``,
-    as a shift cancels in a difference); ``group`` (M,) maps each column to the column that
-    stands for its class (items: the first item of the class; None: itself);
-    ``blocked`` (M, M) marks the columns that cannot be a source's near class;
-    ``pair_weight`` (N, M) is ``W_ij`` (zero within a class); ``w`` (N,) the anchors'
-    weights and ``group_weight`` (M,) the total weight of each column's class.
+    ``e`` is :math:`D^{(1)}` centred on the batch, in two steps: subtracting one of its
+    rows is exact where rows are close (a large shared component), then the mean centres
+    what is left. With :math:`P = f e^\top` and the Gram distances
+    :math:`\|e_a - e_b\|^2 = G_{aa} + G_{bb} - 2 G_{ab}`, :math:`G = e e^\top` (M, M):
+    ``f_i . (e_{r_i} - e_j) = P[i, r_i] - P[i, j]``.
 
-    With :math:`P = f e^\\top` and the Gram distances
-    :math:`\\|e_a - e_b\\|^2 = G_{aa} + G_{bb} - 2 G_{ab}`, :math:`G = e e^\\top` (M, M):
-    ``f_i . (e_{r_i} - e_j) = P[i, r_i] - P[i, j]``. Near ties: the Gram expansion resolves
-    a distance only to about ``sqrt(RESOLUTION)`` times ``|e_a| + |e_b|``, and
-    ``P[i, r_i] - P[i, j]`` cancels likewise. So for each source row the
-    :data:`EXACT_NEIGHBOURS` nearest other classes (by the Gram estimate) are taken out of
-    the (N, M) sums and summed per class instead, from their difference vectors
-    ``raw[r_i] - raw[c]`` built directly (in the backward again rather than kept), each
-    weighted by ``w_i`` times its class's total weight: as accurate as the plain formula,
-    values and gradients. Other pairs below ``RESOLUTION`` times ``|e_a|^2 + |e_b|^2`` (a
-    source with more than m near-identical classes) cannot be told from zero: their cosine
-    is 0 and they pass no gradient, as do pairs with a distance at most ``NORM_EPS``.
+    Near ties: the Gram expansion resolves a distance only to about ``sqrt(RESOLUTION)``
+    times ``|e_a| + |e_b|``, and ``P[i, r_i] - P[i, j]`` cancels likewise. So for each source
+    row the :data:`EXACT_NEIGHBOURS` nearest other classes (by the Gram estimate) are taken
+    out of the (N, M) sums and summed per class instead, from their difference vectors
+    :math:`D^{(1)}_{y_i} - D^{(1)}_c` built directly (in the backward again rather than
+    kept), each weighted by ``w_i`` times its class's total weight: as accurate as the plain
+    formula, values and gradients. Other pairs below ``RESOLUTION`` times
+    ``|e_a|^2 + |e_b|^2`` (a source with more than m near-identical classes) cannot be told
+    from zero: their cosine is 0 and they pass no gradient, as do pairs with a distance at
+    most ``NORM_EPS``, and zero image features.
 
-    Products: forward ``G`` (M x D x M) and ``P`` (N x D x M); backward ``e``'s gradient
-    from ``P`` (M x N x D) and from ``G`` (M x M x D), and one more N x M x D when ``f``
-    needs a gradient.
+    Everything from the raw inputs (normalising ``f``, differencing and centring the text
+    features, the pair weights) happens inside, so autograd sees one node. Products:
+    forward ``G`` (M x D x M) and ``P`` (N x D x M); backward ``e``'s gradient from ``P``
+    (M x N x D) and from ``G`` (M x M x D), and one more N x D x M when the image features
+    need a gradient.
     """
 
     @staticmethod
-    def forward(ctx, f, e, row_index, raw, group, blocked, pair_weight, w, group_weight, delta):  # type: ignore[override]
-        n, m_cols = f.shape[0], e.shape[0]
-        e_sq = (e * e).sum(dim=1)
+    def forward(ctx, image_features, positive, negative, labels, w, delta, by_classes):  # type: ignore[override]
+        n, c = image_features.shape[0], positive.shape[0]
+        inv_f = _inverse_norm(image_features)
+        f = image_features * inv_f[:, None]
+        d1 = positive - negative
+        rows = d1.index_select(0, labels)
+        class_w = w.new_zeros(c).index_add_(0, labels, w)
+        if by_classes:
+            e = d1 - rows[:1]
+            e -= (rows - rows[:1]).mean(dim=0)
+            raw, row_index, group_weight = d1, labels, class_w
+            classes = torch.arange(c, device=labels.device)
+            own = labels[:, None] == classes[None, :]
+            counts = own.sum(dim=0)
+            pair_weight = torch.outer(w, class_w).masked_fill_(own, 0.0)
+            # columns that cannot be a near class: the class itself, or a class with no item
+            # (not one of weight 0: its weight's gradient comes through the products)
+            blocked = (classes[:, None] == classes[None, :]) | (counts == 0)[None, :]
+        else:
+            e = rows - rows[:1]
+            e -= e.mean(dim=0)
+            raw, row_index, group_weight, counts = rows, None, class_w.index_select(0, labels), None
+            items = torch.arange(n, device=labels.device)
+            # per item: the first item of its class (it stands for the class as a near column)
+            first = torch.full((c,), n, dtype=labels.dtype, device=labels.device)
+            first = first.scatter_reduce_(0, labels, items, "amin").index_select(0, labels)
+            same = labels[:, None] == labels[None, :]
+            pair_weight = torch.outer(w, w).masked_fill_(same, 0.0)
+            blocked = same | (first != items)[None, :]
+        m_cols = e.shape[0]
+        e_sq = torch.linalg.vecdot(e, e)
         gram_sq = torch.addmm(e_sq[:, None] + e_sq[None, :], e, e.T, alpha=-2)
         m = min(EXACT_NEIGHBOURS, m_cols)
         nearest = gram_sq.masked_fill(blocked, float("inf")).topk(m, dim=1, largest=False, sorted=False)
-        source_candidates, source_valid = nearest.indices, torch.isfinite(nearest.values)
-        # near[s, j]: column j's class is one of source s's candidates (built transposed:
-        # gathering rows is much faster than gathering columns)
-        near_t = torch.zeros(m_cols, m_cols, dtype=torch.bool, device=e.device)
-        near_t.scatter_(0, source_candidates.T, source_valid.T)
-        near_pair = _per_anchor((near_t if group is None else near_t.index_select(0, group)).T, row_index)
-        half_floor = RESOLUTION[e.dtype] * e_sq + NORM_EPS**2 / 2
+        source_candidates = nearest.indices
+        candidates = _per_anchor(source_candidates, row_index)
+        valid = _per_anchor(torch.isfinite(nearest.values), row_index)
+        half_floor = e_sq.mul(RESOLUTION[e.dtype]).add_(NORM_EPS**2 / 2)
         unresolved = gram_sq <= half_floor[:, None] + half_floor[None, :]
-        inv_norm = _per_anchor(gram_sq.clamp_min_(NORM_EPS**2).rsqrt_().masked_fill_(unresolved, 0.0), row_index)
+        inv_norm = _per_anchor(
+            gram_sq.clamp_min_(NORM_EPS**2).rsqrt_().masked_fill_(unresolved, 0.0), row_index
+        )
         # f_i . (e_{r_i} - e_j) = P[i, r_i] - P[i, j] with P = f e^T
         if row_index is None:
-            own = (f * e).sum(dim=1, keepdim=True)
-            numer = torch.addmm(own.expand(n, m_cols), f, e.T, alpha=-1)
+            numer = torch.addmm(torch.linalg.vecdot(f, e)[:, None].expand(n, m_cols), f, e.T, alpha=-1)
         else:
             p = f @ e.T
             numer = torch.sub(p.gather(1, row_index[:, None]), p)
         s2 = numer.mul_(inv_norm)
         hinge = s2 + delta
-        active_weight = pair_weight.masked_fill((hinge <= 0) | near_pair, 0.0)
+        active_weight = pair_weight.masked_fill_(hinge <= 0, 0.0)
+        # the near classes' pairs leave the products: their candidate column (classes; an
+        # invalid candidate is a column of zero weight), or every item of that class
+        if by_classes:
+            near_pair = None
+            active_weight.scatter_(1, candidates, 0.0)
+        else:
+            near_t = torch.zeros(n, n, dtype=torch.bool, device=e.device)  # built transposed:
+            near_t.scatter_(0, candidates.T, valid.T)  # gathering rows beats gathering columns
+            near_pair = near_t.index_select(0, first).T
+            active_weight.masked_fill_(near_pair, 0.0)
 
         # The near classes, one term per class, from directly built difference vectors.
-        candidates = _per_anchor(source_candidates, row_index)
-        valid = _per_anchor(source_valid, row_index)
         source_near_sq = e.new_empty(m_cols, m)
         near_s2 = e.new_empty(n, m)
         for block in _near_blocks(max(n, m_cols), m, e.shape[1]):
@@ -499,46 +488,23 @@ class _PairHinge(torch.autograd.Function):
         near_relu = (near_s2 + delta).clamp_min_(0).masked_fill_(~valid, 0.0)
         near_group_weight = group_weight.index_select(0, candidates.flatten()).view(n, m)
         ctx.save_for_backward(
-            f,
-            e,
-            row_index,
-            raw,
-            s2,
-            inv_norm,
-            active_weight,
-            near_pair,
-            source_candidates,
-            near_s2,
-            near_inv_norm,
-            near_relu,
-            w,
-            near_group_weight,
-        )
-        ctx.delta = delta
+            f, inv_f, e, raw, labels, w, class_w, counts, s2, inv_norm, active_weight, near_pair,
+            source_candidates, near_s2, near_inv_norm, near_relu, near_group_weight,
+        )  # fmt: skip
+        ctx.delta, ctx.by_classes = delta, by_classes
         return hinge.mul_(active_weight).sum(dim=1) + w * (near_relu * near_group_weight).sum(dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         (
-            f,
-            e,
-            row_index,
-            raw,
-            s2,
-            inv_norm,
-            active_weight,
-            near_pair,
-            source_candidates,
-            near_s2,
-            near_inv_norm,
-            near_relu,
-            w,
-            near_group_weight,
-        ) = ctx.saved_tensors
-        n, m_cols, m = f.shape[0], e.shape[0], source_candidates.shape[1]
-        blocks = _near_blocks(max(n, m_cols), m, e.shape[1])
+            f, inv_f, e, raw, labels, w, class_w, counts, s2, inv_norm, active_weight, near_pair,
+            source_candidates, near_s2, near_inv_norm, near_relu, near_group_weight,
+        ) = ctx.saved_tensors  # fmt: skip
+        n, c, m_cols, m = f.shape[0], class_w.shape[0], e.shape[0], source_candidates.shape[1]
+        row_index = labels if ctx.by_classes else None
         candidates = _per_anchor(source_candidates, row_index)
+        blocks = _near_blocks(max(n, m_cols), m, e.shape[1])
         d_numer = torch.mul(active_weight, grad_out[:, None]).mul_(inv_norm)
         # d s2 / d sq = -1/2 numer sq^(-3/2) = -1/2 s2 inv_norm^2; the -1/2 is folded below.
         d_sq = torch.mul(d_numer, s2).mul_(inv_norm)
@@ -546,13 +512,16 @@ class _PairHinge(torch.autograd.Function):
         near_weight = (grad_out * w)[:, None] * near_group_weight
         near_d_numer = near_weight.masked_fill_(near_relu <= 0, 0.0).mul_(near_inv_norm)
         near_d_sq = torch.mul(near_d_numer, near_s2).mul_(near_inv_norm)
-        d_f = None
+        d_image = None
         if ctx.needs_input_grad[0]:
-            # d_f_i = sum_j d_numer_ij (e_{r_i} - e_j), the near ones from their difference vectors.
-            d_f = d_numer.sum(dim=1, keepdim=True) * _per_anchor(e, row_index) - d_numer @ e
+            # d_f_i = sum_j d_numer_ij (e_{r_i} - e_j), the near ones from their difference vectors
+            own = _per_anchor(e, row_index) * d_numer.sum(dim=1, keepdim=True)
+            d_f = torch.addmm(own, d_numer, e, alpha=-1)
             for block in blocks:
                 diff = _per_anchor(_near_differences(raw, source_candidates, block), row_index)
                 d_f += torch.bmm(near_d_numer[:, None, block], diff).squeeze(1)
+            # through f = x / |x|: (d_f - f (f . d_f)) / |x|, zero for a zero feature
+            d_image = d_f.sub_(f * torch.linalg.vecdot(f, d_f)[:, None]).mul_(inv_f[:, None])
         # numer = f_i.e_{r_i} - f_i.e_j has no cancellation: the near terms join the product.
         d_numer.scatter_add_(1, candidates, near_d_numer)
         # From P: d e_{r_i} += rowsum(d_numer)_i f_i and d e_j -= sum_i d_numer_ij f_i.
@@ -564,15 +533,33 @@ class _PairHinge(torch.autograd.Function):
         d_e = d_e.addcmul_(d_gram_sym.sum(dim=1, keepdim=True), e, value=-1).addmm_(d_gram_sym, e)
         source_near_d_sq = _to_sources(near_d_sq, row_index, m_cols)
         for block in blocks:
-            near_grad = _near_differences(raw, source_candidates, block).mul_(source_near_d_sq[:, block, None])
+            near_grad = _near_differences(raw, source_candidates, block).mul_(
+                source_near_d_sq[:, block, None]
+            )
             d_e -= near_grad.sum(dim=1)
             d_e.index_add_(0, source_candidates[:, block].flatten(), near_grad.flatten(0, 1))
-        d_pair_weight = d_w = d_group_weight = None
-        if ctx.needs_input_grad[6]:
-            d_pair_weight = (grad_out[:, None] * (s2 + ctx.delta).clamp_min(0)).masked_fill_(near_pair, 0.0)
-        if ctx.needs_input_grad[7]:
+        # back through the centring (e = D1 - the batch's mean row) and the label gather
+        if ctx.by_classes:
+            d_d1 = d_e.addr_(counts.to(e.dtype), d_e.sum(dim=0), alpha=-1 / n)
+        else:
+            d_d1 = e.new_zeros(c, e.shape[1]).index_add_(0, labels, d_e - d_e.mean(dim=0))
+        d_w = None
+        if ctx.needs_input_grad[4]:
+            d_pair = grad_out[:, None] * (s2 + ctx.delta).clamp_min_(0)
+            d_group = e.new_zeros(m_cols).index_add_(
+                0, candidates.flatten(), ((grad_out * w)[:, None] * near_relu).flatten()
+            )
             d_w = grad_out * (near_relu * near_group_weight).sum(dim=1)
-        if ctx.needs_input_grad[8]:
-            near_d_group = (grad_out * w)[:, None] * near_relu
-            d_group_weight = e.new_zeros(m_cols).index_add_(0, candidates.flatten(), near_d_group.flatten())
-        return d_f, d_e, None, None, None, None, d_pair_weight, d_w, d_group_weight, None
+            if ctx.by_classes:  # W_ic = w_i W_c [c != y_i], the near classes' columns out
+                d_pair.masked_fill_(labels[:, None] == torch.arange(c, device=labels.device), 0.0)
+                d_pair.scatter_(1, candidates, 0.0)
+                d_w += d_pair @ class_w
+                d_class_w = d_pair.T @ w + d_group
+            else:  # W_ij = w_i w_j [y_i != y_j], the near classes' items out
+                d_pair.masked_fill_((labels[:, None] == labels[None, :]) | near_pair, 0.0)
+                d_w += d_pair @ w + d_pair.T @ w
+                d_class_w = e.new_zeros(c).index_add_(0, labels, d_group)
+            d_w += d_class_w.index_select(0, labels)
+        d_positive = d_d1 if ctx.needs_input_grad[1] else None
+        d_negative = -d_d1 if ctx.needs_input_grad[2] else None
+        return d_image, d_positive, d_negative, None, d_w, None, None
