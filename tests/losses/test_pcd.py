@@ -285,6 +285,37 @@ def test_the_class_path_is_chosen_for_batches_with_many_more_items_than_classes(
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
+@given(st.integers(1, 4096), st.integers(1, 4096))
+def test_the_path_is_the_one_that_multiplies_less(n, c):
+    """Items: four N x D x N products; classes: two N x D x C and two C x D x C."""
+    over_items, over_classes = 4 * n * n, 2 * n * c + 2 * c * c
+    assert pcd.second_order_path(n, c) == ("classes" if over_classes < over_items else "items")
+
+
+@pytest.mark.parametrize(("n", "c", "path"), [(32, 100, "items"), (512, 100, "classes"), (512, 1000, "items")])
+def test_the_benchmark_shapes_take_the_expected_path(n, c, path):
+    assert pcd.second_order_path(n, c) == path
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_class_of_zero_total_weight_still_passes_weight_gradients(path):
+    """A class present in the batch whose items all weigh 0 stays a column of the sums (it
+    must not be skipped as an absent class): its items' weights get their gradient."""
+    gen = torch.Generator().manual_seed(0)
+    f, pos, neg = (torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    labels = torch.tensor([0, 1, 1, 2])
+    w = torch.tensor([0.0, 1.0, 0.5, 0.0], dtype=torch.float64, requires_grad=True)
+    with pytest.MonkeyPatch.context() as patch:
+        force_path(patch, path)
+        patch.setattr(pcd, "EXACT_NEIGHBOURS", 1)
+        got = second_order_difference_loss(f, pos, neg, labels, w, delta=0.0)
+    want = literal_second(f, pos, neg, labels, w, 0.0)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    (g_got,), (g_want,) = grads(got, (w,)), grads(want, (w,))
+    assert float(g_want[0].abs()) > 0  # the check can fail
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-12)
+
+
 def test_the_near_tie_check_fails_without_the_exact_neighbours(monkeypatch):
     """The accuracy checks above can fail: with the Gram expansion alone, near ties are far off."""
     batch = near_tie_batch(0, 1e-3, near=3, far=2)

@@ -206,9 +206,10 @@ def second_order_difference_loss(
     vectors, centred: first on one of them, which is exact where they are close, then on
     their mean), :math:`f_i \cdot D^{(2)}_{y_i, y_j} = P_{ii} - P_{ij}` with
     :math:`P = f E^\top` and :math:`\|D^{(2)}_{y_i,y_j}\|^2 = G_{ii} + G_{jj} - 2G_{ij}`
-    with :math:`G = E E^\top`: two :math:`N \times D \times N` products, memory
-    :math:`O(ND + N^2)`, static shapes (it traces and compiles) and no host
-    synchronisation. Centring keeps float32 accurate: the two prompts differ by one word,
+    with :math:`G = E E^\top`: two :math:`N \times D \times N` products forward and
+    two (three when the image features need a gradient) in a hand-written backward, the
+    whole loss one autograd node; memory :math:`O(ND + N^2)`, static shapes (it traces and
+    compiles) and no host synchronisation. Centring keeps float32 accurate: the two prompts differ by one word,
     so the difference vectors share a large component that would cancel catastrophically.
     When the batch has many items per class the sums run over classes instead
     (:math:`P` is :math:`(N, C)`, :math:`G` is :math:`(C, C)`, each class weighted by its
@@ -219,7 +220,7 @@ def second_order_difference_loss(
     :math:`\sqrt{\text{RESOLUTION}}\,(\|E_i\| + \|E_j\|)`, so for each anchor the
     :data:`~fdbpl.losses.functional.pcd.EXACT_NEIGHBOURS` nearest other classes (by the
     Gram estimate) are summed from difference vectors :math:`D^{(1)}_{y_i} - D^{(1)}_c`
-    built directly (static shapes): as accurate as the plain float32 formula, values and
+    built directly (static shapes; memory :math:`O(mND)`): as accurate as the plain float32 formula, values and
     gradients. Past them, a pair below :data:`~fdbpl.losses.functional.pcd.RESOLUTION`
     (64 machine epsilons) times :math:`\|E_i\|^2 + \|E_j\|^2` is treated as zero.
 
@@ -384,9 +385,9 @@ class _SecondOrderSums(torch.autograd.Function):
     times ``|e_a| + |e_b|``, and ``P[i, r_i] - P[i, j]`` cancels likewise. So for each source
     row the :data:`EXACT_NEIGHBOURS` nearest other classes (by the Gram estimate) are taken
     out of the (N, M) sums and summed per class instead, from their difference vectors
-    :math:`D^{(1)}_{y_i} - D^{(1)}_c` built directly (in the backward again rather than
-    kept), each weighted by ``w_i`` times its class's total weight: as accurate as the plain
-    formula, values and gradients. Other pairs below ``RESOLUTION`` times
+    :math:`D^{(1)}_{y_i} - D^{(1)}_c` built directly (one (M, m, D) block, kept for the
+    backward), each weighted by ``w_i`` times its class's total weight: as accurate as the
+    plain formula, values and gradients. Other pairs below ``RESOLUTION`` times
     ``|e_a|^2 + |e_b|^2`` (a source with more than m near-identical classes) cannot be told
     from zero: their cosine is 0 and they pass no gradient, as do pairs with a distance at
     most ``NORM_EPS``, and zero image features.
@@ -468,7 +469,7 @@ class _SecondOrderSums(torch.autograd.Function):
         )
         near_sq = _per_anchor(torch.linalg.vecdot(diff, diff), row_index)
         if row_index is None:
-            near_s2 = torch.bmm(diff, f[:, :, None]).squeeze(2)
+            near_s2 = (diff * f[:, None, :]).sum(dim=2)
         else:  # gathered per candidate from the flat rows: faster than from a strided slice
             flat, m_index = diff.flatten(0, 1), row_index * m
             near_s2 = e.new_empty(n, m)
@@ -508,7 +509,7 @@ class _SecondOrderSums(torch.autograd.Function):
             own = _per_anchor(e, row_index) * d_numer.sum(dim=1, keepdim=True)
             d_f = torch.addmm(own, d_numer, e, alpha=-1)
             if row_index is None:
-                d_f += torch.bmm(near_d_numer[:, None, :], diff).squeeze(1)
+                d_f += (diff * near_d_numer[:, :, None]).sum(dim=1)
             else:
                 flat, m_index = diff.flatten(0, 1), row_index * m
                 for k in range(m):
