@@ -21,6 +21,17 @@ import torch
 
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
+#: glibc settings under which freed memory stays in the process for reuse, as under a
+#: caching allocator (PyTorch's CUDA one; jemalloc or tcmalloc on the CPU, which PyTorch's
+#: CPU tuning guide recommends). Under glibc's defaults a large tensor freed at the top of
+#: the heap goes back to the system, and the next one pays a page fault per 4 KiB page.
+CACHING_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def _run(argv: list[str], settings: dict[str, str]) -> str:
+    env = {**os.environ, **settings}
+    return subprocess.run([sys.executable, *argv], env=env, check=True, capture_output=True, text=True).stdout
+
 
 def run_with_malloc_env(argv: list[str]) -> str:
     """Run ``python argv...`` with glibc settings that make RSS track live tensors; return stdout.
@@ -28,8 +39,12 @@ def run_with_malloc_env(argv: list[str]) -> str:
     Peak memory is measured in such a child process; times are not, because those
     settings make every large allocation a fresh mmap and slow allocation-heavy code.
     """
-    env = {**os.environ, **_MALLOC_ENV}
-    return subprocess.run([sys.executable, *argv], env=env, check=True, capture_output=True, text=True).stdout
+    return _run(argv, _MALLOC_ENV)
+
+
+def run_with_caching_malloc(argv: list[str]) -> str:
+    """Run ``python argv...`` under :data:`CACHING_MALLOC_ENV`; return stdout."""
+    return _run(argv, CACHING_MALLOC_ENV)
 
 
 def malloc_env_active() -> bool:
