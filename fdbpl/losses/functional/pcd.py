@@ -209,8 +209,9 @@ def second_order_difference_loss(
     with :math:`G = E E^\top`: two :math:`N \times D \times N` products forward and
     two (three when the image features need a gradient) in a hand-written backward, the
     whole loss one autograd node; memory :math:`O(ND + N^2)`, static shapes (it traces and
-    compiles) and no host synchronisation. Centring keeps float32 accurate: the two prompts differ by one word,
-    so the difference vectors share a large component that would cancel catastrophically.
+    compiles) and no host synchronisation. Centring keeps float32 accurate: the two
+    prompts differ by one word, so the difference vectors share a large component that
+    would cancel catastrophically.
     When the batch has many items per class the sums run over classes instead
     (:math:`P` is :math:`(N, C)`, :math:`G` is :math:`(C, C)`, each class weighted by its
     items' total :math:`w`); :func:`second_order_path` picks whichever multiplies less from
@@ -220,8 +221,8 @@ def second_order_difference_loss(
     :math:`\sqrt{\text{RESOLUTION}}\,(\|E_i\| + \|E_j\|)`, so for each anchor the
     :data:`~fdbpl.losses.functional.pcd.EXACT_NEIGHBOURS` nearest other classes (by the
     Gram estimate) are summed from difference vectors :math:`D^{(1)}_{y_i} - D^{(1)}_c`
-    built directly (static shapes; memory :math:`O(mND)`): as accurate as the plain float32 formula, values and
-    gradients. Past them, a pair below :data:`~fdbpl.losses.functional.pcd.RESOLUTION`
+    built directly (static shapes; memory :math:`O(mND)`): as accurate as the plain
+    float32 formula, values and gradients. Past them, a pair below :data:`~fdbpl.losses.functional.pcd.RESOLUTION`
     (64 machine epsilons) times :math:`\|E_i\|^2 + \|E_j\|^2` is treated as zero.
 
     Per-image text features: with :math:`(N, C, D)` text features (a CoCoOp learner's),
