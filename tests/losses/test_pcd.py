@@ -292,7 +292,9 @@ def test_the_path_is_the_one_that_multiplies_less(n, c):
     assert pcd.second_order_path(n, c) == ("classes" if over_classes < over_items else "items")
 
 
-@pytest.mark.parametrize(("n", "c", "path"), [(32, 100, "items"), (512, 100, "classes"), (512, 1000, "items")])
+@pytest.mark.parametrize(
+    ("n", "c", "path"), [(32, 100, "items"), (512, 100, "classes"), (512, 1000, "items")]
+)
 def test_the_benchmark_shapes_take_the_expected_path(n, c, path):
     assert pcd.second_order_path(n, c) == path
 
