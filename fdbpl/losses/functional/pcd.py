@@ -464,7 +464,7 @@ class _SecondOrderSums(torch.autograd.Function):
             active_weight.masked_fill_(near_pair, 0.0)
 
         # The near classes, one term per class, from directly built difference vectors.
-        # (M, m, D), kept for the backward: as large as the inputs (m = EXACT_NEIGHBOURS)
+        # (M, m, D), kept for the backward: m = EXACT_NEIGHBOURS times the (M, D) rows
         diff = raw[:, None, :] - raw.index_select(0, source_candidates.flatten()).view(
             m_cols, m, raw.shape[1]
         )
