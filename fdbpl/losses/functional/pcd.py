@@ -409,12 +409,11 @@ class _SecondOrderSums(torch.autograd.Function):
         class_w = w.new_zeros(c).index_add_(0, labels, w)
         if by_classes:
             classes = torch.arange(c, device=labels.device)
-            own = labels[:, None] == classes[None, :]
-            counts = own.sum(dim=0)
+            counts = d1.new_zeros(c).index_add_(0, labels, d1.new_ones(n))
             e = d1 - d1.index_select(0, labels[:1])
-            e -= (counts.to(e.dtype) @ e) / n  # the batch's mean row: each class counted per item
+            e -= (counts @ e) / n  # the batch's mean row: each class counted per item
             raw, row_index, group_weight = d1, labels, class_w
-            pair_weight = torch.outer(w, class_w).masked_fill_(own, 0.0)
+            pair_weight = torch.outer(w, class_w).scatter_(1, labels[:, None], 0.0)  # W_ic [c != y_i]
             # columns that cannot be a near class: the class itself, or a class with no item
             # (not one of weight 0: its weight's gradient comes through the products)
             blocked = (classes[:, None] == classes[None, :]) | (counts == 0)[None, :]
@@ -471,11 +470,8 @@ class _SecondOrderSums(torch.autograd.Function):
         near_sq = _per_anchor(torch.linalg.vecdot(diff, diff), row_index)
         if row_index is None:
             near_s2 = (diff * f[:, None, :]).sum(dim=2)
-        else:  # gathered per candidate from the flat rows: faster than from a strided slice
-            flat, m_index = diff.flatten(0, 1), row_index * m
-            near_s2 = e.new_empty(n, m)
-            for k in range(m):
-                near_s2[:, k] = torch.linalg.vecdot(flat.index_select(0, m_index + k), f)
+        else:  # each anchor's rows of its class: a fresh gather, multiplied in place
+            near_s2 = diff.index_select(0, row_index).mul_(f[:, None, :]).sum(dim=2)
         near_inv_norm = _inverse_sqrt(near_sq)
         near_s2.mul_(near_inv_norm)
         near_relu = (near_s2 + delta).clamp_min_(0).masked_fill_(~valid, 0.0)
@@ -494,7 +490,7 @@ class _SecondOrderSums(torch.autograd.Function):
             f, inv_f, e, diff, labels, w, class_w, counts, s2, inv_norm, active_weight, near_pair,
             source_candidates, near_s2, near_inv_norm, near_relu, near_group_weight,
         ) = ctx.saved_tensors  # fmt: skip
-        n, c, m_cols, m = f.shape[0], class_w.shape[0], e.shape[0], source_candidates.shape[1]
+        n, c, m_cols = f.shape[0], class_w.shape[0], e.shape[0]
         row_index = labels if ctx.by_classes else None
         candidates = _per_anchor(source_candidates, row_index)
         d_numer = torch.mul(active_weight, grad_out[:, None]).mul_(inv_norm)
@@ -512,9 +508,7 @@ class _SecondOrderSums(torch.autograd.Function):
             if row_index is None:
                 d_f += (diff * near_d_numer[:, :, None]).sum(dim=1)
             else:
-                flat, m_index = diff.flatten(0, 1), row_index * m
-                for k in range(m):
-                    d_f.addcmul_(flat.index_select(0, m_index + k), near_d_numer[:, k, None])
+                d_f += diff.index_select(0, row_index).mul_(near_d_numer[:, :, None]).sum(dim=1)
             # through f = x / |x|: (d_f - f (f . d_f)) / |x|, zero for a zero feature
             d_image = d_f.sub_(f * torch.linalg.vecdot(f, d_f)[:, None]).mul_(inv_f[:, None])
         # numer = f_i.e_{r_i} - f_i.e_j has no cancellation: the near terms join the product.
@@ -532,7 +526,7 @@ class _SecondOrderSums(torch.autograd.Function):
         d_e.index_add_(0, source_candidates.flatten(), near_grad.flatten(0, 1))
         # back through the centring (e = D1 - the batch's mean row) and the label gather
         if ctx.by_classes:
-            d_d1 = d_e.addr_(counts.to(e.dtype), d_e.sum(dim=0), alpha=-1 / n)
+            d_d1 = d_e.addr_(counts, d_e.sum(dim=0), alpha=-1 / n)
         else:
             d_d1 = e.new_zeros(c, e.shape[1]).index_add_(0, labels, d_e - d_e.mean(dim=0))
         d_w = None
@@ -543,8 +537,7 @@ class _SecondOrderSums(torch.autograd.Function):
             )
             d_w = grad_out * (near_relu * near_group_weight).sum(dim=1)
             if ctx.by_classes:  # W_ic = w_i W_c [c != y_i], the near classes' columns out
-                d_pair.masked_fill_(labels[:, None] == torch.arange(c, device=labels.device), 0.0)
-                d_pair.scatter_(1, candidates, 0.0)
+                d_pair.scatter_(1, labels[:, None], 0.0).scatter_(1, candidates, 0.0)
                 d_w += d_pair @ class_w
                 d_class_w = d_pair.T @ w + d_group
             else:  # W_ij = w_i w_j [y_i != y_j], the near classes' items out
