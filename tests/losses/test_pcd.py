@@ -389,6 +389,22 @@ def test_half_inputs_reduce_in_float32(dtype):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+def test_a_callers_autocast_does_not_lower_the_second_order_precision(per_image):
+    """Under bfloat16 autocast the fused products would run in bfloat16 (about 1e-5 off
+    here); the loss turns autocast off and gives its float32 value."""
+    f, pos, neg, labels, w = (
+        t.float() if t.is_floating_point() else t for t in shared_component_batch(n=48, c=20, d=64)
+    )
+    if per_image:
+        pos, neg = pos.expand(48, -1, -1).clone(), neg.expand(48, -1, -1).clone()
+    want = second_order_difference_loss(f, pos, neg, labels, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = second_order_difference_loss(f, pos, neg, labels, w)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
 _F, _T = torch.randn(4, 8), torch.randn(3, 8)
 _L, _W = torch.tensor([0, 1, 2, 0]), torch.rand(4)
 

@@ -244,6 +244,10 @@ def second_order_difference_loss(
     w_i w_j`) and passes no gradient, as in the first-order loss; so does a zero image
     feature. Values and gradients stay finite; one class, or :math:`N = 1`, gives 0.
 
+    Precision: half-precision inputs are computed in float32, and a caller's autocast is
+    turned off inside (its products would otherwise run in half precision, where the Gram
+    expansion cancels).
+
     Args:
         image_features: :math:`(N, D)` image features :math:`f(x_i)`.
         positive_text_features: :math:`(C, D)` positive-prompt text features :math:`g(V)`, or
@@ -290,16 +294,19 @@ def second_order_unchecked(
     f = image_features.to(dtype)
     w = weight.to(dtype)
     positive, negative = _class_level(positive_text_features), _class_level(negative_text_features)
-    if positive is None or negative is None:  # text features per image
-        s2 = per_image_second_order_cosines(
-            f, positive_text_features.to(dtype), negative_text_features.to(dtype), labels
-        )
-        per_anchor = _per_anchor_from_cosines(s2, labels, w, delta)
-    else:
-        by_classes = second_order_path(n, positive.shape[0]) == "classes"
-        per_anchor = _SecondOrderSums.apply(
-            f, positive.to(dtype), negative.to(dtype), labels, w, delta, by_classes
-        )
+    # its products must not run in half precision under a caller's autocast (the Gram
+    # expansion cancels): autocast is off here, the dtype is compute_dtype's
+    with torch.autocast(f.device.type, enabled=False):
+        if positive is None or negative is None:  # text features per image
+            s2 = per_image_second_order_cosines(
+                f, positive_text_features.to(dtype), negative_text_features.to(dtype), labels
+            )
+            per_anchor = _per_anchor_from_cosines(s2, labels, w, delta)
+        else:
+            by_classes = second_order_path(n, positive.shape[0]) == "classes"
+            per_anchor = _SecondOrderSums.apply(
+                f, positive.to(dtype), negative.to(dtype), labels, w, delta, by_classes
+            )
     if reduction == "sum":
         return per_anchor.sum()
     return reduce(per_anchor / max(n - 1, 1), reduction)
