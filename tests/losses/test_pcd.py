@@ -80,15 +80,13 @@ def force_path(patch: pytest.MonkeyPatch, path: str) -> None:
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("exact_neighbours", [0, 1, pcd.EXACT_NEIGHBOURS])
 @given(pcd_batches(max_n=12, max_c=9), st.sampled_from([0.0, 0.1, 0.5, -0.2]))
-def test_second_order_fused_equals_literal_double_loop(path, exact_neighbours, batch, delta):
-    """Every path of the fused form (over item pairs or over classes; the Gram expansion and
-    the directly built nearest classes) against the literal double loop, values and gradients."""
+def test_second_order_fused_equals_literal_double_loop(path, batch, delta):
+    """Both paths of the fused form (over item pairs or over classes) against the literal
+    double loop, values and gradients."""
     f, pos, neg, labels, w = requires_grad(batch)
     w = w.clone().requires_grad_()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pcd, "EXACT_NEIGHBOURS", exact_neighbours)
         force_path(patch, path)
         got = second_order_difference_loss(f, pos, neg, labels, w, delta=delta)
     want = literal_second(f, pos, neg, labels, w, delta)
@@ -254,7 +252,7 @@ def as_accurate_as_the_plain_formula(batch, factor: float) -> bool:
 @given(
     st.integers(0, 2**31 - 1),
     st.floats(1e-5, 1e-2),
-    st.integers(2, pcd.EXACT_NEIGHBOURS + 1),
+    st.integers(2, 5),
     st.integers(1, 5),
     st.sampled_from([8, 48]),
 )
@@ -309,7 +307,6 @@ def test_a_class_of_zero_total_weight_still_passes_weight_gradients(path):
     w = torch.tensor([0.0, 1.0, 0.5, 0.0], dtype=torch.float64, requires_grad=True)
     with pytest.MonkeyPatch.context() as patch:
         force_path(patch, path)
-        patch.setattr(pcd, "EXACT_NEIGHBOURS", 1)
         got = second_order_difference_loss(f, pos, neg, labels, w, delta=0.0)
     want = literal_second(f, pos, neg, labels, w, 0.0)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
@@ -318,12 +315,20 @@ def test_a_class_of_zero_total_weight_still_passes_weight_gradients(path):
     torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-12)
 
 
-def test_the_near_tie_check_fails_without_the_exact_neighbours(monkeypatch):
-    """The accuracy checks above can fail: with the Gram expansion alone, near ties are far off."""
+def test_the_near_tie_check_fails_with_float32_products(monkeypatch):
+    """The accuracy checks above can fail: with the products in float32 (as on ``mps``),
+    near ties are far off."""
     batch = near_tie_batch(0, 1e-3, near=3, far=2)
     assert as_accurate_as_the_plain_formula(batch, factor=2)
-    monkeypatch.setattr(pcd, "EXACT_NEIGHBOURS", 0)
+    monkeypatch.setattr(pcd, "products_dtype", lambda dtype, device: dtype)
     assert not as_accurate_as_the_plain_formula(batch, factor=4)
+
+
+def test_the_products_are_float64_except_on_mps():
+    for dtype in (torch.float32, torch.float64):
+        assert pcd.products_dtype(dtype, torch.device("cpu")) == torch.float64
+        assert pcd.products_dtype(dtype, torch.device("cuda", 0)) == torch.float64
+        assert pcd.products_dtype(dtype, torch.device("mps")) == dtype
 
 
 @given(pcd_batches(), st.floats(0.0, 2.0))

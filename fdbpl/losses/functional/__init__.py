@@ -8,7 +8,6 @@ exported here too.
 
 from fdbpl.logits import CLIP_LOGIT_SCALE, NORM_EPS, clip_logits
 from fdbpl.losses.functional.pcd import (
-    EXACT_NEIGHBOURS,
     RESOLUTION,
     first_order_difference_loss,
     pcd_loss,
@@ -27,7 +26,6 @@ from fdbpl.sparsify import information_weight
 
 __all__ = [
     "CLIP_LOGIT_SCALE",
-    "EXACT_NEIGHBOURS",
     "NORM_EPS",
     "RESOLUTION",
     "FDBPLLossOutput",

@@ -19,20 +19,16 @@ from fdbpl.losses.functional.per_image import per_image_second_order_cosines
 from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
 
 __all__ = [
-    "EXACT_NEIGHBOURS",
     "NORM_EPS",
     "first_order_difference_loss",
     "pcd_loss",
+    "products_dtype",
     "second_order_difference_loss",
     "second_order_path",
 ]
 
-#: Per anchor, the fused second-order loss computes the difference vectors of this many
-#: nearest other classes of the batch directly, as the plain formula does, instead of
-#: through the Gram expansion (which cannot resolve near-identical classes).
-EXACT_NEIGHBOURS = 4
-
-#: Relative resolution of the fused second-order distances, by dtype: a pair with
+#: Relative resolution of the fused second-order distances, by the dtype of its products
+#: (:func:`products_dtype`): a pair with
 #: ``||E_i - E_j||^2 <= RESOLUTION * (|E_i|^2 + |E_j|^2) + NORM_EPS**2`` counts as a zero
 #: difference.
 RESOLUTION: dict[torch.dtype, float] = {
@@ -203,27 +199,32 @@ def second_order_difference_loss(
 
     The :math:`(N, N, D)` tensor of difference vectors is never built. With
     :math:`E = D^{(1)}_{y} - \operatorname{mean}_j D^{(1)}_{y_j}` (the batch's difference
-    vectors, centred: first on one of them, which is exact where they are close, then on
-    their mean), :math:`f_i \cdot D^{(2)}_{y_i, y_j} = P_{ii} - P_{ij}` with
+    vectors, centred), :math:`f_i \cdot D^{(2)}_{y_i, y_j} = P_{ii} - P_{ij}` with
     :math:`P = f E^\top` and :math:`\|D^{(2)}_{y_i,y_j}\|^2 = G_{ii} + G_{jj} - 2G_{ij}`
     with :math:`G = E E^\top`: two :math:`N \times D \times N` products forward and
     two (three when the image features need a gradient) in a hand-written backward, the
     whole loss one autograd node; memory :math:`O(ND + N^2)`, static shapes (it traces and
-    compiles) and no host synchronisation. Centring keeps float32 accurate: the two
-    prompts differ by one word, so the difference vectors share a large component that
-    would cancel catastrophically.
+    compiles) and no host synchronisation.
     When the batch has many items per class the sums run over classes instead
     (:math:`P` is :math:`(N, C)`, :math:`G` is :math:`(C, C)`, each class weighted by its
     items' total :math:`w`); :func:`second_order_path` picks whichever multiplies less from
     the shapes.
 
-    Near ties: the Gram expansion resolves a distance only to about
-    :math:`\sqrt{\text{RESOLUTION}}\,(\|E_i\| + \|E_j\|)`, so for each anchor the
-    :data:`~fdbpl.losses.functional.pcd.EXACT_NEIGHBOURS` nearest other classes (by the
-    Gram estimate) are summed from difference vectors :math:`D^{(1)}_{y_i} - D^{(1)}_c`
-    built directly (static shapes; memory :math:`O(mND)`): as accurate as the plain
-    float32 formula, values and gradients. Past them, a pair below :data:`~fdbpl.losses.functional.pcd.RESOLUTION`
-    (64 machine epsilons) times :math:`\|E_i\|^2 + \|E_j\|^2` is treated as zero.
+    Precision: the Gram expansion cancels. The two prompts differ by one word, so the
+    difference vectors share a large component (centring removes it), and two classes
+    whose difference vectors are nearly the same (prompts of near-synonyms) have a distance
+    far below their norms, which the expansion resolves only to about
+    :math:`\sqrt{\epsilon}\,(\|E_i\| + \|E_j\|)`. So the centring and the two forward
+    products run in float64 (:func:`products_dtype`), the rest in float32: for float32
+    inputs the only rounding left in a pair's distance and numerator is that of
+    :math:`D^{(1)}` itself, as in the plain float32 formula, however close the classes
+    (the tests hold near-tie pairs to within 2x of its error against float64, values and
+    gradients). On CPUs and data-centre GPUs float64 products cost about twice float32
+    ones, on consumer GPUs more; at the paper's sizes they are a few MFLOP. Float64 inputs
+    have no wider dtype: their near ties are resolved to about :math:`10^{-8}` relative,
+    and on ``mps`` (no float64) float32 ones only to about :math:`3 \cdot 10^{-4}`. A pair
+    below :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine epsilons of the
+    products' dtype) times :math:`\|E_i\|^2 + \|E_j\|^2` is treated as zero.
 
     Per-image text features: with :math:`(N, C, D)` text features (a CoCoOp learner's),
     each anchor uses its own: :math:`D^{(1)}_i = g_i(V) - g_i(\bar V)` and
@@ -244,7 +245,7 @@ def second_order_difference_loss(
     w_i w_j`) and passes no gradient, as in the first-order loss; so does a zero image
     feature. Values and gradients stay finite; one class, or :math:`N = 1`, gives 0.
 
-    Precision: half-precision inputs are computed in float32, and a caller's autocast is
+    Half precision: half-precision inputs are computed in float32, and a caller's autocast is
     turned off inside (its products would otherwise run in half precision, where the Gram
     expansion cancels).
 
@@ -372,6 +373,14 @@ def _to_sources(x: torch.Tensor, row_index: torch.Tensor | None, sources: int) -
     return x.new_zeros(sources, *x.shape[1:]).index_add_(0, row_index, x)
 
 
+def products_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype of the fused second-order loss's products and distances for inputs of
+    ``dtype`` on ``device``: float64, which resolves near-tie classes (see
+    :func:`second_order_difference_loss`), except on Apple's ``mps`` devices, which have
+    no float64 and keep ``dtype``."""
+    return dtype if device.type == "mps" else torch.float64
+
+
 class _SecondOrderSums(torch.autograd.Function):
     r"""Per-anchor sums of Eq. 16 from class-level text features, fused, with a hand-written
     backward: ``sum_j W_ij relu(cos(f_i, e_{r_i} - e_j) + delta)`` over M columns, one of
@@ -383,143 +392,83 @@ class _SecondOrderSums(torch.autograd.Function):
       \sum_{c \ne y_i} W_c h_{i, c}` with :math:`W_c = \sum_{j: y_j = c} w_j`, so ``e`` is
       (C, D), anchor i's own vector ``e_{y_i}`` and ``W_ic = w_i W_c [c != y_i]``.
 
-    ``e`` is :math:`D^{(1)}` centred on the batch, in two steps: subtracting one of its
-    rows is exact where rows are close (a large shared component), then the mean centres
-    what is left. With :math:`P = f e^\top` and the Gram distances
-    :math:`\|e_a - e_b\|^2 = G_{aa} + G_{bb} - 2 G_{ab}`, :math:`G = e e^\top` (M, M):
-    ``f_i . (e_{r_i} - e_j) = P[i, r_i] - P[i, j]``.
+    ``e`` is :math:`D^{(1)}` centred on the batch's mean row. With :math:`P = f e^\top` and
+    the Gram distances :math:`\|e_a - e_b\|^2 = G_{aa} + G_{bb} - 2 G_{ab}`,
+    :math:`G = e e^\top` (M, M): ``f_i . (e_{r_i} - e_j) = P[i, r_i] - P[i, j]``. Both
+    products, the centring and the two cancelling sums run in :func:`products_dtype`
+    (float64): for float32 inputs the only rounding left in a pair's difference vector is
+    that of :math:`D^{(1)}` itself, as in the plain formula, however close two classes
+    are; the cosines and everything after are float32. A pair whose squared distance is at
+    most ``RESOLUTION`` (of the products' dtype) times ``|e_a|^2 + |e_b|^2`` plus
+    ``NORM_EPS ** 2`` counts as a zero difference: cosine 0, no gradient, as a zero image
+    feature.
 
-    Near ties: the Gram expansion resolves a distance only to about ``sqrt(RESOLUTION)``
-    times ``|e_a| + |e_b|``, and ``P[i, r_i] - P[i, j]`` cancels likewise. So for each source
-    row the :data:`EXACT_NEIGHBOURS` nearest other classes (by the Gram estimate) are taken
-    out of the (N, M) sums and summed per class instead, from their difference vectors
-    :math:`D^{(1)}_{y_i} - D^{(1)}_c` built directly (one (M, m, D) block, kept for the
-    backward), each weighted by ``w_i`` times its class's total weight: as accurate as the
-    plain formula, values and gradients. Other pairs below ``RESOLUTION`` times
-    ``|e_a|^2 + |e_b|^2`` (a source with more than m near-identical classes) cannot be told
-    from zero: their cosine is 0 and they pass no gradient, as do pairs with a distance at
-    most ``NORM_EPS``, and zero image features.
-
-    Everything from the raw inputs (normalising ``f``, differencing and centring the text
-    features, the pair weights) happens inside, so autograd sees one node. Products:
-    forward ``G`` (M x D x M) and ``P`` (N x D x M); backward ``e``'s gradient from ``P``
-    (M x N x D) and from ``G`` (M x M x D), and one more N x D x M when the image features
-    need a gradient.
+    The backward runs in the inputs' dtype: its products carry the distances' gradients
+    linearly (no squared cancellation), within the plain formula's rounding. Everything from
+    the raw inputs (normalising ``f``, differencing and centring the text features, the
+    pair weights) happens inside, so autograd sees one node. Products: forward ``G``
+    (M x D x M) and ``P`` (N x D x M); backward ``e``'s gradient from ``P`` (M x N x D) and
+    from ``G`` (M x M x D), and one more N x D x M when the image features need a gradient.
     """
 
     @staticmethod
     def forward(ctx, image_features, positive, negative, labels, w, delta, by_classes):  # type: ignore[override]
         n, c = image_features.shape[0], positive.shape[0]
+        dtype = image_features.dtype
+        wide = products_dtype(dtype, image_features.device)
         inv_f = _inverse_sqrt(torch.linalg.vecdot(image_features, image_features))
         f = image_features * inv_f[:, None]
-        d1 = positive - negative
         class_w = w.new_zeros(c).index_add_(0, labels, w)
         if by_classes:
-            classes = torch.arange(c, device=labels.device)
-            counts = d1.new_zeros(c).index_add_(0, labels, d1.new_ones(n))
-            e = d1 - d1.index_select(0, labels[:1])
-            e -= (counts @ e) / n  # the batch's mean row: each class counted per item
-            raw, row_index, group_weight = d1, labels, class_w
+            row_index = labels
+            counts = w.new_zeros(c).index_add_(0, labels, w.new_ones(n))
+            e_wide = (positive - negative).to(wide)
+            e_wide -= (counts.to(wide) @ e_wide) / n  # the batch's mean row: each class counted per item
             pair_weight = torch.outer(w, class_w).scatter_(1, labels[:, None], 0.0)  # W_ic [c != y_i]
-            # columns that cannot be a near class: the class itself, or a class with no item
-            # (not one of weight 0: its weight's gradient comes through the products)
-            blocked = (classes[:, None] == classes[None, :]) | (counts == 0)[None, :]
         else:
-            rows = d1.index_select(0, labels)
-            e = rows - rows[:1]
-            e -= e.mean(dim=0)
-            raw, row_index, group_weight, counts = rows, None, class_w.index_select(0, labels), None
-            items = torch.arange(n, device=labels.device)
-            # per item: the first item of its class (it stands for the class as a near column)
-            first = torch.full((c,), n, dtype=labels.dtype, device=labels.device)
-            first = first.scatter_reduce_(0, labels, items, "amin").index_select(0, labels)
-            same = labels[:, None] == labels[None, :]
-            pair_weight = torch.outer(w, w).masked_fill_(same, 0.0)
-            blocked = same | (first != items)[None, :]
-        m_cols = e.shape[0]
-        e_sq = torch.linalg.vecdot(e, e)
-        gram_sq = torch.addmm(e_sq[:, None] + e_sq[None, :], e, e.T, alpha=-2)
-        m = min(EXACT_NEIGHBOURS, m_cols)
-        nearest = gram_sq.masked_fill(blocked, float("inf")).topk(m, dim=1, largest=False, sorted=False)
-        source_candidates = nearest.indices
-        candidates = _per_anchor(source_candidates, row_index)
-        valid = _per_anchor(torch.isfinite(nearest.values), row_index)
-        half_floor = e_sq.mul(RESOLUTION[e.dtype]).add_(NORM_EPS**2 / 2)
+            row_index, counts = None, None
+            e_wide = (positive.index_select(0, labels) - negative.index_select(0, labels)).to(wide)
+            e_wide -= e_wide.mean(dim=0)
+            pair_weight = torch.outer(w, w).masked_fill_(labels[:, None] == labels[None, :], 0.0)
+        e_sq = torch.linalg.vecdot(e_wide, e_wide)
+        gram_sq = torch.addmm(e_sq[:, None] + e_sq[None, :], e_wide, e_wide.T, alpha=-2).to(dtype)
+        half_floor = e_sq.mul_(RESOLUTION[wide]).add_(NORM_EPS**2 / 2).to(dtype)
         unresolved = gram_sq <= half_floor[:, None] + half_floor[None, :]
         inv_norm = _per_anchor(
             gram_sq.clamp_min_(NORM_EPS**2).rsqrt_().masked_fill_(unresolved, 0.0), row_index
         )
         # f_i . (e_{r_i} - e_j) = P[i, r_i] - P[i, j] with P = f e^T
+        f_wide = f.to(wide)
         if row_index is None:
-            numer = torch.addmm(torch.linalg.vecdot(f, e)[:, None].expand(n, m_cols), f, e.T, alpha=-1)
+            own = torch.linalg.vecdot(f_wide, e_wide)[:, None].expand(n, n)
+            numer = torch.addmm(own, f_wide, e_wide.T, alpha=-1)
         else:
-            p = f @ e.T
+            p = f_wide @ e_wide.T
             numer = torch.sub(p.gather(1, row_index[:, None]), p)
-        s2 = numer.mul_(inv_norm)
+        s2 = numer.to(dtype).mul_(inv_norm)
         hinge = s2 + delta
         active_weight = pair_weight.masked_fill_(hinge <= 0, 0.0)
-        # the near classes' pairs leave the products: their candidate column (classes; an
-        # invalid candidate is a column of zero weight), or every item of that class
-        if by_classes:
-            near_pair = None
-            active_weight.scatter_(1, candidates, 0.0)
-        else:
-            near_t = torch.zeros(n, n, dtype=torch.bool, device=e.device)  # built transposed:
-            near_t.scatter_(0, candidates.T, valid.T)  # gathering rows beats gathering columns
-            near_pair = near_t.index_select(0, first).T
-            active_weight.masked_fill_(near_pair, 0.0)
-
-        # The near classes, one term per class, from directly built difference vectors.
-        # (M, m, D), kept for the backward: m = EXACT_NEIGHBOURS times the (M, D) rows
-        diff = raw[:, None, :] - raw.index_select(0, source_candidates.flatten()).view(
-            m_cols, m, raw.shape[1]
-        )
-        near_sq = _per_anchor(torch.linalg.vecdot(diff, diff), row_index)
-        if row_index is None:
-            near_s2 = (diff * f[:, None, :]).sum(dim=2)
-        else:  # each anchor's rows of its class: a fresh gather, multiplied in place
-            near_s2 = diff.index_select(0, row_index).mul_(f[:, None, :]).sum(dim=2)
-        near_inv_norm = _inverse_sqrt(near_sq)
-        near_s2.mul_(near_inv_norm)
-        near_relu = (near_s2 + delta).clamp_min_(0).masked_fill_(~valid, 0.0)
-        near_group_weight = group_weight.index_select(0, candidates.flatten()).view(n, m)
-        ctx.save_for_backward(
-            f, inv_f, e, diff, labels, w, class_w, counts, s2, inv_norm, active_weight, near_pair,
-            source_candidates, near_s2, near_inv_norm, near_relu, near_group_weight,
-        )  # fmt: skip
+        e = e_wide.to(dtype)
+        ctx.save_for_backward(f, inv_f, e, labels, w, class_w, counts, s2, inv_norm, active_weight)
         ctx.delta, ctx.by_classes = delta, by_classes
-        return hinge.mul_(active_weight).sum(dim=1) + w * (near_relu * near_group_weight).sum(dim=1)
+        return hinge.mul_(active_weight).sum(dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        (
-            f, inv_f, e, diff, labels, w, class_w, counts, s2, inv_norm, active_weight, near_pair,
-            source_candidates, near_s2, near_inv_norm, near_relu, near_group_weight,
-        ) = ctx.saved_tensors  # fmt: skip
+        f, inv_f, e, labels, w, class_w, counts, s2, inv_norm, active_weight = ctx.saved_tensors
         n, c, m_cols = f.shape[0], class_w.shape[0], e.shape[0]
         row_index = labels if ctx.by_classes else None
-        candidates = _per_anchor(source_candidates, row_index)
         d_numer = torch.mul(active_weight, grad_out[:, None]).mul_(inv_norm)
         # d s2 / d sq = -1/2 numer sq^(-3/2) = -1/2 s2 inv_norm^2; the -1/2 is folded below.
         d_sq = torch.mul(d_numer, s2).mul_(inv_norm)
-        # The near classes' terms: the same derivatives, per (anchor, candidate).
-        near_weight = (grad_out * w)[:, None] * near_group_weight
-        near_d_numer = near_weight.masked_fill_(near_relu <= 0, 0.0).mul_(near_inv_norm)
-        near_d_sq = torch.mul(near_d_numer, near_s2).mul_(near_inv_norm)
         d_image = None
         if ctx.needs_input_grad[0]:
-            # d_f_i = sum_j d_numer_ij (e_{r_i} - e_j), the near ones from their difference vectors
+            # d_f_i = sum_j d_numer_ij (e_{r_i} - e_j)
             own = _per_anchor(e, row_index) * d_numer.sum(dim=1, keepdim=True)
             d_f = torch.addmm(own, d_numer, e, alpha=-1)
-            if row_index is None:
-                d_f += (diff * near_d_numer[:, :, None]).sum(dim=1)
-            else:
-                d_f += diff.index_select(0, row_index).mul_(near_d_numer[:, :, None]).sum(dim=1)
             # through f = x / |x|: (d_f - f (f . d_f)) / |x|, zero for a zero feature
             d_image = d_f.sub_(f * torch.linalg.vecdot(f, d_f)[:, None]).mul_(inv_f[:, None])
-        # numer = f_i.e_{r_i} - f_i.e_j has no cancellation: the near terms join the product.
-        d_numer.scatter_add_(1, candidates, near_d_numer)
         # From P: d e_{r_i} += rowsum(d_numer)_i f_i and d e_j -= sum_i d_numer_ij f_i.
         d_e = _to_sources(d_numer.sum(dim=1, keepdim=True) * f, row_index, m_cols)
         d_e = d_e.addmm_(d_numer.T, f, alpha=-1)
@@ -527,10 +476,6 @@ class _SecondOrderSums(torch.autograd.Function):
         d_gram = _to_sources(d_sq, row_index, m_cols)
         d_gram_sym = d_gram + d_gram.T
         d_e = d_e.addcmul_(d_gram_sym.sum(dim=1, keepdim=True), e, value=-1).addmm_(d_gram_sym, e)
-        source_near_d_sq = _to_sources(near_d_sq, row_index, m_cols)
-        near_grad = diff * source_near_d_sq[:, :, None]
-        d_e -= near_grad.sum(dim=1)
-        d_e.index_add_(0, source_candidates.flatten(), near_grad.flatten(0, 1))
         # back through the centring (e = D1 - the batch's mean row) and the label gather
         if ctx.by_classes:
             d_d1 = d_e.addr_(counts, d_e.sum(dim=0), alpha=-1 / n)
@@ -539,19 +484,12 @@ class _SecondOrderSums(torch.autograd.Function):
         d_w = None
         if ctx.needs_input_grad[4]:
             d_pair = grad_out[:, None] * (s2 + ctx.delta).clamp_min_(0)
-            d_group = e.new_zeros(m_cols).index_add_(
-                0, candidates.flatten(), ((grad_out * w)[:, None] * near_relu).flatten()
-            )
-            d_w = grad_out * (near_relu * near_group_weight).sum(dim=1)
-            if ctx.by_classes:  # W_ic = w_i W_c [c != y_i], the near classes' columns out
-                d_pair.scatter_(1, labels[:, None], 0.0).scatter_(1, candidates, 0.0)
-                d_w += d_pair @ class_w
-                d_class_w = d_pair.T @ w + d_group
-            else:  # W_ij = w_i w_j [y_i != y_j], the near classes' items out
-                d_pair.masked_fill_((labels[:, None] == labels[None, :]) | near_pair, 0.0)
-                d_w += d_pair @ w + d_pair.T @ w
-                d_class_w = e.new_zeros(c).index_add_(0, labels, d_group)
-            d_w += d_class_w.index_select(0, labels)
+            if ctx.by_classes:  # W_ic = w_i W_c [c != y_i]
+                d_pair.scatter_(1, labels[:, None], 0.0)
+                d_w = d_pair @ class_w + (d_pair.T @ w).index_select(0, labels)
+            else:  # W_ij = w_i w_j [y_i != y_j]
+                d_pair.masked_fill_(labels[:, None] == labels[None, :], 0.0)
+                d_w = d_pair @ w + d_pair.T @ w
         d_positive = d_d1 if ctx.needs_input_grad[1] else None
         d_negative = -d_d1 if ctx.needs_input_grad[2] else None
         return d_image, d_positive, d_negative, None, d_w, None, None
