@@ -5,10 +5,13 @@
 For N in {32, 128, 512}, C in {100, 1000} and D = 512 it measures, in one process:
 - naive: the broadcast form that builds the (N, N, D) tensor of difference vectors;
 - fused: fdbpl.losses.functional.second_order_difference_loss;
-- floor: forward+backward of the one product f @ D1ᵀ that any implementation needs.
-Printed: naive/fused time and memory ratios (targets at N=512, C=1000: >= 5x and >= 10x)
-and fused/floor time (target <= 3x), and which sums the fused loss runs (over item pairs
-or over classes). On the CPU fused/floor is printed twice: under glibc's default
+- floor: forward+backward of the one product f @ D1ᵀ that any implementation needs;
+- float32 products: the fused loss with its centring and forward products in float32
+  instead of float64 (pcd.products_dtype), as before near ties were resolved.
+Printed: naive/fused time and memory ratios (targets at N=512, C=1000: >= 5x and >= 10x),
+fused/floor time (target <= 3x), what resolving near ties costs (fused / float32
+products; target <= 1.2x), and which sums the fused loss runs (over item pairs or over
+classes). On the CPU fused/floor is printed twice: under glibc's default
 allocator, where each fresh large temporary of the fused loss pays page faults (on the
 2-core development machine about 1.5 µs per 4 KiB page), and in a second process under
 _measure.CACHING_MALLOC_ENV, which keeps freed memory as a caching allocator does
@@ -38,8 +41,7 @@ from _measure import (
 from references import naive_broadcast_second
 
 from fdbpl import set_value_checks
-from fdbpl.losses.functional import second_order_difference_loss
-from fdbpl.losses.functional.pcd import second_order_path
+from fdbpl.losses.functional import pcd, second_order_difference_loss
 
 
 def make_inputs(n: int, c: int, d: int, device: torch.device, seed: int = 0):
@@ -62,10 +64,19 @@ def variants(f, pos, neg, labels, w):
 
         return run
 
+    def float32_products():
+        wide = pcd.products_dtype
+        pcd.products_dtype = lambda dtype, device: dtype
+        try:
+            return second_order_difference_loss(f, pos, neg, labels, w, delta=0.1)
+        finally:
+            pcd.products_dtype = wide
+
     return {
         "naive": step(lambda: naive_broadcast_second(f, pos, neg, labels, w, 0.1)),
         "fused": step(lambda: second_order_difference_loss(f, pos, neg, labels, w, delta=0.1)),
         "floor": step(lambda: (f @ (pos - neg).T).sum()),
+        "float32 products": step(float32_products),
     }
 
 
@@ -76,6 +87,7 @@ def measure_memory(device: torch.device, dim: int) -> dict[str, dict[str, int]]:
     out = {}
     for n, c in SIZES:
         fns = variants(*make_inputs(n, c, dim, device))
+        del fns["float32 products"]
         for fn in fns.values():
             fn()  # warm up: first calls allocate lazily-initialised buffers
         out[f"{n},{c}"] = {name: max(peak_bytes(fn, device), 1) for name, fn in fns.items()}
@@ -87,7 +99,7 @@ def fused_over_floor(device: torch.device, dim: int, repeats: int) -> dict[str, 
     out = {}
     for n, c in SIZES:
         fns = variants(*make_inputs(n, c, dim, device))
-        del fns["naive"]
+        del fns["naive"], fns["float32 products"]
         times = median_times(fns, repeats, device)
         out[f"{n},{c}"] = times["fused"] / times["floor"]
     return out
@@ -119,7 +131,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, D = {args.dim}")
     header = (
         f"{'N':>5} {'C':>5} {'sums over':>9} | {'naive/fused time':>16} {'naive/fused mem':>15} "
-        f"{'fused/floor time':>16}{' (caching malloc)' if cached else ''} | {'fused mem':>12} {'naive mem':>12}"
+        f"{'fused/floor time':>16}{' (caching malloc)' if cached else ''} {'near-tie cost':>13} | "
+        f"{'fused mem':>12} {'naive mem':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -130,8 +143,9 @@ def main() -> None:
         if cached:
             floor += f" {cached[f'{n},{c}']:>15.2f}x "
         print(
-            f"{n:>5} {c:>5} {second_order_path(n, c):>9} | {times['naive'] / times['fused']:>15.1f}x "
-            f"{mem['naive'] / mem['fused']:>14.1f}x {floor} | {mib(mem['fused'])} {mib(mem['naive'])}"
+            f"{n:>5} {c:>5} {pcd.second_order_path(n, c):>9} | {times['naive'] / times['fused']:>15.1f}x "
+            f"{mem['naive'] / mem['fused']:>14.1f}x {floor} {times['fused'] / times['float32 products']:>12.2f}x | "
+            f"{mib(mem['fused'])} {mib(mem['naive'])}"
         )
 
 
