@@ -431,7 +431,7 @@ class _SecondOrderSums(torch.autograd.Function):
             e_wide -= e_wide.mean(dim=0)
             pair_weight = torch.outer(w, w).masked_fill_(labels[:, None] == labels[None, :], 0.0)
         e_sq = torch.linalg.vecdot(e_wide, e_wide)
-        gram_sq = torch.addmm(e_sq[:, None] + e_sq[None, :], e_wide, e_wide.T, alpha=-2).to(dtype)
+        gram_sq = torch.addmm(e_sq[None, :], e_wide, e_wide.T, alpha=-2).add_(e_sq[:, None]).to(dtype)
         half_floor = e_sq.mul_(RESOLUTION[wide]).add_(NORM_EPS**2 / 2).to(dtype)
         unresolved = gram_sq <= half_floor[:, None] + half_floor[None, :]
         inv_norm = _per_anchor(
@@ -445,7 +445,7 @@ class _SecondOrderSums(torch.autograd.Function):
         else:
             p = f_wide @ e_wide.T
             numer = torch.sub(p.gather(1, row_index[:, None]), p)
-        s2 = numer.to(dtype).mul_(inv_norm)
+        s2 = torch.mul(numer, inv_norm, out=inv_norm.new_empty(numer.shape))  # float32, one pass
         hinge = s2 + delta
         active_weight = pair_weight.masked_fill_(hinge <= 0, 0.0)
         e = e_wide.to(dtype)
