@@ -219,8 +219,9 @@ def second_order_difference_loss(
     inputs the only rounding left in a pair's distance and numerator is that of
     :math:`D^{(1)}` itself, as in the plain float32 formula, however close the classes
     (the tests hold near-tie pairs to within 2x of its error against float64, values and
-    gradients). On CPUs and data-centre GPUs float64 products cost about twice float32
-    ones, on consumer GPUs more; at the paper's sizes they are a few MFLOP. Float64 inputs
+    gradients). Float64 products cost 2-3x float32 ones on CPUs; data-centre GPUs (A100,
+    H100) run float64 at their float32 (non-TF32) rate, consumer GPUs far slower; at the
+    paper's sizes (N = 128, C up to 1000) the two are under 40 MFLOP. Float64 inputs
     have no wider dtype: their near ties are resolved to about :math:`10^{-8}` relative,
     and on ``mps`` (no float64) float32 ones only to about :math:`3 \cdot 10^{-4}`. A pair
     below :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine epsilons of the
