@@ -324,11 +324,12 @@ def test_the_near_tie_check_fails_with_float32_products(monkeypatch):
     assert not as_accurate_as_the_plain_formula(batch, factor=4)
 
 
-def test_the_products_are_float64_except_on_mps():
+def test_the_products_are_float64_on_cpu_and_cuda_only():
     for dtype in (torch.float32, torch.float64):
         assert pcd.products_dtype(dtype, torch.device("cpu")) == torch.float64
         assert pcd.products_dtype(dtype, torch.device("cuda", 0)) == torch.float64
         assert pcd.products_dtype(dtype, torch.device("mps")) == dtype
+        assert pcd.products_dtype(dtype, torch.device("xpu")) == dtype
 
 
 @given(pcd_batches(), st.floats(0.0, 2.0))

@@ -222,8 +222,9 @@ def second_order_difference_loss(
     gradients). Float64 products cost 2-3x float32 ones on CPUs; data-centre GPUs (A100,
     H100) run float64 at their float32 (non-TF32) rate, consumer GPUs far slower; at the
     paper's sizes (N = 128, C up to 1000) the two are under 40 MFLOP. Float64 inputs
-    have no wider dtype: their near ties are resolved to about :math:`10^{-8}` relative,
-    and on ``mps`` (no float64) float32 ones only to about :math:`3 \cdot 10^{-4}`. A pair
+    have no wider dtype: their near ties are resolved to about :math:`10^{-8}` relative;
+    on devices other than ``cpu`` and ``cuda`` (``mps`` has no float64) float32 ones only
+    to about :math:`3 \cdot 10^{-4}`. A pair
     below :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine epsilons of the
     products' dtype) times :math:`\|E_i\|^2 + \|E_j\|^2` is treated as zero.
 
@@ -375,11 +376,11 @@ def _to_sources(x: torch.Tensor, row_index: torch.Tensor | None, sources: int) -
 
 
 def products_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """The dtype of the fused second-order loss's products and distances for inputs of
-    ``dtype`` on ``device``: float64, which resolves near-tie classes (see
-    :func:`second_order_difference_loss`), except on Apple's ``mps`` devices, which have
-    no float64 and keep ``dtype``."""
-    return dtype if device.type == "mps" else torch.float64
+    """The dtype of the fused second-order loss's centring and forward products for inputs
+    of ``dtype`` on ``device``: float64 on ``cpu`` and ``cuda`` (ROCm included), which
+    resolves near-tie classes (see :func:`second_order_difference_loss`); ``dtype`` on other
+    devices, which may have no float64 (Apple's ``mps``, Intel's consumer ``xpu`` GPUs)."""
+    return torch.float64 if device.type in ("cpu", "cuda") else dtype
 
 
 class _SecondOrderSums(torch.autograd.Function):
