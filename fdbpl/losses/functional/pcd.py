@@ -400,7 +400,7 @@ class _SecondOrderSums(torch.autograd.Function):
     products, the centring and the two cancelling sums run in :func:`products_dtype`
     (float64): for float32 inputs the only rounding left in a pair's difference vector is
     that of :math:`D^{(1)}` itself, as in the plain formula, however close two classes
-    are; the cosines and everything after are float32. A pair whose squared distance is at
+    are; the cosines and everything after are in the inputs' dtype. A pair whose squared distance is at
     most ``RESOLUTION`` (of the products' dtype) times ``|e_a|^2 + |e_b|^2`` plus
     ``NORM_EPS ** 2`` counts as a zero difference: cosine 0, no gradient, as a zero image
     feature.
@@ -447,7 +447,7 @@ class _SecondOrderSums(torch.autograd.Function):
         else:
             p = f_wide @ e_wide.T
             numer = torch.sub(p.gather(1, row_index[:, None]), p)
-        s2 = torch.mul(numer, inv_norm, out=inv_norm.new_empty(numer.shape))  # float32, one pass
+        s2 = torch.mul(numer, inv_norm, out=inv_norm.new_empty(numer.shape))  # in the inputs' dtype
         hinge = s2 + delta
         active_weight = pair_weight.masked_fill_(hinge <= 0, 0.0)
         e = e_wide.to(dtype)
