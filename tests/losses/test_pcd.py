@@ -79,15 +79,17 @@ def force_path(patch: pytest.MonkeyPatch, path: str) -> None:
     patch.setattr(pcd, "second_order_path", lambda n, c: path)
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("path", PATHS)
 @given(pcd_batches(max_n=12, max_c=9), st.sampled_from([0.0, 0.1, 0.5, -0.2]))
-def test_second_order_fused_equals_literal_double_loop(path, batch, delta):
-    """Both paths of the fused form (over item pairs or over classes) against the literal
-    double loop, values and gradients."""
+def test_second_order_fused_equals_literal_double_loop(path, direct, batch, delta):
+    """Both paths of the fused form (over item pairs or over classes), with distances by the
+    Gram expansion or built directly, against the literal double loop, values and gradients."""
     f, pos, neg, labels, w = requires_grad(batch)
     w = w.clone().requires_grad_()
     with pytest.MonkeyPatch.context() as patch:
         force_path(patch, path)
+        patch.setattr(pcd, "distances_built_directly", lambda dtype, wide: direct)
         got = second_order_difference_loss(f, pos, neg, labels, w, delta=delta)
     want = literal_second(f, pos, neg, labels, w, delta)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
@@ -315,13 +317,20 @@ def test_a_class_of_zero_total_weight_still_passes_weight_gradients(path):
     torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-12)
 
 
-def test_the_near_tie_check_fails_with_float32_products(monkeypatch):
-    """The accuracy checks above can fail: with the products in float32 (as on ``mps``),
-    near ties are far off."""
+def test_the_near_tie_check_fails_with_the_gram_expansion_in_float32(monkeypatch):
+    """The accuracy checks above can fail: with the products in float32 and the distances
+    by the Gram expansion, near ties are far off."""
     batch = near_tie_batch(0, 1e-3, near=3, far=2)
     assert as_accurate_as_the_plain_formula(batch, factor=2)
     monkeypatch.setattr(pcd, "products_dtype", lambda dtype, device: dtype)
+    monkeypatch.setattr(pcd, "distances_built_directly", lambda dtype, wide: False)
     assert not as_accurate_as_the_plain_formula(batch, factor=4)
+
+
+def test_distances_are_built_directly_where_the_products_are_no_wider():
+    assert pcd.distances_built_directly(torch.float64, torch.float64)
+    assert pcd.distances_built_directly(torch.float32, torch.float32)
+    assert not pcd.distances_built_directly(torch.float32, torch.float64)
 
 
 def test_the_products_are_float64_on_cpu_and_cuda_only():

@@ -122,10 +122,18 @@ def gradients(value, inputs, retain_graph=False):
     return [torch.zeros_like(t) if g is None else g for g, t in zip(found, inputs)]
 
 
-def assert_same_value_and_grads(got, want, inputs, atol=1e-10, rtol=0.0):
-    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+def assert_same_value_and_grads(got, want, inputs, atol=1e-10, of_largest=False):
+    """Equal to ``atol``; with ``of_largest``, to ``atol`` times the largest entry (at
+    least 1) of each expected tensor: float64 round-off of near-tie gradients, which
+    grow as 1 / distance, reaches every class through the centring."""
+
+    def close(a, b):
+        scale = max(1.0, float(b.detach().abs().max())) if of_largest and b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=0, atol=atol * scale)
+
+    close(got, want)
     for a, b in zip(gradients(got, inputs, retain_graph=True), gradients(want, inputs)):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+        close(a, b)
 
 
 @given(per_image_batches(), st.sampled_from([1.0, 100.0]))
@@ -180,8 +188,7 @@ def test_total_per_image_equals_the_literal_parts(batch, data):
 @given(per_image_batches())
 def test_class_level_features_expanded_per_image_give_todays_results(materialise, batch):
     """(C, D) features and the same features expanded to (N, C, D): same values and gradients
-    (the materialised (N, C, D) features take the per-image path, whose difference vectors
-    are built directly; the class-level one resolves float64 near ties to ~1e-8 relative)."""
+    (the materialised (N, C, D) features take the per-image path, which does not centre)."""
     f, pos3, neg3, labels, w = batch
     pos = pos3[0].clone().requires_grad_()
     neg = neg3[0].clone().requires_grad_()
@@ -196,7 +203,7 @@ def test_class_level_features_expanded_per_image_give_todays_results(materialise
         for reduction in ("mean", "none"):
             want = fn(f, pos, neg, labels, w, reduction=reduction)
             got = fn(f, expanded(pos), expanded(neg), labels, w, reduction=reduction)
-            assert_same_value_and_grads(got.sum(), want.sum(), (pos, neg), atol=1e-9, rtol=1e-6)
+            assert_same_value_and_grads(got.sum(), want.sum(), (pos, neg), atol=1e-9, of_largest=True)
     want = fdbpl_loss(f, pos, neg, teacher, w)
     got = fdbpl_loss(f, expanded(pos), expanded(neg), teacher, w)
     for a, b in zip(got, want):

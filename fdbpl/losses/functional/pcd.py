@@ -20,6 +20,7 @@ from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
 
 __all__ = [
     "NORM_EPS",
+    "distances_built_directly",
     "first_order_difference_loss",
     "pcd_loss",
     "products_dtype",
@@ -221,11 +222,13 @@ def second_order_difference_loss(
     (the tests hold near-tie pairs to within 2x of its error against float64, values and
     gradients). Float64 products cost 2-3x float32 ones on CPUs; data-centre GPUs (A100,
     H100) run float64 at their float32 (non-TF32) rate, consumer GPUs far slower; at the
-    paper's sizes (N = 128, C up to 1000) the two are under 40 MFLOP. Float64 inputs
-    have no wider dtype: their near ties are resolved to about :math:`10^{-8}` relative;
-    on devices other than ``cpu`` and ``cuda`` (``mps`` has no float64) float32 ones only
-    to about :math:`3 \cdot 10^{-4}`. A pair
-    below :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine epsilons of the
+    paper's sizes (N = 128, C up to 1000) the two are under 40 MFLOP. Where the products
+    have no wider dtype than the inputs (float64 inputs; float32 ones on devices other than
+    ``cpu`` and ``cuda``: ``mps`` has no float64) the distances are built directly instead
+    (:func:`distances_built_directly`, :math:`O(M^2 D)`), and only the numerators
+    :math:`P_{ii} - P_{ij}` keep a cancellation, linear in
+    :math:`\|E\| / \|E_i - E_j\|`. With the Gram expansion, a pair below
+    :data:`~fdbpl.losses.functional.pcd.RESOLUTION` (64 machine epsilons of the
     products' dtype) times :math:`\|E_i\|^2 + \|E_j\|^2` is treated as zero.
 
     Per-image text features: with :math:`(N, C, D)` text features (a CoCoOp learner's),
@@ -379,8 +382,18 @@ def products_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype of the fused second-order loss's centring and forward products for inputs
     of ``dtype`` on ``device``: float64 on ``cpu`` and ``cuda`` (ROCm included), which
     resolves near-tie classes (see :func:`second_order_difference_loss`); ``dtype`` on other
-    devices, which may have no float64 (Apple's ``mps``, Intel's consumer ``xpu`` GPUs)."""
+    devices, which may have no float64 (Apple's ``mps``, Intel's consumer ``xpu`` GPUs),
+    and there the distances are built directly (:func:`distances_built_directly`)."""
     return torch.float64 if device.type in ("cpu", "cuda") else dtype
+
+
+def distances_built_directly(dtype: torch.dtype, wide: torch.dtype) -> bool:
+    """Whether the fused second-order loss builds its (M, M) distances from the difference
+    vectors directly (``torch.cdist`` without matrix products, O(M^2 D) elementwise) instead
+    of by the Gram expansion: when its products have no wider dtype than the inputs
+    (float64 inputs; devices without float64), in which the expansion's cancellation could
+    be absorbed."""
+    return wide == dtype
 
 
 class _SecondOrderSums(torch.autograd.Function):
@@ -400,10 +413,12 @@ class _SecondOrderSums(torch.autograd.Function):
     products, the centring and the two cancelling sums run in :func:`products_dtype`
     (float64): for float32 inputs the only rounding left in a pair's difference vector is
     that of :math:`D^{(1)}` itself, as in the plain formula, however close two classes
-    are; the cosines and everything after are in the inputs' dtype. A pair whose squared distance is at
-    most ``RESOLUTION`` (of the products' dtype) times ``|e_a|^2 + |e_b|^2`` plus
-    ``NORM_EPS ** 2`` counts as a zero difference: cosine 0, no gradient, as a zero image
-    feature.
+    are; the cosines and everything after are in the inputs' dtype. Where the products are
+    no wider than the inputs, ``torch.cdist`` builds the distances directly instead
+    (:func:`distances_built_directly`). A pair whose squared distance is at most
+    ``NORM_EPS ** 2``, or with the Gram expansion at most ``RESOLUTION`` (of the products'
+    dtype) times ``|e_a|^2 + |e_b|^2`` plus that, counts as a zero difference: cosine 0, no
+    gradient, as a zero image feature.
 
     The backward runs in the inputs' dtype: its products carry the distances' gradients
     linearly (no squared cancellation), within the plain formula's rounding. Everything from
@@ -420,22 +435,26 @@ class _SecondOrderSums(torch.autograd.Function):
         wide = products_dtype(dtype, image_features.device)
         inv_f = _inverse_sqrt(torch.linalg.vecdot(image_features, image_features))
         f = image_features * inv_f[:, None]
-        class_w = w.new_zeros(c).index_add_(0, labels, w)
         if by_classes:
             row_index = labels
+            class_w = w.new_zeros(c).index_add_(0, labels, w)
             counts = w.new_zeros(c).index_add_(0, labels, w.new_ones(n))
             e_wide = (positive - negative).to(wide)
             e_wide -= (counts.to(wide) @ e_wide) / n  # the batch's mean row: each class counted per item
             pair_weight = torch.outer(w, class_w).scatter_(1, labels[:, None], 0.0)  # W_ic [c != y_i]
         else:
-            row_index, counts = None, None
+            row_index, counts, class_w = None, None, None
             e_wide = (positive.index_select(0, labels) - negative.index_select(0, labels)).to(wide)
             e_wide -= e_wide.mean(dim=0)
             pair_weight = torch.outer(w, w).masked_fill_(labels[:, None] == labels[None, :], 0.0)
-        e_sq = torch.linalg.vecdot(e_wide, e_wide)
-        gram_sq = torch.addmm(e_sq[None, :], e_wide, e_wide.T, alpha=-2).add_(e_sq[:, None]).to(dtype)
-        half_floor = e_sq.mul_(RESOLUTION[wide]).add_(NORM_EPS**2 / 2).to(dtype)
-        unresolved = gram_sq <= half_floor[:, None] + half_floor[None, :]
+        if distances_built_directly(dtype, wide):
+            gram_sq = torch.cdist(e_wide, e_wide, compute_mode="donot_use_mm_for_euclid_dist").square_()
+            unresolved = gram_sq <= NORM_EPS**2
+        else:
+            e_sq = torch.linalg.vecdot(e_wide, e_wide)
+            gram_sq = torch.addmm(e_sq[None, :], e_wide, e_wide.T, alpha=-2).add_(e_sq[:, None]).to(dtype)
+            half_floor = e_sq.mul_(RESOLUTION[wide]).add_(NORM_EPS**2 / 2).to(dtype)
+            unresolved = gram_sq <= half_floor[:, None] + half_floor[None, :]
         inv_norm = _per_anchor(
             gram_sq.clamp_min_(NORM_EPS**2).rsqrt_().masked_fill_(unresolved, 0.0), row_index
         )
@@ -452,14 +471,14 @@ class _SecondOrderSums(torch.autograd.Function):
         active_weight = pair_weight.masked_fill_(hinge <= 0, 0.0)
         e = e_wide.to(dtype)
         ctx.save_for_backward(f, inv_f, e, labels, w, class_w, counts, s2, inv_norm, active_weight)
-        ctx.delta, ctx.by_classes = delta, by_classes
+        ctx.delta, ctx.by_classes, ctx.classes = delta, by_classes, c
         return hinge.mul_(active_weight).sum(dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         f, inv_f, e, labels, w, class_w, counts, s2, inv_norm, active_weight = ctx.saved_tensors
-        n, c, m_cols = f.shape[0], class_w.shape[0], e.shape[0]
+        n, c, m_cols = f.shape[0], ctx.classes, e.shape[0]
         row_index = labels if ctx.by_classes else None
         d_numer = torch.mul(active_weight, grad_out[:, None]).mul_(inv_norm)
         # d s2 / d sq = -1/2 numer sq^(-3/2) = -1/2 s2 inv_norm^2; the -1/2 is folded below.
