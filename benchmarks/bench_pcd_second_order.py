@@ -8,11 +8,14 @@ For N in {32, 128, 512}, C in {100, 1000} and D = 512 it measures, in one proces
 - floor: forward+backward of the one product f @ D1ᵀ that any implementation needs;
 - float32 products: the fused loss with its centring and forward products in float32
   instead of float64 (pcd.products_dtype) and its distances by the Gram expansion, as
-  before near ties were resolved.
+  before near ties were resolved;
+- its products: the fused loss's four matrix products alone, at its shapes (the two
+  forward ones in pcd.products_dtype, the two backward ones in the inputs' dtype), the
+  part of its time that no rewrite of its other operations removes.
 Printed: naive/fused time and memory ratios (targets at N=512, C=1000: >= 5x and >= 10x),
-fused/floor time (target <= 3x), what resolving near ties costs (fused / float32
-products; target <= 1.2x), and which sums the fused loss runs (over item pairs or over
-classes). On the CPU fused/floor is printed twice: under glibc's default
+fused/floor time (target <= 3x), its products/floor, what resolving near ties costs
+(fused / float32 products; target <= 1.2x), and which sums the fused loss runs (over
+item pairs or over classes). On the CPU fused/floor is printed twice: under glibc's default
 allocator, where each fresh large temporary of the fused loss pays page faults (on the
 2-core development machine about 1.5 µs per 4 KiB page), and in a second process under
 _measure.CACHING_MALLOC_ENV, which keeps freed memory as a caching allocator does
@@ -73,11 +76,23 @@ def variants(f, pos, neg, labels, w):
         ):
             return second_order_difference_loss(f, pos, neg, labels, w, delta=0.1)
 
+    # the fused loss's products: e holds M = N (items) or C (classes) difference vectors
+    n, c = f.shape[0], pos.shape[0]
+    m = n if pcd.second_order_path(n, c) == "items" else c  # items only when C >= N
+    e = (pos - neg).detach()[:m]
+    wide = pcd.products_dtype(f.dtype, f.device)
+    grad_p, grad_g = torch.randn(m, n, device=f.device), torch.randn(m, m, device=f.device)
+
+    def products():
+        f_wide, e_wide = f.to(wide), e.to(wide)
+        return f_wide @ e_wide.T, e_wide @ e_wide.T, grad_p @ f, grad_g @ e
+
     return {
         "naive": step(lambda: naive_broadcast_second(f, pos, neg, labels, w, 0.1)),
         "fused": step(lambda: second_order_difference_loss(f, pos, neg, labels, w, delta=0.1)),
         "floor": step(lambda: (f @ (pos - neg).T).sum()),
         "float32 products": step(float32_products),
+        "its products": products,
     }
 
 
@@ -88,7 +103,7 @@ def measure_memory(device: torch.device, dim: int) -> dict[str, dict[str, int]]:
     out = {}
     for n, c in SIZES:
         fns = variants(*make_inputs(n, c, dim, device))
-        del fns["float32 products"]
+        del fns["float32 products"], fns["its products"]
         for fn in fns.values():
             fn()  # warm up: first calls allocate lazily-initialised buffers
         out[f"{n},{c}"] = {name: max(peak_bytes(fn, device), 1) for name, fn in fns.items()}
@@ -100,7 +115,7 @@ def fused_over_floor(device: torch.device, dim: int, repeats: int) -> dict[str, 
     out = {}
     for n, c in SIZES:
         fns = variants(*make_inputs(n, c, dim, device))
-        del fns["naive"], fns["float32 products"]
+        del fns["naive"], fns["float32 products"], fns["its products"]
         times = median_times(fns, repeats, device)
         out[f"{n},{c}"] = times["fused"] / times["floor"]
     return out
@@ -132,7 +147,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, D = {args.dim}")
     header = (
         f"{'N':>5} {'C':>5} {'sums over':>9} | {'naive/fused time':>16} {'naive/fused mem':>15} "
-        f"{'fused/floor time':>16}{' (caching malloc)' if cached else ''} {'near-tie cost':>13} | "
+        f"{'fused/floor time':>16}{' (caching malloc)' if cached else ''} {'its products/floor':>18} "
+        f"{'near-tie cost':>13} | "
         f"{'fused mem':>12} {'naive mem':>12}"
     )
     print(header)
@@ -145,7 +161,8 @@ def main() -> None:
             floor += f" {cached[f'{n},{c}']:>15.2f}x "
         print(
             f"{n:>5} {c:>5} {pcd.second_order_path(n, c):>9} | {times['naive'] / times['fused']:>15.1f}x "
-            f"{mem['naive'] / mem['fused']:>14.1f}x {floor} {times['fused'] / times['float32 products']:>12.2f}x | "
+            f"{mem['naive'] / mem['fused']:>14.1f}x {floor} {times['its products'] / times['floor']:>17.2f}x "
+            f"{times['fused'] / times['float32 products']:>12.2f}x | "
             f"{mib(mem['fused'])} {mib(mem['naive'])}"
         )
 
