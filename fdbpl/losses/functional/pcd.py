@@ -483,15 +483,16 @@ class _SecondOrderSums(torch.autograd.Function):
         d_numer = torch.mul(active_weight, grad_out[:, None]).mul_(inv_norm)
         # d s2 / d sq = -1/2 numer sq^(-3/2) = -1/2 s2 inv_norm^2; the -1/2 is folded below.
         d_sq = torch.mul(d_numer, s2).mul_(inv_norm)
+        numer_grad_sums = d_numer.sum(dim=1, keepdim=True)  # (N, 1)
         d_image = None
         if ctx.needs_input_grad[0]:
             # d_f_i = sum_j d_numer_ij (e_{r_i} - e_j)
-            own = _per_anchor(e, row_index) * d_numer.sum(dim=1, keepdim=True)
+            own = _per_anchor(e, row_index) * numer_grad_sums
             d_f = torch.addmm(own, d_numer, e, alpha=-1)
             # through f = x / |x|: (d_f - f (f . d_f)) / |x|, zero for a zero feature
             d_image = d_f.sub_(f * torch.linalg.vecdot(f, d_f)[:, None]).mul_(inv_f[:, None])
         # From P: d e_{r_i} += rowsum(d_numer)_i f_i and d e_j -= sum_i d_numer_ij f_i.
-        d_e = _to_sources(d_numer.sum(dim=1, keepdim=True) * f, row_index, m_cols)
+        d_e = _to_sources(numer_grad_sums * f, row_index, m_cols)
         d_e = d_e.addmm_(d_numer.T, f, alpha=-1)
         # From G, for sq_ab = |e_a - e_b|^2: d e = -rowsum(S) e + S e with S = d_G + d_G^T.
         d_gram = _to_sources(d_sq, row_index, m_cols)
