@@ -4,11 +4,13 @@ r"""Deep vision-language prompts in both spaces: VPT, IVLP, MaPLe and PromptSRC'
   learned at layer 0 (initialised from the space's init phrase) and replaced by another
   learned set before each of the text transformer's blocks 1..J-1 (random, std 0.02), as
   IVLP and MaPLe do; one set per space and layer.
-- **Vision** (all four): learned tokens appended to the ViT's class and patch tokens before
-  block 0 and replaced before blocks 1..J-1 (VPT-deep; J = 1 is VPT-shallow), dropped
-  before pooling; one set shared by the two spaces, since the losses take one image
-  feature :math:`f(x)`. MaPLe's vision tokens at each layer are a learned linear
-  projection of the *positive* space's text tokens at that layer: the positive space is
+- **Vision** (all four): learned tokens concatenated with the ViT's class and patch tokens
+  before ``ln_pre`` (as the authors' code does; ``vision_prompt_position``) and replaced
+  before blocks 1..J-1 (VPT-deep; J = 1 is VPT-shallow), dropped before pooling; one set
+  shared by the two spaces, since the losses take one image feature :math:`f(x)`. MaPLe's
+  vision tokens at each layer are a learned linear projection of the *positive* space's
+  text tokens at that layer (layer 0's projection initialised on its own, those of layers
+  1..J-1 as copies of one, as MaPLe's authors do): the positive space is
   the one the teacher's knowledge is distilled into (Eq. 9) and the one that classifies at
   test time, so the image side is coupled to it, and the negative space stays free to say
   "no" without pulling the image features with it.
@@ -18,8 +20,9 @@ r"""Deep vision-language prompts in both spaces: VPT, IVLP, MaPLe and PromptSRC'
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -28,7 +31,7 @@ from fdbpl._checks import check_count
 from fdbpl.errors import InputValueError
 from fdbpl.prompts.learner import SPACES, DualPromptLearner
 from fdbpl.prompts.text_tower import Tokenizer, check_reproduced
-from fdbpl.prompts.vision_tower import VisionTower
+from fdbpl.prompts.vision_tower import VISION_PROMPT_POSITIONS, VisionTower
 
 __all__ = ["DEEP_DEFAULTS", "DEEP_METHODS", "DeepPromptLearner"]
 
@@ -43,6 +46,9 @@ DEEP_DEFAULTS: dict[str, dict[str, int]] = {
     "maple": {"depth": 9, "text_ctx": 2, "vision_ctx": 2},
     "promptsrc": {"depth": 9, "text_ctx": 4, "vision_ctx": 4},
 }
+
+#: States saved before the position was recorded (fdbpl 0.1) were trained with this order.
+_UNRECORDED_POSITION = "after_ln_pre"
 
 #: The deep-prompt methods :class:`DeepPromptLearner` builds.
 DEEP_METHODS = tuple(DEEP_DEFAULTS)
@@ -72,6 +78,12 @@ class DeepPromptLearner(DualPromptLearner):
             :class:`DualPromptLearner`; the shared prompt start (start token and context)
             carries the deep text tokens, which are the same for every class, so it is
             computed once per space at every layer.
+        vision_prompt_position: where the layer-0 vision tokens join the image sequence:
+            ``"before_ln_pre"`` (default; with the class and patch tokens, then the ViT's
+            ``ln_pre`` over the whole sequence, as the authors' code of VPT, IVLP, MaPLe and
+            PromptSRC does) or ``"after_ln_pre"`` (appended to the normalised sequence, the
+            order of fdbpl 0.1; a state saved without this entry is read as that one). See
+            :data:`~fdbpl.prompts.vision_tower.VISION_PROMPT_POSITIONS`.
         gradient_checkpointing: recompute each image-tower block in the backward pass
             instead of keeping its activations (the vision prompts need gradients through
             the whole image tower, whose activations grow with the batch); the same
@@ -85,7 +97,7 @@ class DeepPromptLearner(DualPromptLearner):
     """
 
     _partial_phrase = True
-    _shape_keys = ("n_ctx", "depth", "vision_ctx")
+    _shape_keys = ("n_ctx", "depth", "vision_ctx", "vision_prompt_position")
 
     def __init__(
         self,
@@ -103,9 +115,15 @@ class DeepPromptLearner(DualPromptLearner):
         normalize_classnames: bool = True,
         gradient_checkpointing: bool = False,
         share_prefix: bool = True,
+        vision_prompt_position: Literal["before_ln_pre", "after_ln_pre"] = "before_ln_pre",
     ) -> None:
         if method not in DEEP_DEFAULTS:
             raise InputValueError(f"method: expected one of {list(DEEP_METHODS)}, got {method!r}")
+        if vision_prompt_position not in VISION_PROMPT_POSITIONS:
+            raise InputValueError(
+                f"vision_prompt_position: expected one of {list(VISION_PROMPT_POSITIONS)}, "
+                f"got {vision_prompt_position!r}"
+            )
         defaults = DEEP_DEFAULTS[method]
         depth = check_count("depth", defaults["depth"] if depth is None else depth)
         text_ctx = check_count("text_ctx", defaults["text_ctx"] if text_ctx is None else text_ctx)
@@ -140,6 +158,7 @@ class DeepPromptLearner(DualPromptLearner):
         self.depth = depth
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.vision_ctx = vision_ctx
+        self.vision_prompt_position = vision_prompt_position
         self._vision = vision
         for p in vision.parameters():
             p.requires_grad_(False)
@@ -152,10 +171,10 @@ class DeepPromptLearner(DualPromptLearner):
             for space in SPACES:
                 deep = torch.empty(depth - 1, self.n_ctx[space], width, device=device, dtype=dtype)
                 setattr(self, f"{space}_deep_context", nn.Parameter(nn.init.normal_(deep, std=0.02)))
-        if method == "maple":
-            self.vision_projection = nn.ModuleList([nn.Linear(width, vision.width) for _ in range(depth)]).to(
-                device=device, dtype=dtype
-            )
+        if method == "maple":  # layer 0's projection on its own, the deeper ones copies of one (MaPLe's init)
+            deeper = nn.Linear(width, vision.width)
+            projections = [nn.Linear(width, vision.width), *(copy.deepcopy(deeper) for _ in range(depth - 1))]
+            self.vision_projection = nn.ModuleList(projections).to(device=device, dtype=dtype)
         else:
             tokens = torch.empty(depth, vision_ctx, vision.width, device=device, dtype=dtype)
             self.vision_context = nn.Parameter(nn.init.normal_(tokens, std=0.02))
@@ -173,7 +192,7 @@ class DeepPromptLearner(DualPromptLearner):
         size = visual.image_size if hasattr(visual, "image_size") else None
         side = size[0] if isinstance(size, (tuple, list)) else size or visual.input_resolution
         g = torch.Generator().manual_seed(0)
-        images = torch.randn(2, 3, side, side, generator=g).to(self.positive_context.device)
+        images = torch.randn(2, 3, side, side, generator=g).to(visual.conv1.weight)  # its device and dtype
         check_reproduced(
             "image",
             visual.transformer.resblocks,
@@ -204,7 +223,10 @@ class DeepPromptLearner(DualPromptLearner):
         """Prompted image features :math:`(N, D)`, not normalised (gradients reach the vision
         prompts; the CLIP weights are frozen)."""
         return self._vision.encode(
-            images.to(self.positive_context.device), self.vision_prompts(), self.gradient_checkpointing
+            images.to(self.positive_context.device),
+            self.vision_prompts(),
+            self.gradient_checkpointing,
+            self.vision_prompt_position,
         )
 
     # -- the text pass --------------------------------------------------------------------
@@ -215,7 +237,17 @@ class DeepPromptLearner(DualPromptLearner):
     # -- checkpoints ----------------------------------------------------------------------
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {**super().get_extra_state(), "depth": self.depth, "vision_ctx": self.vision_ctx}
+        return {
+            **super().get_extra_state(),
+            "depth": self.depth,
+            "vision_ctx": self.vision_ctx,
+            "vision_prompt_position": self.vision_prompt_position,
+        }
+
+    def _check_extra_state(self, state: Any) -> None:
+        if isinstance(state, dict) and "vision_prompt_position" not in state:
+            state = {**state, "vision_prompt_position": _UNRECORDED_POSITION}
+        super()._check_extra_state(state)
 
     @classmethod
     def _options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -228,7 +260,11 @@ class DeepPromptLearner(DualPromptLearner):
             "depth": config["depth"],
             "text_ctx": n_ctx["positive"],
             "vision_ctx": config["vision_ctx"],
+            "vision_prompt_position": config.get("vision_prompt_position", _UNRECORDED_POSITION),
         }
 
     def extra_repr(self) -> str:
-        return f"method={self.method!r}, depth={self.depth}, vision_ctx={self.vision_ctx}, {super().extra_repr()}"
+        return (
+            f"method={self.method!r}, depth={self.depth}, vision_ctx={self.vision_ctx}, "
+            f"vision_prompt_position={self.vision_prompt_position!r}, {super().extra_repr()}"
+        )

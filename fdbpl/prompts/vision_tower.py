@@ -4,8 +4,15 @@ deep visual prompts (VPT).
 VPT (Jia et al., ECCV 2022) appends learnable tokens to the sequence of a ViT after the
 class and patch tokens: at layer 0 they are appended, at layers 1..J-1 the hidden states
 at their positions are replaced by another set (VPT-deep; J = 1 is VPT-shallow), and they
-are dropped before pooling. :class:`VisionTower` finds the pieces of the two ViT layouts
-in use and runs ``encode_image`` with such prompts; with no prompts it is ``encode_image``.
+are dropped before pooling. Where the layer-0 tokens join matters, because the ViT
+normalises its input sequence (``ln_pre``) before block 0: the code of the deep methods'
+authors (multimodal-prompt-learning's and PromptSRC's ``clip/model.py``, behind every
+number VPT, IVLP, MaPLe and PromptSRC report) concatenates them with the class and patch
+tokens (after the positional embeddings) and then applies ``ln_pre`` to the whole
+sequence: ``"before_ln_pre"``, the default. ``"after_ln_pre"`` appends them to the
+normalised sequence instead (fdbpl 0.1's order; the features differ by a few percent).
+:class:`VisionTower` finds the pieces of the two ViT layouts in use and runs
+``encode_image`` with such prompts; with no prompts it is ``encode_image``.
 """
 
 from __future__ import annotations
@@ -16,9 +23,15 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fdbpl.errors import InputValueError
 from fdbpl.prompts.text_tower import UnsupportedModelError
 
-__all__ = ["VisionTower"]
+__all__ = ["VISION_PROMPT_POSITIONS", "VisionTower"]
+
+#: Where the layer-0 vision prompts join the sequence: ``"before_ln_pre"`` (with the class
+#: and patch tokens, then ``ln_pre``: the deep methods' authors' code; the default) or
+#: ``"after_ln_pre"`` (appended to the normalised sequence: fdbpl 0.1).
+VISION_PROMPT_POSITIONS = ("before_ln_pre", "after_ln_pre")
 
 
 class VisionTower:
@@ -82,24 +95,27 @@ class VisionTower:
     def parameters(self) -> list[nn.Parameter]:
         return list(self.visual.parameters())
 
-    def _embeds(self, images: torch.Tensor) -> torch.Tensor:
-        """Class and patch tokens with positions, through ``ln_pre``: (B, 1 + P, W)."""
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Class and patch tokens with positions, before ``ln_pre``: (B, 1 + P, W)."""
         v = self.visual
         if self.kind == "open_clip":
-            return v._embeds(images)
-        x = v.conv1(images.type(self.dtype))
+            x = v.conv1(images)
+        else:
+            x = v.conv1(images.type(self.dtype))
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
         cls_token = v.class_embedding.to(x.dtype) + torch.zeros(
             x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device
         )
         x = torch.cat([cls_token, x], dim=1) + v.positional_embedding.to(x.dtype)
-        return v.ln_pre(x)
+        dropout = getattr(v, "patch_dropout", None)  # open_clip's (identity unless training with it)
+        return x if dropout is None else dropout(x)
 
     def encode(
         self,
         images: torch.Tensor,
         prompts: Sequence[torch.Tensor] | None = None,
         checkpoint_blocks: bool = False,
+        position: str = "before_ln_pre",
     ) -> torch.Tensor:
         """``encode_image`` with VPT prompts.
 
@@ -112,22 +128,36 @@ class VisionTower:
             checkpoint_blocks: keep no activations inside the blocks; each block is
                 recomputed in the backward pass (gradient checkpointing: less memory, one
                 more forward). The result is the same.
+            position: where ``prompts[0]`` joins (:data:`VISION_PROMPT_POSITIONS`):
+                ``"before_ln_pre"`` (the authors' order: concatenated, then ``ln_pre``
+                over the whole sequence) or ``"after_ln_pre"``.
 
         Returns:
             :math:`(B, D)` image features, not normalised.
         """
-        x = self._embeds(images)
-        tokens = x.shape[1]
+        if position not in VISION_PROMPT_POSITIONS:
+            raise InputValueError(
+                f"position: expected one of {list(VISION_PROMPT_POSITIONS)}, got {position!r}"
+            )
         prompts = list(prompts or [])
         if len(prompts) > self.layers:
             raise UnsupportedModelError(
                 f"{len(prompts)} layers of vision prompts, the ViT has {self.layers} blocks"
             )
+        x = self._tokens(images)
+        tokens = x.shape[1]
+        ln_pre = self.visual.ln_pre
+        if not prompts:
+            x = ln_pre(x)
+        elif position == "before_ln_pre":
+            x = ln_pre(torch.cat([x, _expanded(prompts[0], x)], dim=1))
+        else:
+            x = ln_pre(x)
+            x = torch.cat([x, _expanded(prompts[0], x)], dim=1)
         seq_first = self.kind == "openai_clip" or not getattr(self.visual.transformer, "batch_first", False)
         for j, blk in enumerate(self.visual.transformer.resblocks):
-            if j < len(prompts):
-                p = prompts[j].to(x.dtype).expand(x.shape[0], *prompts[j].shape[-2:])
-                x = torch.cat([x[:, :tokens], p], dim=1)
+            if 1 <= j < len(prompts):
+                x = torch.cat([x[:, :tokens], _expanded(prompts[j], x)], dim=1)
             if checkpoint_blocks and torch.is_grad_enabled():
                 x = checkpoint(_run_block, blk, x, seq_first, use_reentrant=False)
             else:
@@ -148,6 +178,11 @@ class VisionTower:
                 pooled = v.ln_post(pooled)
         proj = getattr(v, "proj", None)
         return pooled if proj is None else pooled @ proj
+
+
+def _expanded(prompt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """One layer's prompt tokens, :math:`(n, W)` or :math:`(B, n, W)`, as :math:`(B, n, W)` in x's dtype."""
+    return prompt.to(x.dtype).expand(x.shape[0], *prompt.shape[-2:])
 
 
 def _run_block(blk: nn.Module, x: torch.Tensor, seq_first: bool) -> torch.Tensor:

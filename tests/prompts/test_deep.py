@@ -25,7 +25,19 @@ NAMES = ["cat", "dog", "school bus", "red panda"]
 
 @pytest.fixture(scope="module", params=KINDS)
 def model_and_tokenizer(request):
-    return tiny_open_clip(request.param)
+    model, tok = tiny_open_clip(request.param)
+    return with_far_ln_pre(model), tok
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def float64_model(request):
+    """A float64 tower. OpenAI-clip's LayerNorm subclass computes in float32 whatever comes in
+    (the model cannot run in float64): its norms are made plain ``nn.LayerNorm`` (same weights)."""
+    model, tok = tiny_open_clip(request.param, seed=3)
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.__class__ = torch.nn.LayerNorm
+    return with_far_ln_pre(model.double(), seed=3), tok
 
 
 def text_parts(model):
@@ -50,9 +62,31 @@ def plain_text(model, tokenizer, prompts, tokens):
     return x[torch.arange(len(ids)), ids.argmax(dim=-1)] @ t.text_projection
 
 
-def plain_image(model, images, tokens):
-    """encode_image as a loop: tokens[0] appended after the class and patch tokens, tokens[j]
-    replacing them before block j, dropped before pooling at the class token."""
+def authors_image(model, images, tokens):
+    """The image tower's forward as the deep methods' authors wrote it (multimodal-prompt-learning's
+    and PromptSRC's ``clip/model.py``: ``VisionTransformer.forward`` and the blocks' prompt swap),
+    written here as a plain sequence-first loop: patches, class token, positions; layer-0 prompts
+    concatenated after them; THEN ``ln_pre`` over the whole sequence; before each block j >= 1
+    the last n positions replaced by tokens[j]; ``ln_post`` of the class token, projection."""
+    v = model.visual
+    x = v.conv1(images).flatten(2).permute(0, 2, 1)
+    x = torch.cat([v.class_embedding.expand(len(x), 1, -1), x], dim=1) + v.positional_embedding
+    if tokens:
+        x = torch.cat([x, tokens[0].expand(len(x), -1, -1)], dim=1)
+    x = v.ln_pre(x).permute(1, 0, 2)  # LND
+    openai = not hasattr(v, "_embeds")
+    for j, blk in enumerate(v.transformer.resblocks):
+        if 1 <= j < len(tokens):
+            n = tokens[j].shape[0]
+            x = torch.cat([x[: x.shape[0] - n], tokens[j][:, None].expand(-1, x.shape[1], -1)])
+        x = blk(x) if openai else blk(x.permute(1, 0, 2)).permute(1, 0, 2)
+    x = x.permute(1, 0, 2)
+    return v.ln_post(x[:, 0]) @ v.proj
+
+
+def after_ln_pre_image(model, images, tokens):
+    """fdbpl 0.1's order (``vision_prompt_position="after_ln_pre"``): ``ln_pre`` over the class and
+    patch tokens alone, the layer-0 prompts appended to its output."""
     v = model.visual
     x = v.conv1(images).flatten(2).permute(0, 2, 1)
     x = torch.cat([v.class_embedding.expand(len(x), 1, -1), x], dim=1) + v.positional_embedding
@@ -64,6 +98,18 @@ def plain_image(model, images, tokens):
             x = torch.cat([x[:, :keep], tokens[j].expand(len(x), -1, -1)], dim=1)
         x = blk(x.permute(1, 0, 2)).permute(1, 0, 2) if openai else blk(x)
     return v.ln_post(x[:, 0]) @ v.proj
+
+
+def with_far_ln_pre(model, seed=0):
+    """Give ``ln_pre`` a scale and a bias far from 1 and 0 (random-init towers have 1 and 0, under
+    which the two prompt orders nearly agree and no test could tell them apart)."""
+    g = torch.Generator().manual_seed(seed)
+    ln = model.visual.ln_pre
+    with torch.no_grad():
+        sign = torch.where(torch.rand(ln.weight.shape, generator=g) < 0.5, -1.0, 1.0)
+        ln.weight.copy_(sign * (0.3 + 2.0 * torch.rand(ln.weight.shape, generator=g)))
+        ln.bias.copy_(torch.randn(ln.bias.shape, generator=g))
+    return model
 
 
 def plain_vision_tokens(learner):
@@ -106,8 +152,97 @@ def test_features_equal_plain_loops_over_the_blocks(
                 tokens += list(getattr(learner, f"{space}_deep_context"))
             want = plain_text(model, tok, [f"{phrase} {c}." for c in names], tokens)
             torch.testing.assert_close(features, want, rtol=0, atol=1e-5)
-        want = plain_image(model, images, plain_vision_tokens(learner))
+        want = authors_image(model, images, plain_vision_tokens(learner))
         torch.testing.assert_close(learner.encode_image(images), want, rtol=0, atol=1e-5)
+
+
+def image_and_gradients(encode, learner, images):
+    """Features of ``encode(images)`` and the gradients of a fixed functional of them with respect
+    to each of the learner's trainable parameters (``None`` where it does not reach one)."""
+    f = encode(images)
+    weights = torch.linspace(-1, 2, f.shape[1], dtype=f.dtype)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((f * weights).square().sum(), params, allow_unused=True)
+    return f.detach(), grads
+
+
+def assert_close_relative(got, want, rel):
+    scale = want.abs().max().clamp_min(1e-30)
+    assert float((got - want).abs().max() / scale) <= rel, float((got - want).abs().max() / scale)
+
+
+@pytest.mark.parametrize("method", DEEP_METHODS)
+@given(depth=st.integers(1, 2), vision_ctx=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_image_features_and_prompt_gradients_equal_the_authors_forward_in_float64(
+    float64_model, method, depth, vision_ctx, seed
+):
+    """The authors' order (prompts concatenated, then ln_pre) on float64 towers with a far-from-
+    identity ln_pre: image features and every prompt gradient equal to float64 round-off."""
+    model, tok = float64_model
+    learner = DeepPromptLearner(
+        model, NAMES, method, tokenizer=tok, depth=depth, vision_ctx=None if method == "maple" else vision_ctx
+    )
+    assert learner.vision_prompt_position == "before_ln_pre"
+    perturbed(learner, seed)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    got, got_grads = image_and_gradients(learner.encode_image, learner, images)
+    want, want_grads = image_and_gradients(
+        lambda x: authors_image(model, x, plain_vision_tokens(learner)), learner, images
+    )
+    assert_close_relative(got, want, 1e-12)
+    assert sum(g is not None for g in want_grads) >= 1
+    for g, w in zip(got_grads, want_grads):
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert_close_relative(g, w, 1e-10)
+
+
+def test_the_two_prompt_orders_differ_and_after_ln_pre_is_the_old_one(model_and_tokenizer):
+    """The test above can fail: with ln_pre far from the identity the orders give clearly other
+    features, and ``vision_prompt_position="after_ln_pre"`` is the other one exactly."""
+    model, tok = model_and_tokenizer
+    learner = perturbed(
+        DeepPromptLearner(model, NAMES, "ivlp", tokenizer=tok, depth=2, vision_prompt_position="after_ln_pre")
+    )
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        old = after_ln_pre_image(model, images, plain_vision_tokens(learner))
+        authors = authors_image(model, images, plain_vision_tokens(learner))
+        torch.testing.assert_close(learner.encode_image(images), old, rtol=0, atol=1e-5)
+    assert float((old - authors).norm() / authors.norm()) > 1e-2
+    with pytest.raises(FDBPLError, match="vision_prompt_position: expected one of"):
+        DeepPromptLearner(model, NAMES, "ivlp", tokenizer=tok, vision_prompt_position="after")
+
+
+def test_a_state_saved_without_the_prompt_position_keeps_the_old_order(open_clip_model):
+    """States of fdbpl 0.1 were trained with the prompts after ln_pre: they rebuild that way, and a
+    learner of the authors' order refuses them rather than silently changing their features."""
+    model, tok = open_clip_model
+    learner = perturbed(
+        DeepPromptLearner(model, NAMES, "vpt", tokenizer=tok, depth=2, vision_prompt_position="after_ln_pre")
+    )
+    state = learner.state_dict()
+    del state["_extra_state"]["vision_prompt_position"]
+    rebuilt = learner_from_state_dict(model, state, tokenizer=tok)
+    assert rebuilt.vision_prompt_position == "after_ln_pre"
+    with pytest.raises(FDBPLError, match="vision_prompt_position='after_ln_pre'"):
+        DeepPromptLearner(model, NAMES, "vpt", tokenizer=tok, depth=2).load_state_dict(state)
+
+
+def test_maple_projections_start_as_its_authors_do(open_clip_model):
+    """MaPLe: layer 0's projection initialised on its own, layers 1..J-1 copies of one Linear."""
+    model, tok = open_clip_model
+    proj = DeepPromptLearner(model, NAMES, "maple", tokenizer=tok, depth=2).vision_projection
+    torch.manual_seed(5)
+    deeper = DeepPromptLearner(model, NAMES, "maple", tokenizer=tok, depth=2).vision_projection
+    assert not torch.equal(proj[0].weight, proj[1].weight)
+    assert not torch.equal(proj[1].weight, deeper[1].weight)  # drawn, not a constant
+    model3, tok3 = tiny_open_clip("clip")
+    model3.visual.transformer.resblocks.append(model3.visual.transformer.resblocks[1])
+    model3.transformer.resblocks.append(model3.transformer.resblocks[1])
+    three = DeepPromptLearner(model3, NAMES, "maple", tokenizer=tok3, depth=3).vision_projection
+    assert torch.equal(three[1].weight, three[2].weight) and torch.equal(three[1].bias, three[2].bias)
+    assert three[1].weight.data_ptr() != three[2].weight.data_ptr()  # copies, not one shared module
 
 
 def test_ivlp_at_depth_one_without_vision_tokens_is_the_coop_learner(model_and_tokenizer):
