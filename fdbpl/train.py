@@ -465,7 +465,10 @@ class _PromptSRCTerms:
 def _promptsrc_terms(
     student: torch.nn.Module, classnames: list[str], tokenizer: Any, cfg: TrainConfig, device: torch.device
 ) -> _PromptSRCTerms:
-    ensemble = template_ensemble(student, classnames, tokenizer=tokenizer).to(device)
+    # the table's names, as the learner takes them (normalised when the table was built, or kept on purpose)
+    ensemble = template_ensemble(student, classnames, tokenizer=tokenizer, normalize_classnames=False).to(
+        device
+    )
     return _PromptSRCTerms(
         ensemble, PromptSRCLoss(cfg.src_image_weight, cfg.src_text_weight, cfg.src_logit_weight)
     )

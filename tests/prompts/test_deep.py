@@ -350,6 +350,52 @@ def test_template_ensemble_is_the_mean_of_encode_text_over_templates(open_clip_m
     assert len(imagenet_templates()) == 80
 
 
+def test_the_default_ensemble_is_promptsrcs_and_names_are_read_as_the_learners_read_them(open_clip_model):
+    """PromptSRC's trainers/imagenet_templates.py: 60 templates, from "a photo of a {}." to
+    "itap of the {}.", all among OpenAI's 80; class names with ``_`` read as spaces (as the
+    learners and PromptSRC do) unless told otherwise."""
+    from fdbpl.prompts.ensemble import PROMPTSRC_TEMPLATES, imagenet_templates, template_ensemble
+
+    assert len(PROMPTSRC_TEMPLATES) == len(set(PROMPTSRC_TEMPLATES)) == 60
+    assert PROMPTSRC_TEMPLATES[0] == "a photo of a {}." and PROMPTSRC_TEMPLATES[-1] == "itap of the {}."
+    openai = {t("x") if callable(t) else t.format("x") for t in imagenet_templates()}
+    assert {t.format("x") for t in PROMPTSRC_TEMPLATES} < openai
+    model, tok = open_clip_model
+    names = ["school_bus", "red_panda"]
+    got = template_ensemble(model, names, tokenizer=tok)
+    with torch.no_grad():
+        want = torch.stack(
+            [
+                model.encode_text(tok([t.format(c) for c in ("school bus", "red panda")]))
+                for t in PROMPTSRC_TEMPLATES
+            ]
+        ).mean(0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        template_ensemble(model, names, "openai_imagenet", tok),
+        template_ensemble(model, ["school bus", "red panda"], imagenet_templates(), tok),
+    )
+    kept = template_ensemble(model, names, ["a {}."], tok, normalize_classnames=False)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            kept, model.encode_text(tok(["a school_bus.", "a red_panda."])), rtol=0, atol=1e-6
+        )
+    with pytest.raises(FDBPLError, match="templates: expected one of"):
+        template_ensemble(model, names, "imagenet", tok)
+
+
+def test_template_ensemble_keeps_a_float64_models_dtype(float64_model):
+    from fdbpl.prompts.ensemble import template_ensemble
+
+    model, tok = float64_model
+    got = template_ensemble(model, NAMES, ["a photo of a {}."], tok)
+    assert got.dtype == torch.float64
+    with torch.no_grad():
+        torch.testing.assert_close(
+            got, model.encode_text(tok([f"a photo of a {c}." for c in NAMES])), rtol=0, atol=0
+        )
+
+
 def test_gradient_checkpointing_gives_the_same_features_and_gradients(open_clip_model):
     model, tok = open_clip_model
     plain = perturbed(DeepPromptLearner(model, NAMES, "maple", tokenizer=tok, depth=2))
