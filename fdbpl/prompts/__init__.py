@@ -3,11 +3,13 @@
 :class:`DualPromptLearner` is CoOp's learner in both spaces, :class:`CoCoOpDualPromptLearner`
 CoCoOp's (a meta-network conditions the contexts on each image), :class:`DeepPromptLearner`
 the deep vision-language prompts of VPT, IVLP, MaPLe and PromptSRC; :func:`build_learner`
-builds any of them behind one interface. Works on open_clip ``CLIP`` and ``CustomTextCLIP``
+builds any of them behind one interface, and :func:`load_authors_checkpoint` starts one
+from a checkpoint saved by the base method's own trainer. Works on open_clip ``CLIP`` and ``CustomTextCLIP``
 models and on the OpenAI-``clip`` models that CoOp scripts hold. open_clip is imported
 only when its tokenizer is needed.
 """
 
+from fdbpl.prompts.authors import AUTHORS_METHODS, load_authors_checkpoint, read_authors_checkpoint
 from fdbpl.prompts.build import LEARNERS, METHODS, PromptModel, build_learner, learner_from_state_dict
 from fdbpl.prompts.cocoop import META_NETS, CoCoOpDualPromptLearner
 from fdbpl.prompts.deep import DEEP_DEFAULTS, DEEP_METHODS, DeepPromptLearner
@@ -16,6 +18,7 @@ from fdbpl.prompts.text_tower import TextTower, UnsupportedModelError
 from fdbpl.prompts.vision_tower import VisionTower
 
 __all__ = [
+    "AUTHORS_METHODS",
     "DEEP_DEFAULTS",
     "DEEP_METHODS",
     "LEARNERS",
@@ -31,4 +34,6 @@ __all__ = [
     "VisionTower",
     "build_learner",
     "learner_from_state_dict",
+    "load_authors_checkpoint",
+    "read_authors_checkpoint",
 ]
