@@ -405,6 +405,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         f"(default: {d.meta_net})",
     )
     p.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="start the positive space (and vision prompts) from a checkpoint saved by the base method's own "
+        "trainer (CoOp, CoCoOp, VPT, IVLP, MaPLe, PromptSRC: Dassl's model.pth.tar-N), read without running "
+        "code from it; the negative space keeps its init (default: the init phrases)",
+    )
+    p.add_argument(
         "--image-features",
         choices=IMAGE_FEATURES,
         default=d.image_features,
@@ -811,6 +818,7 @@ def _train(args: argparse.Namespace) -> int:
             gpa_std=args.gpa[1],
             gradient_checkpointing=args.gradient_checkpointing,
             amp=args.amp,
+            init_from=args.init_from,
         )
         result = train(
             table,

@@ -33,7 +33,15 @@ from fdbpl.logits import clip_logits, logit_scale_of
 from fdbpl.losses import FDBPLLoss
 from fdbpl.losses.functional.promptsrc import IMAGE_WEIGHT, TEXT_WEIGHT, PromptSRCLossOutput
 from fdbpl.losses.promptsrc import PromptSRCLoss
-from fdbpl.prompts import DEEP_METHODS, META_NETS, METHODS, SPACES, DualPromptLearner, build_learner
+from fdbpl.prompts import (
+    DEEP_METHODS,
+    META_NETS,
+    METHODS,
+    SPACES,
+    DualPromptLearner,
+    build_learner,
+    load_authors_checkpoint,
+)
 from fdbpl.prompts.ensemble import template_ensemble
 from fdbpl.run import CHECKPOINT, RunFolder, load_run
 from fdbpl.sparsify import SparseSoftLabels
@@ -74,7 +82,10 @@ class TrainConfig:
     :data:`~fdbpl.prompts.DEEP_DEFAULTS`) and ``gradient_checkpointing``; ``promptsrc``
     its constraints' weights ``src_*`` and the Gaussian ``gpa_mean``, ``gpa_std``
     (:mod:`fdbpl.aggregation`). ``amp`` runs the towers under bfloat16 autocast (the
-    losses stay float32).
+    losses stay float32). ``init_from`` starts a new run's positive space (and vision
+    prompts) from a checkpoint saved by the base method's own trainer
+    (:func:`~fdbpl.prompts.load_authors_checkpoint`; ``None``: the init phrases); a resumed
+    run continues from its own checkpoint.
     """
 
     epochs: int = 50
@@ -109,6 +120,7 @@ class TrainConfig:
     gpa_std: float = GPA_STD
     gradient_checkpointing: bool = False
     amp: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crops_per_image"):
@@ -537,10 +549,14 @@ def _resume_or_record(session: _Session, images: str | os.PathLike[str]) -> None
             session.gpa.load_state_dict(state["gpa"])
         if rank == 0:
             folder.trim_log(session.start_epoch)
-    elif rank == 0:
-        info = {"table": str(session.table.path), "images": str(images), "world_size": world}
-        folder.write_config({**session.settings, **info})
-        folder.trim_log(0)  # an attempt killed before its first checkpoint starts over
+    else:
+        init_from = session.settings["config"]["init_from"]
+        if init_from is not None:  # every rank reads it: the same prompts everywhere
+            load_authors_checkpoint(session.learner, init_from)
+        if rank == 0:
+            info = {"table": str(session.table.path), "images": str(images), "world_size": world}
+            folder.write_config({**session.settings, **info})
+            folder.trim_log(0)  # an attempt killed before its first checkpoint starts over
     session.log = folder.open_log() if rank == 0 else None
 
 

@@ -348,6 +348,15 @@ def test_deep_methods_train_and_evaluate_end_to_end(method, image_root, teacher_
     argv += ["--no-progress", "--method", method, "--depth", 2, "--out", run]
     if method == "ivlp":  # the memory options: same run, less memory on a GPU
         argv = [*argv[:-2], "--gradient-checkpointing", "--amp", *argv[-2:]]
+    if method == "vpt":  # started from VPT's own checkpoint (its key names, 8 vision tokens)
+        vpt = {
+            "image_encoder.VPT": torch.randn(8, 64),
+            "image_encoder.transformer.resblocks.1.VPT_shallow": torch.randn(8, 64),
+        }
+        torch.save({"state_dict": vpt, "epoch": 5}, tmp_path / "model.pth.tar-5")
+        code, err = run_main([*argv, "--init-from", tmp_path / "model.pth.tar-5", "--vision-ctx", 4], capsys)
+        assert code != 0 and "'image_encoder.VPT' is (8, 64)" in err, err
+        argv = [*argv, "--init-from", tmp_path / "model.pth.tar-5"]
     assert run_main(argv, capsys)[0] == 0
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert (

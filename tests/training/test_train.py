@@ -316,3 +316,24 @@ def test_a_checkpoint_of_fdbpl_0_1_still_loads_and_resumes(table, image_root, tm
     assert torch.equal(learner.positive_context, state["learner"]["positive_context"])
     with pytest.raises(FDBPLError, match=r"epochs: 1 -> 2"):  # settings read from config.json
         run_train(table, image_root, run, SHORT)
+
+
+def test_a_new_run_starts_from_an_authors_checkpoint_and_a_wrong_one_is_refused(table, image_root, tmp_path):
+    """init_from: CoOp's own checkpoint (Dassl layout, key ``ctx``) fills the positive context
+    before the first step (a tiny lr keeps it there); the negative one keeps its init phrase."""
+    ctx = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "model.pth.tar-50"
+    torch.save({"state_dict": {"ctx": ctx, "token_prefix": torch.zeros(3, 1, 64)}, "epoch": 50}, path)
+    config = dataclasses.replace(CONFIG, epochs=1, lr=1e-9, init_from=str(path))
+    run_train(table, image_root, tmp_path / "run", config)
+    state = load_run(tmp_path / "run")
+    torch.testing.assert_close(state["learner"]["positive_context"], ctx, rtol=0, atol=1e-6)
+    fresh = DualPromptLearner(tiny_open_clip("clip", seed=5)[0], table.classnames)
+    torch.testing.assert_close(
+        state["learner"]["negative_context"], fresh.negative_context.detach(), rtol=0, atol=1e-6
+    )
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["init_from"] == str(path)
+    torch.save({"state_dict": {"prompt_learner.ctx": ctx}, "epoch": 5}, tmp_path / "ivlp.pth.tar-5")
+    wrong = dataclasses.replace(config, init_from=str(tmp_path / "ivlp.pth.tar-5"))
+    with pytest.raises(FDBPLError, match=r"'prompt_learner\.ctx' has no place in a coop learner"):
+        run_train(table, image_root, tmp_path / "run2", wrong)
