@@ -61,14 +61,16 @@ def read_authors_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Ten
     """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as error:
+    except pickle.UnpicklingError as error:
+        detail = next((line.strip() for line in str(error).splitlines() if "Unpickler error" in line), "")
         raise InputValueError(
-            f"checkpoint {os.fspath(path)!r}: holds more than tensors, numbers and strings, and fdbpl runs no "
-            f"code from a file to read it ({type(error).__name__}: {str(error).splitlines()[0]}). Where you trust "
-            "it, keep only its prompts: python -c \"import torch; c = torch.load('IN', weights_only=False); "
-            "torch.save({'state_dict': c['state_dict'], 'epoch': c.get('epoch')}, 'OUT')\""
+            f"checkpoint {os.fspath(path)!r}: cannot be read with weights_only=True: not a torch checkpoint, or "
+            "one that holds more than tensors, numbers and strings, and fdbpl runs no code from a file"
+            + (f" ({detail})" if detail else "")
+            + ". Where you trust it, keep only its prompts: python -c \"import torch; c = torch.load('IN', "
+            "weights_only=False); torch.save({'state_dict': c['state_dict'], 'epoch': c.get('epoch')}, 'OUT')\""
         ) from error
-    except OSError as error:
+    except (OSError, RuntimeError, EOFError) as error:  # missing, a folder, not a torch file, cut short
         raise InputValueError(f"checkpoint {os.fspath(path)!r}: cannot be read ({error})") from error
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

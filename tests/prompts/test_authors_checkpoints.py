@@ -217,10 +217,15 @@ def test_checkpoints_of_another_shape_or_unsafe_content_are_refused(tower, tmp_p
     torch.save(
         {"state_dict": authors_state("coop", g), "scheduler": {"successor": torch.optim.SGD}}, tmp_path / "x"
     )
-    with pytest.raises(FDBPLError, match="runs no code from a file"):
+    with pytest.raises(
+        FDBPLError, match=r"runs no code from a file \(.*Unsupported global.*keep only its prompts"
+    ):
         load_authors_checkpoint(coop, tmp_path / "x")
     with pytest.raises(FDBPLError, match="cannot be read"):
         load_authors_checkpoint(coop, tmp_path / "missing.pth.tar")
+    (tmp_path / "garbage").write_bytes(b"not a checkpoint")
+    with pytest.raises(FDBPLError, match="not a torch checkpoint"):
+        load_authors_checkpoint(coop, tmp_path / "garbage")
     torch.save([1, 2], tmp_path / "list")
     with pytest.raises(FDBPLError, match="expected Dassl's layout"):
         load_authors_checkpoint(coop, tmp_path / "list")
