@@ -203,6 +203,13 @@ def check_number(name: str, value: object, minimum: float | None = None, positiv
     return float(value)  # type: ignore[arg-type]
 
 
+def check_weights(**weights: object) -> None:
+    """Each named loss weight a finite real number (not a bool, ``None`` or a string); the error
+    names the first that is not."""
+    for name, value in weights.items():
+        check_number(name, value)
+
+
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype fdbpl computes in: the widest of the inputs' and float32 (so float32 for
     half inputs, float64 for float64 ones)."""

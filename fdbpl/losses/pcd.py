@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fdbpl._checks import check_weights
 from fdbpl.losses.functional import (
     Reduction,
     first_order_difference_loss,
@@ -45,6 +46,7 @@ class FirstOrderDifferenceLoss(nn.Module):
     def __init__(self, alpha: float = 1.0, reduction: Reduction = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
+        check_weights(alpha=alpha)
         self.alpha = alpha
         self.reduction = reduction
 
@@ -98,6 +100,7 @@ class SecondOrderDifferenceLoss(nn.Module):
     def __init__(self, delta: float = 0.1, reduction: Reduction = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
+        check_weights(delta=delta)
         self.delta = delta
         self.reduction = reduction
 
@@ -161,6 +164,7 @@ class PCDLoss(nn.Module):
     ) -> None:
         super().__init__()
         check_reduction(reduction)
+        check_weights(lambda_diff1=lambda_diff1, lambda_diff2=lambda_diff2, alpha=alpha, delta=delta)
         self.lambda_diff1 = lambda_diff1
         self.lambda_diff2 = lambda_diff2
         self.alpha = alpha

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fdbpl._checks import check_weights
 from fdbpl.losses.functional import CLIP_LOGIT_SCALE, FDBPLLossOutput, Reduction, fdbpl_loss
 from fdbpl.losses.functional.reduction import check_reduction
 from fdbpl.sparsify import SparseSoftLabels
@@ -66,6 +67,13 @@ class FDBPLLoss(nn.Module):
     ) -> None:
         super().__init__()
         check_reduction(reduction)
+        check_weights(
+            lambda_neg=lambda_neg,
+            lambda_diff1=lambda_diff1,
+            lambda_diff2=lambda_diff2,
+            alpha=alpha,
+            delta=delta,
+        )
         self.lambda_neg = lambda_neg
         self.lambda_diff1 = lambda_diff1
         self.lambda_diff2 = lambda_diff2

@@ -94,3 +94,43 @@ def test_a_non_positive_or_non_finite_logit_scale_is_refused(scale):
 
     with pytest.raises(FDBPLError, match=r"logit_scale: expected a positive finite multiplier"):
         clip_logits(torch.randn(2, 4), torch.randn(3, 4), scale)
+
+
+#: Every loss entry point with weights, and the weights each takes (module, function, arguments).
+WEIGHTED = {
+    "FDBPLLoss": ("lambda_neg", "lambda_diff1", "lambda_diff2", "alpha", "delta"),
+    "fdbpl_loss": ("lambda_neg", "lambda_diff1", "lambda_diff2", "alpha", "delta"),
+    "PCDLoss": ("lambda_diff1", "lambda_diff2", "alpha", "delta"),
+    "pcd_loss": ("lambda_diff1", "lambda_diff2", "alpha", "delta"),
+    "FirstOrderDifferenceLoss": ("alpha",),
+    "first_order_difference_loss": ("alpha",),
+    "SecondOrderDifferenceLoss": ("delta",),
+    "second_order_difference_loss": ("delta",),
+}
+
+
+def call_with(entry, **weights):
+    """Build the module (construction checks) or call the function on a small batch."""
+    import fdbpl.losses as modules
+    import fdbpl.losses.functional as functions
+
+    if hasattr(modules, entry):
+        return getattr(modules, entry)(**weights)
+    g = torch.Generator().manual_seed(0)
+    f, pos, neg = (torch.randn(s, 8, generator=g) for s in (4, 3, 3))
+    w = torch.rand(4, generator=g)
+    if entry == "fdbpl_loss":
+        return fdbpl_loss(f, pos, neg, torch.softmax(torch.randn(4, 3, generator=g), 1), w, **weights)
+    return getattr(functions, entry)(f, pos, neg, torch.tensor([0, 1, 2, 0]), w, **weights)
+
+
+@pytest.mark.parametrize("entry", list(WEIGHTED))
+@given(
+    data=st.data(),
+    bad=st.sampled_from([float("nan"), float("inf"), -float("inf"), None, "x", True, [1.0], "1.0"]),
+)
+def test_non_finite_or_non_numeric_weights_are_refused_naming_them(entry, data, bad):
+    name = data.draw(st.sampled_from(WEIGHTED[entry]))
+    with pytest.raises(ValueError, match=f"^{name}: expected a finite number, got"):
+        call_with(entry, **{name: bad})
+    call_with(entry, **{name: data.draw(st.floats(-10, 10, allow_nan=False))})  # finite numbers pass

@@ -10,6 +10,7 @@ from fdbpl._checks import (
     check_labels,
     check_ndim,
     check_weight,
+    check_weights,
     compute_dtype,
     shape_str,
 )
@@ -136,6 +137,7 @@ def first_order_difference_loss(
         tensor(-1.)
     """
     _check_inputs(image_features, positive_text_features, negative_text_features, labels, weight, reduction)
+    check_weights(alpha=alpha)
     return first_order_unchecked(
         image_features, positive_text_features, negative_text_features, labels, weight, alpha, reduction
     )
@@ -279,6 +281,7 @@ def second_order_difference_loss(
         tensor(1.0000)
     """
     _check_inputs(image_features, positive_text_features, negative_text_features, labels, weight, reduction)
+    check_weights(delta=delta)
     return second_order_unchecked(
         image_features, positive_text_features, negative_text_features, labels, weight, delta, reduction
     )
@@ -356,6 +359,7 @@ def pcd_loss(
     checked once.
     """
     _check_inputs(image_features, positive_text_features, negative_text_features, labels, weight, reduction)
+    check_weights(lambda_diff1=lambda_diff1, lambda_diff2=lambda_diff2, alpha=alpha, delta=delta)
     args = (image_features, positive_text_features, negative_text_features, labels, weight)
     first = first_order_unchecked(*args, alpha, reduction)
     return lambda_diff1 * first + lambda_diff2 * second_order_unchecked(*args, delta, reduction)

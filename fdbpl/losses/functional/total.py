@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from fdbpl._checks import check_weight
+from fdbpl._checks import check_weight, check_weights
 from fdbpl.logits import CLIP_LOGIT_SCALE, check_logit_scale, clip_logits_unchecked
 from fdbpl.losses.functional.pcd import check_features, first_order_unchecked, second_order_unchecked
 from fdbpl.losses.functional.radp import (
@@ -84,6 +84,9 @@ def fdbpl_loss(
     check_weight("weight", weight, image_features.shape[0])
     check_logit_scale(logit_scale)
     check_reduction(reduction)
+    check_weights(
+        lambda_neg=lambda_neg, lambda_diff1=lambda_diff1, lambda_diff2=lambda_diff2, alpha=alpha, delta=delta
+    )
     labels = teacher.top1 if isinstance(teacher, SparseSoftLabels) else teacher.argmax(dim=1)
     features = (image_features, positive_text_features, negative_text_features, labels, weight)
     positive = positive_distillation_unchecked(
