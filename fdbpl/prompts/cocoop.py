@@ -135,6 +135,8 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
                 f"image_features: expected (N, {self.feature_dim}) image features, got shape "
                 f"{tuple(image_features.shape)}"
             )
+        if image_features.shape[0] == 0:
+            raise InputValueError("image_features: expected at least one image, got N = 0")
         f = F.normalize(image_features.to(self.positive_context.dtype), dim=-1)
         shifts = {name: net(f) for name, net in self.meta_net.items()}
         return {

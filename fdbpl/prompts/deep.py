@@ -136,6 +136,11 @@ class DeepPromptLearner(DualPromptLearner):
                 )
             vision_ctx = text_ctx
         vision_ctx = check_count("vision_ctx", vision_ctx, minimum=0)
+        if method == "vpt" and vision_ctx == 0:
+            raise InputValueError(
+                "vision_ctx: the vpt learner learns vision tokens only (its text is fixed); vision_ctx=0 leaves it "
+                "nothing to learn"
+            )
         vision = VisionTower.from_model(clip_model)  # refuses a ResNet tower
         super().__init__(
             clip_model,

@@ -46,6 +46,19 @@ def _token_counts(tokenizer: Tokenizer, texts: list[str], context_length: int) -
     return (ids != 0).sum(dim=1)
 
 
+def _check_distinct_prompts(ids: torch.Tensor, names: list[str], space: str) -> None:
+    """Refuse two classes whose prompts tokenize alike (``'Cat'`` and ``'cat'`` for CLIP's
+    lower-casing tokenizer): their text features would be identical."""
+    seen: dict[tuple[int, ...], int] = {}
+    for i, row in enumerate(ids.tolist()):
+        first = seen.setdefault(tuple(row), i)
+        if first != i:
+            raise InputValueError(
+                f"classnames: {names[first]!r} and {names[i]!r} give the same {space} prompt once tokenized "
+                "(e.g. names that differ only in case), so no learner could tell the two classes apart"
+            )
+
+
 class DualPromptLearner(nn.Module):
     r"""Learnable positive and negative prompt contexts over a frozen CLIP text encoder.
 
@@ -104,7 +117,8 @@ class DualPromptLearner(nn.Module):
             reproduce is run in full (with a warning). :attr:`shares_prefix` says which.
 
     Raises:
-        InputValueError: an empty or duplicated class list, a class whose prompt does not
+        InputValueError: an empty or duplicated class list, two classes whose prompts
+            tokenize alike (names that differ only in case), a class whose prompt does not
             fit the context length, an unknown ``class_token_position``, an ``n_ctx`` that
             contradicts an init phrase.
         UnsupportedModelError: a model without a recognisable text tower, or one whose
@@ -177,6 +191,7 @@ class DualPromptLearner(nn.Module):
             prompts = [f"{prefix} {name}." for name in classnames]
             self._check_fit(tokenizer, prompts, classnames, tower.context_length, space)
             ids[space] = tokenizer(prompts).to(tower.device)
+            _check_distinct_prompts(ids[space], classnames, space)
             if self.class_specific:
                 ctx = ctx.expand(len(classnames), -1, -1)
             contexts[space] = ctx.to(param_dtype).clone()

@@ -66,7 +66,9 @@ def test_features_equal_plain_loops_over_the_blocks(
         tokenizer=tok,
         depth=depth,
         text_ctx=text_ctx,
-        vision_ctx=None if method == "maple" else vision_ctx,
+        vision_ctx=None
+        if method == "maple"
+        else max(vision_ctx, int(method == "vpt")),  # vpt: something to learn
         share_prefix=share_prefix,
     )
     assert learner.shares_prefix == share_prefix
@@ -187,7 +189,7 @@ def test_ivlp_at_depth_one_without_vision_tokens_is_the_coop_learner(model_and_t
 
 def test_vision_tokens_of_length_zero_give_encode_image(open_clip_model):
     model, tok = open_clip_model
-    learner = DeepPromptLearner(model, NAMES, "vpt", tokenizer=tok, depth=2, vision_ctx=0)
+    learner = DeepPromptLearner(model, NAMES, "ivlp", tokenizer=tok, depth=2, vision_ctx=0)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -241,6 +243,21 @@ def test_state_dict_round_trip_and_refusals(open_clip_model):
     ivlp = DeepPromptLearner(model, NAMES, "ivlp", tokenizer=tok, depth=2)
     with pytest.raises(FDBPLError, match="'maple' learner"):
         ivlp.load_state_dict(state)
+
+
+def test_nothing_to_learn_names_that_collide_and_no_images_are_refused(open_clip_model):
+    """VPT without vision tokens trains nothing; 'Cat' and 'cat' tokenize alike for CLIP (any
+    learner); CoCoOp given no images."""
+    from fdbpl.prompts import CoCoOpDualPromptLearner
+
+    model, tok = open_clip_model
+    with pytest.raises(FDBPLError, match="vision_ctx=0 leaves it nothing to learn"):
+        DeepPromptLearner(model, NAMES, "vpt", tokenizer=tok, vision_ctx=0)
+    for cls in (DualPromptLearner, CoCoOpDualPromptLearner):
+        with pytest.raises(FDBPLError, match="'Cat' and 'CAT' give the same positive prompt"):
+            cls(model, ["Cat", "dog", "CAT"], tokenizer=tok)
+    with pytest.raises(FDBPLError, match="expected at least one image, got N = 0"):
+        CoCoOpDualPromptLearner(model, NAMES, tokenizer=tok)(torch.zeros(0, 64))
 
 
 def test_towers_it_cannot_prompt_are_refused():
