@@ -16,6 +16,8 @@ the image-side prompts, shared by the spaces); the negative space keeps its own 
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import pickle
 from collections.abc import Mapping
@@ -45,12 +47,32 @@ AUTHORS_METHODS: dict[str, tuple[str, ...]] = {
 _FROZEN_PARTS = ("token_prefix", "token_suffix", "ZS_image_encoder.")
 
 
+def _dassl_globals() -> contextlib.AbstractContextManager[Any]:
+    """Let ``weights_only`` rebuild what Dassl's checkpoints pickle besides tensors: its warm-up
+    scheduler keeps torch's own scheduler (and through it the optimiser, with a ``defaultdict``
+    state) as an attribute. Only torch's scheduler and optimiser classes, ``dict`` and
+    ``defaultdict`` are added; anything else is still refused. (torch < 2.5: nothing added.)"""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:
+        return contextlib.nullcontext()
+    from torch.optim import Optimizer, lr_scheduler
+
+    classes = [
+        c
+        for c in vars(lr_scheduler).values()
+        if isinstance(c, type) and issubclass(c, lr_scheduler.LRScheduler)
+    ]
+    classes += [c for c in vars(torch.optim).values() if isinstance(c, type) and issubclass(c, Optimizer)]
+    return safe_globals([*classes, collections.defaultdict, dict])
+
+
 def read_authors_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a Dassl checkpoint, read without running code from the file.
 
     The file is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and
-    containers only. A checkpoint that also holds pickled objects (Dassl's warm-up scheduler
-    saves one in its state) is refused with the command that keeps only its ``state_dict``.
+    containers, plus torch's own scheduler and optimiser classes (Dassl's warm-up scheduler
+    saves its successor, a torch scheduler, in its state). A checkpoint that pickles anything
+    else is refused with the command that keeps only its ``state_dict``.
 
     Returns:
         The checkpoint's tensors by key (a leading ``module.``, from ``DataParallel``, removed).
@@ -60,7 +82,8 @@ def read_authors_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Ten
             ``state_dict`` in it.
     """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with _dassl_globals():
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         detail = next((line.strip() for line in str(error).splitlines() if "Unpickler error" in line), "")
         raise InputValueError(

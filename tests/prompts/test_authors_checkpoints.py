@@ -198,6 +198,36 @@ def test_a_checkpoint_of_another_method_is_refused_naming_the_key_and_nothing_ch
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def test_a_dassl_checkpoint_with_its_warmup_schedulers_state_loads_safely(tower, tmp_path):
+    """Dassl saves its warm-up scheduler's state_dict, which keeps torch's cosine scheduler (and
+    through it the SGD optimiser) as an attribute: read with weights_only=True all the same."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+
+    class ConstantWarmupScheduler(LRScheduler):  # Dassl's layout: the successor kept as an attribute
+        def __init__(self, optimizer, successor, cons_lr):
+            self.successor, self.cons_lr = successor, cons_lr
+            super().__init__(optimizer)
+
+        def get_lr(self):
+            return [self.cons_lr for _ in self.base_lrs]
+
+    model, tok = tower
+    state = authors_state("coop", torch.Generator().manual_seed(2))
+    ctx = torch.nn.Parameter(state["ctx"].clone())
+    optim = torch.optim.SGD([ctx], lr=0.002, momentum=0.9)
+    sched = ConstantWarmupScheduler(optim, CosineAnnealingLR(optim, 50), 1e-5)
+    checkpoint = {
+        "state_dict": state,
+        "epoch": 50,
+        "optimizer": optim.state_dict(),
+        "scheduler": sched.state_dict(),
+    }
+    torch.save(checkpoint, tmp_path / "model.pth.tar-50")
+    coop = learner_for("coop", model, tok)
+    load_authors_checkpoint(coop, tmp_path / "model.pth.tar-50")
+    assert torch.equal(coop.positive_context.detach(), state["ctx"])
+
+
 def test_checkpoints_of_another_shape_or_unsafe_content_are_refused(tower, tmp_path):
     model, tok = tower
     g = torch.Generator().manual_seed(1)
@@ -214,9 +244,7 @@ def test_checkpoints_of_another_shape_or_unsafe_content_are_refused(tower, tmp_p
     ivlp_state = authors_state("ivlp", g)
     load_authors_checkpoint(ivlp, save(tmp_path, ivlp_state), method="promptsrc")  # the same layout
     coop = learner_for("coop", model, tok)
-    torch.save(
-        {"state_dict": authors_state("coop", g), "scheduler": {"successor": torch.optim.SGD}}, tmp_path / "x"
-    )
+    torch.save({"state_dict": authors_state("coop", g), "hooks": [print]}, tmp_path / "x")
     with pytest.raises(
         FDBPLError, match=r"runs no code from a file \(.*Unsupported global.*keep only its prompts"
     ):
