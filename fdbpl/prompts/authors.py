@@ -115,11 +115,14 @@ def _targets(learner: DualPromptLearner, method: str) -> dict[str, tuple[str, to
         add("ctx", "positive_context", learner.positive_context)
     if method == "cocoop":
         nets = learner.meta_net  # type: ignore[attr-defined]
-        net = nets["shared"] if "shared" in nets else nets["positive"]
-        prefix = "meta_net." + ("shared" if "shared" in nets else "positive")
+        kind = "shared" if "shared" in nets else "positive"  # per_space: the positive space's net
         for layer, index in (("linear1", 0), ("linear2", 2)):
             for part in ("weight", "bias"):
-                add(f"meta_net.{layer}.{part}", f"{prefix}.{index}.{part}", getattr(net[index], part))
+                add(
+                    f"meta_net.{layer}.{part}",
+                    f"meta_net.{kind}.{index}.{part}",
+                    getattr(nets[kind][index], part),
+                )
     if method in ("vpt", "ivlp", "promptsrc"):
         vision = learner.vision_context  # type: ignore[attr-defined]
         add("image_encoder.VPT", "vision_context[0]", vision[0])
