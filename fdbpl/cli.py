@@ -652,15 +652,6 @@ def _device(arg: str, local_rank: int, kind: str) -> str:
     return arg
 
 
-def _described(loaded: LoadedCLIP) -> dict[str, Any]:
-    """What a table records about its teacher."""
-    return {
-        "name": loaded.name,
-        "pretrained": loaded.pretrained,
-        **({"seed": loaded.seed} if loaded.seed is not None else {}),
-    }
-
-
 def _training_images(args: argparse.Namespace) -> Any:
     """The scanned training images: an image folder, or a dataset of CoOp's layout; with
     ``--vocabulary`` the table's classes are the vocabulary's names."""
@@ -709,7 +700,7 @@ def _build_cache(args: argparse.Namespace) -> int:
         student = None
         if args.student:
             s = load_open_clip(args.student, args.student_pretrained, device=device, seed=args.seed)
-            student = clip_student_features(s.model, s.input_recipe, _described(s))
+            student = clip_student_features(s.model, s.input_recipe, s.identity())
         template = args.template
         if template == "dataset":
             if not args.dataset:
@@ -728,7 +719,7 @@ def _build_cache(args: argparse.Namespace) -> int:
             loaded.std,
             template=template,
             temperature=args.temperature,
-            description=_described(loaded),
+            description=loaded.identity(),
         )
         summary = build_table(
             args.images,

@@ -7,7 +7,7 @@ bad shape from a bad value.
 
 from __future__ import annotations
 
-__all__ = ["FDBPLError", "InputValueError", "ShapeError"]
+__all__ = ["FDBPLError", "InputValueError", "ShapeError", "TableMismatchError"]
 
 
 class FDBPLError(ValueError):
@@ -20,3 +20,8 @@ class ShapeError(FDBPLError):
 
 class InputValueError(FDBPLError):
     """A tensor argument has the right shape but values the function cannot accept."""
+
+
+class TableMismatchError(InputValueError):
+    """A RIL table that was not built on the training set it is given for (other images,
+    class names or few-shot draw)."""

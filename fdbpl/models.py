@@ -44,6 +44,14 @@ class LoadedCLIP:
         """The keyword arguments :func:`fdbpl.train.train` and evaluation take from a loaded model."""
         return {"tokenizer": self.tokenizer, "recipe": self.input_recipe}
 
+    def identity(self) -> dict[str, Any]:
+        """What a table records about the model that built it: name, weights, seed."""
+        return {
+            "name": self.name,
+            "pretrained": self.pretrained,
+            **({"seed": self.seed} if self.seed is not None else {}),
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

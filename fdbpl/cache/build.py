@@ -21,6 +21,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,8 +353,9 @@ def _plan(
     if not scan.images:
         raise InputValueError(f"images: no readable image under {root}")
     c = len(scan.classnames)
-    if not 1 <= topk <= c:
-        raise InputValueError(f"topk: expected 1 <= K <= C={c} (the number of classes), got {topk}")
+    if topk > c:  # the paper's K = 20 on a base half of 5 classes: all of them are kept
+        warnings.warn(f"topk: K={topk} is more than the {c} classes; keeping all {c}", stacklevel=3)
+        topk = c
     sampler = CropSampler(scale, ratio, int(seed))
     settings = table_settings(scan, teacher, topk, strategy, crops_per_image, sampler, shard_size, student)
     return _Plan(root, out, scan, teacher, student, sampler, settings, batch_size, num_workers)

@@ -65,6 +65,9 @@ class ScanResult:
     images: list[ImageRecord]
     converted: list[str]  # decoded in another mode (L, RGBA, P, CMYK, ...) and converted to RGB
     skipped: list[tuple[str, str]]  # (path, reason): unreadable files
+    #: where the images were drawn from, for a dataset of CoOp's layout (see
+    #: :mod:`fdbpl.cache.provenance`); ``None`` for an image folder
+    source: dict[str, object] | None = None
 
 
 def file_sha256(data: bytes) -> str:
@@ -226,7 +229,9 @@ def scan_split(
     CoOp reads them (``_`` as a space) unless ``normalize_classnames`` is ``False``."""
     names = [coop_classname(n) for n in data.classnames] if normalize_classnames else list(data.classnames)
     items = getattr(data, split)
-    return scan_image_list(root, [(item.impath, item.label) for item in items], names, check=check)
+    scan = scan_image_list(root, [(item.impath, item.label) for item in items], names, check=check)
+    scan.source = {**data.source, "split": split}
+    return scan
 
 
 def _add_image(scan: ScanResult, p: Path, rel: str, label: int, check: bool) -> None:

@@ -158,6 +158,7 @@ def table_settings(
             "std": list(teacher.std),
         },
         **({"student": student.manifest_entry()} if student is not None else {}),
+        **({"source": dict(scan.source)} if scan.source else {}),
         "seed": sampler.seed,
         "classnames": list(scan.classnames),
         "classnames_sha256": list_hash(list(scan.classnames)),
@@ -325,6 +326,25 @@ def _check_student(manifest: dict[str, Any], where: str) -> None:
         raise TableFormatError(f"{where}: student image_tower_sha256 is not a SHA-256 digest")
 
 
+#: What a table built from a dataset of CoOp's layout records of its draw, and their types.
+SOURCE_FIELDS = {"dataset": str, "split": str, "shots": int, "seed": int, "subset": str, "repeat": bool}
+
+
+def _check_source(manifest: dict[str, Any], where: str) -> None:
+    source = manifest.get("source")
+    if source is None:
+        return
+    if not isinstance(source, dict):
+        raise TableFormatError(f"{where}: source is not a JSON object")
+    for key, kind in SOURCE_FIELDS.items():
+        value = source.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TableFormatError(f"{where}: source field {key!r} missing or not a {kind.__name__}")
+    for key in ("split_file", "fewshot_file"):
+        if key in source:
+            check_relative_path(source[key], f"{where}: source {key}")
+
+
 def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
     """Check a manifest's fields, types, sizes, hashes and paths; raise a
     :class:`TableFormatError` naming the first thing wrong."""
@@ -357,6 +377,7 @@ def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
         )
     _check_images(manifest, where)
     _check_student(manifest, where)
+    _check_source(manifest, where)
     _check_dtypes(manifest, where)
     image_size = manifest["teacher"].get("image_size")
     if not _is_int(image_size) or image_size < 1:

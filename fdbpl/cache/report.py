@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fdbpl.cache.provenance import describe_source
 from fdbpl.cache.table import RILTable
 
 __all__ = ["table_report"]
@@ -45,6 +46,7 @@ def table_report(table: RILTable, verified: bool = False) -> str:
         f"classes     C = {table.num_classes} (sha256 {m['classnames_sha256'][:12]})",
         f"images      {table.num_images} (sha256 {m['images_sha256'][:12]}), "
         f"{len(m.get('skipped', []))} skipped, {len(m.get('converted', []))} converted to RGB",
+        f"source      {describe_source(m.get('source'))}",
         f"regions     {len(table)} = {table.num_images} x {table.crops_per_image} crops, {len(m['shards'])} shard(s)",
         f"labels      Top-{table.topk}, {table.strategy.upper()}",
         f"storage     {table.bytes_per_region} bytes per region, {mib:.2f} MiB",

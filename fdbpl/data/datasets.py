@@ -98,6 +98,9 @@ class DatasetSplits:
     val: list[Item]
     test: list[Item]
     classnames: list[str] = field(default_factory=list)
+    #: what was read: ``dataset``, ``split_file`` (or ``fewshot_file``, relative to ROOT),
+    #: ``shots``, ``seed``, ``subset``, ``repeat`` (a table built from it records this)
+    source: dict[str, object] = field(default_factory=dict)
 
 
 def dataset_layout(name: str) -> DatasetLayout:
@@ -235,8 +238,13 @@ def read_dataset(
     if not base.is_dir():
         raise _missing(layout, base)
     train, val, test = _read_full(layout, base)
+    source: dict[str, object] = {"dataset": layout.name}
+    if layout.split_file:
+        source["split_file"] = f"{layout.folder}/{layout.split_file}"
     if num_shots >= 1 and not layout.test_only:
         cached = base / "split_fewshot" / f"shot_{num_shots}-seed_{seed}.pkl"
+        if cached.exists():
+            source["fewshot_file"] = f"{layout.folder}/split_fewshot/{cached.name}"
         if layout.kind == "imagenet":  # CoOp draws ImageNet's train split only
             if cached.exists():
                 train = read_fewshot_pickle(cached, keys=("train",))["train"]
@@ -250,4 +258,6 @@ def read_dataset(
     train, val, test = subsample_classes(train, val, test, subsample=subsample)
     by_label = {item.label: item.classname for item in train}
     classnames = [by_label[label] for label in sorted(by_label)]
-    return DatasetSplits(layout.name, train, val, test, classnames)
+    shots = num_shots if num_shots >= 1 and not layout.test_only else 0
+    source.update(shots=shots, seed=int(seed), subset=subsample, repeat=bool(repeat))
+    return DatasetSplits(layout.name, train, val, test, classnames, source)

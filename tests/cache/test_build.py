@@ -253,8 +253,9 @@ def test_rebuild_is_a_no_op_and_other_settings_are_refused(built, image_root, lo
 def test_bad_inputs(image_root, loaded_teacher, tmp_path):
     scan = scan_image_folder(image_root)
     teacher = make_teacher(loaded_teacher, scan.classnames)
-    with pytest.raises(FDBPLError, match=r"topk: expected 1 <= K <= C=8 \(the number of classes\), got 9"):
+    with pytest.warns(UserWarning, match=r"topk: K=9 is more than the 8 classes; keeping all 8"):
         build_table(image_root, tmp_path / "a", teacher, **dict(BUILD, topk=9))
+    assert RILTable.open(tmp_path / "a").topk == 8  # the paper's K = 20 works on any base half
     wrong = Teacher(lambda x: torch.full((x.shape[0], 5), 0.2), 32, (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(
         FDBPLError, match=r"teacher: expected probabilities of shape \(B, 8\) for 8 classes, got \(\d+, 5\)"
@@ -376,6 +377,8 @@ def test_killed_build_resumes_to_the_uninterrupted_table(image_root, teacher_fil
 
 def test_cli_reports_errors_without_a_traceback(image_root, teacher_files, tmp_path):
     config, checkpoint = teacher_files
+    names = tmp_path / "names.txt"
+    names.write_text("only\ntwo\n")  # 8 class folders
     r = subprocess.run(
         [
             sys.executable,
@@ -388,8 +391,8 @@ def test_cli_reports_errors_without_a_traceback(image_root, teacher_files, tmp_p
             str(config),
             "--pretrained",
             str(checkpoint),
-            "--topk",
-            "50",
+            "--classnames",
+            str(names),
             "--crops-per-image",
             "2",
         ],
@@ -398,7 +401,7 @@ def test_cli_reports_errors_without_a_traceback(image_root, teacher_files, tmp_p
         timeout=120,
     )
     assert r.returncode == 2
-    assert "fdbpl build-cache: error: topk: expected 1 <= K <= C=8" in r.stderr
+    assert "fdbpl build-cache: error: classnames:" in r.stderr
     assert "Traceback" not in r.stderr
 
 
