@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ SCHEDULES = ("cosine", "single_step", "multi_step")
 WARMUPS = ("constant", "linear")
 
 
-def _main_factor(name: str, max_epoch: int, stepsize: Sequence[int], gamma: float):  # noqa: ANN202
+def _main_factor(name: str, max_epoch: int, stepsize: Sequence[int], gamma: float) -> Callable[[int], float]:
     if name == "cosine":
         return lambda k: (1 + math.cos(math.pi * k / max_epoch)) / 2
     if name == "single_step":
@@ -84,7 +84,7 @@ def epoch_schedule(
     main = _main_factor(name, max_epoch, stepsize, gamma)
     w = max(int(warmup_epochs), 0)
 
-    def factors(lr: float):  # noqa: ANN202
+    def factors(lr: float) -> Callable[[int], float]:
         def factor(epoch: int) -> float:
             if epoch >= w:
                 return main(epoch - w)

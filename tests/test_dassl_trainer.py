@@ -5,7 +5,6 @@ random open_clip teacher."""
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
@@ -69,7 +68,9 @@ def clip_file(tmp_path_factory):
 
 
 def _purge_standin_modules(monkeypatch):
-    for name in [m for m in sys.modules if m in ("dassl", "trainers") or m.startswith(("dassl.", "trainers."))]:
+    for name in [
+        m for m in sys.modules if m in ("dassl", "trainers") or m.startswith(("dassl.", "trainers."))
+    ]:
         monkeypatch.delitem(sys.modules, name)
 
 
@@ -77,7 +78,9 @@ def _purge_standin_modules(monkeypatch):
 def trainer_module(monkeypatch):
     monkeypatch.syspath_prepend(str(STANDINS))
     _purge_standin_modules(monkeypatch)
-    spec = importlib.util.spec_from_file_location("fdbpl_trainer", ROOT / "examples" / "dassl" / "fdbpl_trainer.py")
+    spec = importlib.util.spec_from_file_location(
+        "fdbpl_trainer", ROOT / "examples" / "dassl" / "fdbpl_trainer.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -123,7 +126,11 @@ def _table_folders(cfg):
 
 @pytest.mark.parametrize(
     "coop",
-    [dict(PREC="fp32"), dict(PREC="fp16", CTX_INIT="a photo of a"), dict(CSC=True, CLASS_TOKEN_POSITION="middle")],
+    [
+        dict(PREC="fp32"),
+        dict(PREC="fp16", CTX_INIT="a photo of a"),
+        dict(CSC=True, CLASS_TOKEN_POSITION="middle"),
+    ],
     ids=["fp32-random-16", "fp16-phrase", "csc-middle"],
 )
 def test_the_trainer_builds_the_draws_table_trains_and_resumes(trainer_module, cfg_for, capsys, coop):
@@ -140,7 +147,10 @@ def test_the_trainer_builds_the_draws_table_trains_and_resumes(trainer_module, c
     (folder,) = _table_folders(cfg)
     table = RILTable.open(folder)
     want = {(Path(d.impath).resolve(), d.classname.replace("_", " ")) for d in trainer.dm.dataset.train_x}
-    got = {(Path(cfg.DATASET.ROOT, r["path"]).resolve(), table.classnames[r["label"]]) for r in table.manifest["images"]}
+    got = {
+        (Path(cfg.DATASET.ROOT, r["path"]).resolve(), table.classnames[r["label"]])
+        for r in table.manifest["images"]
+    }
     assert got == want and len(got) == 6
     assert table.manifest["source"] == {
         "dataset": "OxfordPets", "split": "train", "shots": 2, "seed": 1, "subset": "base", "repeat": False
@@ -149,7 +159,9 @@ def test_the_trainer_builds_the_draws_table_trains_and_resumes(trainer_module, c
     assert "OxfordPets train, 2-shot draw, seed 1, base classes" in log and "image features: encoded" in log
     # the schedule moved once per epoch (Dassl's constant warm-up, then cosine), the prompts learned
     assert trainer.sched.last_epoch == cfg.OPTIM.MAX_EPOCH
-    assert trainer.optim.param_groups[0]["lr"] == pytest.approx(0.1 * (1 + torch.cos(torch.tensor(torch.pi / 2))) / 2)
+    assert trainer.optim.param_groups[0]["lr"] == pytest.approx(
+        0.1 * (1 + torch.cos(torch.tensor(torch.pi / 2))) / 2
+    )
     assert not torch.equal(learner.positive_context, contexts_before)
     assert all(torch.equal(v, clip_before[k]) for k, v in trainer.model.clip.state_dict().items())
     assert set(trainer.loss_summary) == {"total", "positive", "negative", "first_order", "second_order"}
@@ -201,14 +213,38 @@ def test_a_table_of_another_draw_is_refused_naming_the_difference(trainer_module
         trainer_module.FDBPL(cfg).train()
 
 
-def test_a_table_built_by_build_cache_for_the_same_draw_is_accepted(trainer_module, cfg_for, data_root, teacher_files):
+def test_a_table_built_by_build_cache_for_the_same_draw_is_accepted(
+    trainer_module, cfg_for, data_root, teacher_files
+):
     from fdbpl.cli import main
 
     cfg = cfg_for()
     out = Path(cfg.OUTPUT_DIR).parent / "cli-table"
     config, checkpoint = teacher_files
-    args = ["build-cache", data_root, out, "--dataset", "OxfordPets", "--shots", 2, "--seed", 1, "--subset", "base"]
-    args += ["--teacher", config, "--pretrained", checkpoint, "--crops-per-image", 2, "--topk", 20, "--no-progress"]
+    args = [
+        "build-cache",
+        data_root,
+        out,
+        "--dataset",
+        "OxfordPets",
+        "--shots",
+        2,
+        "--seed",
+        1,
+        "--subset",
+        "base",
+    ]
+    args += [
+        "--teacher",
+        config,
+        "--pretrained",
+        checkpoint,
+        "--crops-per-image",
+        2,
+        "--topk",
+        20,
+        "--no-progress",
+    ]
     assert main([str(a) for a in args]) == 0
     cfg.TRAINER.FDBPL.TABLE = str(out)
     trainer = _train(trainer_module, cfg)
@@ -224,7 +260,10 @@ def test_eval_only_loads_shared_contexts_for_new_classes_without_a_table(trainer
     evaluator.load_model(base.OUTPUT_DIR, epoch=2)
     assert evaluator.classnames == [n.replace("_", " ") for n in CLASSES[3:]]
     torch.testing.assert_close(
-        evaluator.model.prompt_learner.positive_context, trained.model.prompt_learner.positive_context, rtol=0, atol=0
+        evaluator.model.prompt_learner.positive_context,
+        trained.model.prompt_learner.positive_context,
+        rtol=0,
+        atol=0,
     )
     accuracy = evaluator.test()
     # fdbpl's own evaluation of the same contexts on the same new-class test images agrees
@@ -255,13 +294,27 @@ def test_class_specific_contexts_load_only_for_their_classes(trainer_module, cfg
         same.load_model(base.OUTPUT_DIR, epoch=7)
 
 
-def test_stored_student_features_are_checked_against_the_student(trainer_module, cfg_for, data_root, teacher_files):
+def test_stored_student_features_are_checked_against_the_student(
+    trainer_module, cfg_for, data_root, teacher_files
+):
     from fdbpl.cli import main
 
     cfg = cfg_for()
     out = Path(cfg.OUTPUT_DIR).parent / "with-features"
     config, checkpoint = teacher_files
-    args = ["build-cache", data_root, out, "--dataset", "OxfordPets", "--shots", 2, "--seed", 1, "--subset", "base"]
+    args = [
+        "build-cache",
+        data_root,
+        out,
+        "--dataset",
+        "OxfordPets",
+        "--shots",
+        2,
+        "--seed",
+        1,
+        "--subset",
+        "base",
+    ]
     args += ["--teacher", config, "--pretrained", checkpoint, "--crops-per-image", 2, "--no-progress"]
     args += ["--student", config, "--student-pretrained", checkpoint]  # another model than CoOp's student
     with warnings.catch_warnings():
@@ -278,7 +331,7 @@ def test_stored_student_features_are_checked_against_the_student(trainer_module,
 def test_bad_configs_are_refused(trainer_module, cfg_for):
     cfg = cfg_for()
     cfg.TRAINER.COOP.PREC = "bf16"
-    with pytest.raises(ValueError, match="TRAINER.COOP.PREC"):
+    with pytest.raises(ValueError, match=r"TRAINER\.COOP\.PREC"):
         trainer_module.FDBPL(cfg)
     cfg = cfg_for()
     cfg.OPTIM.WARMUP_RECOUNT = False
@@ -289,7 +342,7 @@ def test_bad_configs_are_refused(trainer_module, cfg_for):
 def test_every_key_is_documented_with_its_default(trainer_module):
     doc = (ROOT / "docs" / "coop-script.rst").read_text()
     for key, (default, _) in trainer_module.DEFAULTS.items():
-        assert re.search(rf"``{key}``\s+-\s+``{re.escape(json.dumps(default))}``", doc), key
+        assert re.search(rf"\* - ``{key}``\s+- ``{re.escape(repr(default))}``", doc), key
 
 
 def _fake_coop(tmp_path, data_root, clip_file, teacher_files):
@@ -307,9 +360,13 @@ def _fake_coop(tmp_path, data_root, clip_file, teacher_files):
     config, checkpoint = teacher_files
     tiny = (ROOT / "examples" / "dassl" / "fdbpl.yaml").read_text()
     tiny = tiny.replace("MAX_EPOCH: 50", "MAX_EPOCH: 2").replace('NAME: "ViT-B/16"', f'NAME: "{clip_file}"')
-    tiny = tiny.replace("SIZE: (224, 224)", f"SIZE: ({SIZE}, {SIZE})").replace("NUM_WORKERS: 8", "NUM_WORKERS: 0")
+    tiny = tiny.replace("SIZE: (224, 224)", f"SIZE: ({SIZE}, {SIZE})").replace(
+        "NUM_WORKERS: 8", "NUM_WORKERS: 0"
+    )
     tiny = tiny.replace("BATCH_SIZE: 128", "BATCH_SIZE: 4").replace('PREC: "fp16"', 'PREC: "fp32"')
-    tiny = tiny.replace('TEACHER: "ViT-L-14"', f'TEACHER: "{config}"').replace("NUM_CROPS: 500", "NUM_CROPS: 2")
+    tiny = tiny.replace('TEACHER: "ViT-L-14"', f'TEACHER: "{config}"').replace(
+        "NUM_CROPS: 500", "NUM_CROPS: 2"
+    )
     tiny = tiny.replace('TEACHER_PRETRAINED: "openai"', f'TEACHER_PRETRAINED: "{checkpoint}"')
     (coop / "configs" / "trainers" / "FDBPL" / "tiny.yaml").write_text(tiny)
     shutil.copytree(ROOT / "examples" / "dassl" / "scripts", coop / "scripts" / "fdbpl")
@@ -343,7 +400,7 @@ def _accuracy(stdout):
     return float(re.findall(r"\* accuracy: ([\d.]+)%", stdout)[-1])
 
 
-def test_the_base_to_new_scripts_run_end_to_end(tmp_path, data_root, clip_file, teacher_files):
+def test_the_base_to_new_scripts_run_end_to_end(tmp_path, data_root, clip_file, teacher_files, capsys):
     coop = _fake_coop(tmp_path, data_root, clip_file, teacher_files)
     env = {"DATA": str(data_root)}
     trained = _script(coop, "base2new_train.sh", "oxford_pets", 1, **env)
@@ -373,6 +430,13 @@ def test_the_base_to_new_scripts_run_end_to_end(tmp_path, data_root, clip_file, 
         recipe=InputRecipe(SIZE, tuple(MEAN), tuple(STD)),
     )
     assert _accuracy(new) == pytest.approx(want.percent, abs=1e-3)
+    # fdbpl evaluate reads its own runs, and says what to run for a CoOp output folder
+    from fdbpl.cli import main
+
+    assert main(["evaluate", str(model_dir), str(data_root)]) == 2
+    err = capsys.readouterr().err
+    assert "is an output folder of CoOp's train.py (prompt_learner/model.pth.tar-2)" in err
+    assert f"--eval-only --model-dir {model_dir} --load-epoch 2" in err
     # a second seed draws other images: another table, built by its own run
     _script(coop, "base2new_train.sh", "oxford_pets", 2, **env)
     tables = sorted((coop / "output" / "fdbpl_tables" / "OxfordPets").iterdir())

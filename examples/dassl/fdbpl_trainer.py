@@ -143,7 +143,9 @@ class FDBPL(TrainerX):
 
     def check_cfg(self, cfg) -> None:
         if cfg.TRAINER.COOP.PREC not in PRECISIONS:
-            raise ValueError(f"TRAINER.COOP.PREC: expected one of {PRECISIONS}, got {cfg.TRAINER.COOP.PREC!r}")
+            raise ValueError(
+                f"TRAINER.COOP.PREC: expected one of {PRECISIONS}, got {cfg.TRAINER.COOP.PREC!r}"
+            )
         if cfg.OPTIM.WARMUP_EPOCH > 0 and not cfg.OPTIM.WARMUP_RECOUNT:
             raise ValueError("OPTIM.WARMUP_RECOUNT: only True (Dassl's default) is supported")
 
@@ -176,7 +178,10 @@ class FDBPL(TrainerX):
         makes = {
             "images": sorted(osp.abspath(path) for path, _ in self._training_items()),
             "draw": draw,
-            **{key: f[key] for key in ("TEACHER", "TEACHER_PRETRAINED", "TEMPLATE", "NUM_CROPS", "TOPK", "STRATEGY")},
+            **{
+                key: f[key]
+                for key in ("TEACHER", "TEACHER_PRETRAINED", "TEMPLATE", "NUM_CROPS", "TOPK", "STRATEGY")
+            },
         }
         digest = hashlib.sha256(json.dumps(makes, sort_keys=True).encode()).hexdigest()[:10]
         shots = f"shots_{draw['shots']}" if draw["shots"] else "all"
@@ -194,7 +199,9 @@ class FDBPL(TrainerX):
         labels = {name: label for label, name in enumerate(self.classnames)}
         items = [(path, labels[coop_classname(name)]) for path, name in self._training_items()]
         if len({osp.abspath(path) for path, _ in items}) != len(items):
-            raise ValueError("DATASET.NUM_SHOTS: Dassl's draw holds some images twice; a table holds each once")
+            raise ValueError(
+                "DATASET.NUM_SHOTS: Dassl's draw holds some images twice; a table holds each once"
+            )
         scan = scan_image_list(root, items, self.classnames)
         scan.source = self.draw()
         seed = max(cfg.SEED, 0)
@@ -300,7 +307,10 @@ class FDBPL(TrainerX):
             clip_model.float()  # CoOp: fp16 keeps the half-precision weights
         from clip import clip
 
-        inits = {"positive": coop.CTX_INIT.replace("_", " ") or None, "negative": f.NEG_CTX_INIT.replace("_", " ") or None}
+        inits = {
+            "positive": coop.CTX_INIT.replace("_", " ") or None,
+            "negative": f.NEG_CTX_INIT.replace("_", " ") or None,
+        }
         lengths = {"positive": coop.N_CTX, "negative": f.NEG_N_CTX}
         learner = DualPromptLearner(
             clip_model,
@@ -378,7 +388,9 @@ class FDBPL(TrainerX):
             path = osp.join(directory, name, model_file)
             if not osp.exists(path):
                 found = sorted(os.listdir(osp.dirname(path))) if osp.isdir(osp.dirname(path)) else []
-                raise FileNotFoundError(f'Model not found at "{path}" (there: {", ".join(found) or "nothing"})')
+                raise FileNotFoundError(
+                    f'Model not found at "{path}" (there: {", ".join(found) or "nothing"})'
+                )
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint["epoch"]})')
             self._models[name].load_contexts(checkpoint["state_dict"])

@@ -58,7 +58,11 @@ class TrainerX:
 
     def build_data_loader(self):
         dm = DataManager(self.cfg)
-        self.train_loader_x, self.val_loader, self.test_loader = dm.train_loader_x, dm.val_loader, dm.test_loader
+        self.train_loader_x, self.val_loader, self.test_loader = (
+            dm.train_loader_x,
+            dm.val_loader,
+            dm.test_loader,
+        )
         self.num_classes, self.lab2cname, self.dm = dm.num_classes, dm.lab2cname, dm
 
     def register_model(self, name, model, optim=None, sched=None):
@@ -115,7 +119,8 @@ class TrainerX:
     def run_epoch(self):
         self.set_model_mode("train")
         self.num_batches = len(self.train_loader_x)
-        for self.batch_idx, batch in enumerate(self.train_loader_x):
+        for batch_idx, batch in enumerate(self.train_loader_x):
+            self.batch_idx = batch_idx
             self.loss_summary = self.forward_backward(batch)
 
     def after_epoch(self):
@@ -130,7 +135,8 @@ class TrainerX:
 
     def train(self):
         self.before_train()
-        for self.epoch in range(self.start_epoch, self.max_epoch):
+        for epoch in range(self.start_epoch, self.max_epoch):
+            self.epoch = epoch
             self.before_epoch()
             self.run_epoch()
             self.after_epoch()
