@@ -51,15 +51,13 @@ class RunFolder:
         """The last checkpoint (``weights_only``), upgraded from fdbpl 0.1's layout where needed."""
         path = self.path / CHECKPOINT
         if not path.is_file():
-            coop = sorted(
-                self.path.glob("prompt_learner/model.pth.tar-*"),
-                key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1,
-            )
-            if coop:
+            epochs = [p.name.rsplit("-", 1)[-1] for p in self.path.glob("prompt_learner/model.pth.tar-*")]
+            if epochs:
+                last = max(epochs, key=lambda e: int(e) if e.isdigit() else -1)
                 raise InputValueError(
-                    f"run: {self.path} is an output folder of CoOp's train.py ({coop[-1].relative_to(self.path)}), "
+                    f"run: {self.path} is an output folder of CoOp's train.py (prompt_learner/model.pth.tar-{last}), "
                     f"not an fdbpl train run; evaluate it with CoOp's train.py --eval-only --model-dir {self.path} "
-                    f"--load-epoch {coop[-1].name.rsplit('-', 1)[-1]} (examples/dassl/scripts/base2new_test.sh)"
+                    f"--load-epoch {last} (examples/dassl/scripts/base2new_test.sh)"
                 )
             raise InputValueError(f"run: {path} does not exist (no finished epoch in {self.path})")
         state = torch.load(path, map_location="cpu", weights_only=True)

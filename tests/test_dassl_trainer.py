@@ -251,6 +251,24 @@ def test_a_table_built_by_build_cache_for_the_same_draw_is_accepted(
     assert trainer.table.path == out and not _table_folders(cfg)
 
 
+def _new_class_accuracy(student, output_dir, data_root):
+    """fdbpl's evaluate_prompts of the contexts a run saved at epoch 2, on OxfordPets' new
+    classes' test images."""
+    from clip import clip
+
+    checkpoint = torch.load(output_dir / "prompt_learner" / "model.pth.tar-2", weights_only=True)
+    data = read_dataset("OxfordPets", data_root, subsample="new")
+    return evaluate_prompts(
+        student,
+        data_root,
+        {"learner": checkpoint["state_dict"]},
+        scan=scan_split(data, data_root, "test", check=False),
+        transfer=True,
+        tokenizer=clip.tokenize,
+        recipe=InputRecipe(SIZE, tuple(MEAN), tuple(STD)),
+    ).percent
+
+
 def test_eval_only_loads_shared_contexts_for_new_classes_without_a_table(trainer_module, cfg_for, data_root):
     base = cfg_for("base")
     trained = _train(trainer_module, base)
@@ -267,20 +285,8 @@ def test_eval_only_loads_shared_contexts_for_new_classes_without_a_table(trainer
     )
     accuracy = evaluator.test()
     # fdbpl's own evaluation of the same contexts on the same new-class test images agrees
-    from clip import clip
-
-    checkpoint = torch.load(Path(base.OUTPUT_DIR, "prompt_learner", "model.pth.tar-2"), weights_only=True)
-    data = read_dataset("OxfordPets", data_root, subsample="new")
-    want = evaluate_prompts(
-        evaluator.model.clip,
-        data_root,
-        {"learner": checkpoint["state_dict"]},
-        scan=scan_split(data, data_root, "test", check=False),
-        transfer=True,
-        tokenizer=clip.tokenize,
-        recipe=InputRecipe(SIZE, tuple(MEAN), tuple(STD)),
-    )
-    assert accuracy == pytest.approx(want.percent, abs=1e-9)
+    want = _new_class_accuracy(evaluator.model.clip, Path(base.OUTPUT_DIR), data_root)
+    assert accuracy == pytest.approx(want, abs=1e-9)
 
 
 def test_class_specific_contexts_load_only_for_their_classes(trainer_module, cfg_for):
@@ -415,21 +421,9 @@ def test_the_base_to_new_scripts_run_end_to_end(tmp_path, data_root, clip_file, 
     # the new-class accuracy is fdbpl's evaluation of the same contexts on the new classes' test images
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from clip import clip
         from clip.model import build_model
     student = build_model(torch.load(clip_file, weights_only=True)).float().eval()
-    checkpoint = torch.load(model_dir / "prompt_learner" / "model.pth.tar-2", weights_only=True)
-    data = read_dataset("OxfordPets", data_root, subsample="new")
-    want = evaluate_prompts(
-        student,
-        data_root,
-        {"learner": checkpoint["state_dict"]},
-        scan=scan_split(data, data_root, "test", check=False),
-        transfer=True,
-        tokenizer=clip.tokenize,
-        recipe=InputRecipe(SIZE, tuple(MEAN), tuple(STD)),
-    )
-    assert _accuracy(new) == pytest.approx(want.percent, abs=1e-3)
+    assert _accuracy(new) == pytest.approx(_new_class_accuracy(student, model_dir, data_root), abs=1e-3)
     # fdbpl evaluate reads its own runs, and says what to run for a CoOp output folder
     from fdbpl.cli import main
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fdbpl._checks import first_difference
 from fdbpl.cache.table import RILTable
 from fdbpl.data.items import coop_classname
 from fdbpl.errors import TableMismatchError
@@ -78,7 +79,7 @@ def check_table_draw(
     mine = [coop_classname(n) for n in classnames]
     theirs = [coop_classname(n) for n in table.classnames]
     if mine != theirs:
-        i = next((i for i, (a, b) in enumerate(zip(theirs, mine)) if a != b), min(len(theirs), len(mine)))
+        i = first_difference(theirs, mine)
         detail = (
             f"class {i} is {theirs[i]!r} in the table, {mine[i]!r} here"
             if i < min(len(theirs), len(mine))
