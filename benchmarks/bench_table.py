@@ -226,6 +226,30 @@ def features_benchmark(args: argparse.Namespace, tmp: Path) -> None:
     )
     print(f"  crops replayed at 224 px   {n / times['replayed']:10.0f} items/s   {labels_only} bytes/region")
     print(f"  stored/replayed read speed: {times['replayed'] / times['stored']:.1f}x")
+    verify_benchmark(table, stored)
+
+
+def verify_benchmark(table: RILTable, data: RegionDataset) -> None:
+    """What verifying a table by default costs: seconds per GB, and against one epoch of
+    reading its stored features."""
+    size = sum(p.stat().st_size for p in table.path.rglob("*") if p.is_file())
+    seconds = {"verify": float("inf"), "epoch": float("inf")}
+    for _ in range(2):
+        start = time.perf_counter()
+        table.verify(progress=False, force=True)
+        seconds["verify"] = min(seconds["verify"], time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(len(data)):
+            data[i]
+        seconds["epoch"] = min(seconds["epoch"], time.perf_counter() - start)
+    start = time.perf_counter()
+    table.verify(progress=False)  # verified already in this process: stats only
+    again = time.perf_counter() - start
+    print(f"verify: the SHA-256 of every file, {size / 1e6:.1f} MB")
+    print(
+        f"  {seconds['verify'] / (size / 1e9):.2f} s per GB; {seconds['verify'] / seconds['epoch']:.2f}x one epoch of stored-feature items"
+    )
+    print(f"  again in the same process (unchanged files): {again / seconds['verify']:.4f}x the first")
 
 
 def main() -> None:

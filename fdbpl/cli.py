@@ -28,6 +28,7 @@ from fdbpl.demo import DemoConfig, run_demo
 from fdbpl.distributed import process_group, rank_and_world
 from fdbpl.errors import FDBPLError, InputValueError
 from fdbpl.evaluate import evaluate_prompts, harmonic_mean
+from fdbpl.files import read_file_text
 from fdbpl.models import LoadedCLIP, load_open_clip
 from fdbpl.prompts import DEEP_DEFAULTS, META_NETS, METHODS
 from fdbpl.run import CHECKPOINT, CONFIG, LOG, RunFolder
@@ -35,6 +36,10 @@ from fdbpl.split import select_images
 from fdbpl.train import IMAGE_FEATURES, TrainConfig, train
 
 __all__ = ["build_parser", "main"]
+
+
+#: ``fdbpl evaluate --classes``; the last is the default.
+CLASS_CHOICES = ("base", "new", "all", "base-new")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -452,6 +457,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="seed of the data order and of random weights (default: 0)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="trust the table's bytes (default: check every file against its recorded SHA-256 before "
+        "training, about a second per GB)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train, parser=p)
 
@@ -503,10 +514,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--classes",
-        choices=["base", "new", "all", "base-new"],
-        default="base-new",
+        choices=CLASS_CHOICES,
         help="which of the run's classes to evaluate: its base half, the new half, all, or both halves "
-        "with their harmonic mean (default: base-new)",
+        f"with their harmonic mean (default: {CLASS_CHOICES[-1]})",
     )
     p.add_argument("--classnames", help="file with one class name per folder, in sorted order")
     p.add_argument("--student", help="override the run's student model")
@@ -561,7 +571,11 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("runs", nargs="+", help="run folders, e.g. one per seed")
-    p.add_argument("--csv", metavar="FILE", help="also write every averaged number as CSV (default: none)")
+    p.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="also write every averaged number as CSV to FILE, creating its folder (default: no CSV)",
+    )
     p.set_defaults(handler=_report, parser=p)
 
 
@@ -629,10 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read_classnames(path: str, flag: str = "--classnames") -> list[str]:
     """One class name per line, or a JSON list of strings."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputValueError(f"{flag}: cannot read {path} ({e})") from None
+    text = read_file_text(path, flag, "a text file of class names (one per line, or a JSON list)")
     if text.lstrip().startswith("["):
         try:
             names = json.loads(text)
@@ -671,8 +682,6 @@ def _scanned_images(args: argparse.Namespace) -> Any:
         classnames = _read_classnames(args.classnames) if args.classnames else None
         scan = scan_image_folder(args.images, classnames, normalize_classnames=not args.keep_underscores)
         return select_images(scan, args.subset, args.shots, args.seed)
-    if args.classnames:
-        raise InputValueError("classnames: --dataset names its own classes; leave out --classnames")
     from fdbpl.cache.images import scan_split
     from fdbpl.data import read_dataset
 
@@ -821,6 +830,7 @@ def _train(args: argparse.Namespace) -> int:
             **student.recipe(),
             device=device,
             progress=not args.no_progress,
+            verify=not args.no_verify,
         )
         if rank_and_world()[0] == 0:
             parts = ", ".join(f"{k} {v:.4f}" for k, v in result.last.items())
@@ -853,7 +863,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         scan = scan_split(read_dataset(args.dataset, args.images), args.images, "test", check=False)
     # a class-agnostic run (trained over a vocabulary) is evaluated on any class names
     transfer = bool(state.get("settings", {}).get("config", {}).get("max_classes"))
-    subsets = ["base", "new"] if args.classes == "base-new" else [args.classes]
+    classes = args.classes or CLASS_CHOICES[-1]
+    subsets = ["base", "new"] if classes == "base-new" else [classes]
     rows = [("learned", state)] + ([("initial", None)] if args.initial else [])
     hm_head = "       HM" if len(subsets) == 2 else ""
     print(f"{'prompts':<9}" + "".join(f"{s.capitalize():>9}" for s in subsets) + hm_head)
@@ -876,10 +887,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         hm = f"{harmonic_mean(*accs):9.2f}" if len(accs) == 2 else ""
         print(f"{label:<9}" + "".join(f"{a:9.2f}" for a in accs) + hm)
         if label == "learned" and len(accs) == 2:
-            from fdbpl.protocols import record_result
+            from fdbpl.protocols import BASE_TO_NEW, record_result
 
             name = args.dataset or Path(args.images).resolve().name
-            record_result(args.run, "base-to-new", name, {"base": accs[0], "new": accs[1]})
+            record_result(args.run, BASE_TO_NEW, name, {"base": accs[0], "new": accs[1]})
     return 0
 
 
@@ -920,6 +931,7 @@ def _report(args: argparse.Namespace) -> int:
     markdown, table = report_tables(args.runs)
     print(markdown, end="")
     if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(args.csv, table.encode("utf-8"))
     return 0
 
@@ -1001,9 +1013,46 @@ def _one_line_warning(command: str) -> Callable[..., None]:
     return show
 
 
+#: Options of a command that contradict each other: (command, option, the options it
+#: cannot be given with, why). Each is refused before anything is loaded.
+_CONFLICTS = (
+    ("build-cache", "--vocabulary", ("--classnames",), "the vocabulary is the table's class names"),
+    ("build-cache", "--dataset", ("--classnames",), "the dataset names its own classes"),
+    (
+        "evaluate",
+        "--protocol",
+        ("--dataset", "--classes", "--classnames", "--initial"),
+        "a protocol evaluates the learned prompts on all classes of each of its datasets, named by the "
+        "dataset",
+    ),
+)
+
+#: Options that mean nothing without another: (command, option, the option it needs).
+_REQUIRES = (("build-cache", "--student-pretrained", "--student"),)
+
+
+def _given(args: argparse.Namespace, option: str) -> bool:
+    return getattr(args, option[2:].replace("-", "_"), None) not in (None, False)
+
+
+def _check_conflicts(args: argparse.Namespace) -> None:
+    for command, option, others, why in _CONFLICTS:
+        clash = (
+            [o for o in others if _given(args, o)] if command == args.command and _given(args, option) else []
+        )
+        if clash:
+            args.parser.error(f"{option}: cannot be given with {', '.join(clash)} ({why})")
+    for command, option, needed in _REQUIRES:
+        if command == args.command and _given(args, option) and not _given(args, needed):
+            args.parser.error(f"{option}: needs {needed} (it gives {needed}'s weights)")
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Checks that need several arguments or the machine, before anything is loaded."""
     parser = args.parser
+    _check_conflicts(args)
+    if getattr(args, "csv", None) and (Path(args.csv).is_dir() or Path(args.csv).parent.is_file()):
+        parser.error(f"--csv: {args.csv} is a folder or lies in a file; expected the CSV file's path")
     if getattr(args, "scale", None) is not None:
         _check_range(parser, "--scale", args.scale, 1.0)
     if getattr(args, "ratio", None) is not None:

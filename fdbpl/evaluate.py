@@ -88,10 +88,18 @@ def evaluate_prompts(
 
     Raises:
         InputValueError: a run trained on classes that are neither the folder's nor its
-            base half (:func:`check_run_classes`), or no image of the subset.
+            base half (:func:`check_run_classes`), a file of the evaluation set that is not
+            a readable image (leaving it out would measure another test set), or no image
+            of the subset.
     """
     recipe = InputRecipe.of(recipe, image_size, mean, std)
     full = scan if scan is not None else scan_image_folder(images, classnames, check=False)
+    if full.skipped:
+        path, why = full.skipped[0]
+        raise InputValueError(
+            f"images: {len(full.skipped)} file(s) of the evaluation set under {images} are not readable "
+            f"images, e.g. {path} ({why}); an accuracy without them is over another test set: remove them"
+        )
     if state is not None and "classnames" in state and not transfer:
         check_run_classes(list(state["classnames"]), full.classnames, images)
     scan = select_images(full, subset)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from fdbpl.errors import InputValueError
+from fdbpl.files import read_file_text, regular_file
 from fdbpl.images import InputRecipe
 
 __all__ = ["LoadedCLIP", "load_open_clip"]
@@ -69,11 +70,10 @@ def _model_name(model: str) -> str:
 
     if model.endswith(".json"):
         path = Path(model)
-        if not path.is_file():
-            raise InputValueError(f"model: config file {model} does not exist")
+        text = read_file_text(model, "model", "an open_clip model config (JSON)")
         try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            config = json.loads(text)
+        except json.JSONDecodeError as e:
             raise InputValueError(f"model: {model} is not a JSON model config ({e})") from None
         missing = [
             k
@@ -110,8 +110,9 @@ def _weights(name: str, pretrained: str | os.PathLike[str] | None, from_config: 
         return "none"
     path = Path(tag).expanduser()
     if path.exists() or any(sep in tag for sep in ("/", os.sep)) or path.suffix in _CHECKPOINT_SUFFIXES:
-        if not path.is_file():
-            raise InputValueError(f"pretrained: checkpoint file {tag} does not exist")
+        regular_file(
+            tag, "pretrained: checkpoint file", "open_clip or OpenAI weights (.pt, .bin, .safetensors)"
+        )
         return str(path)
     tags = open_clip.list_pretrained_tags_by_model(name)
     if tag not in tags:

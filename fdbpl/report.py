@@ -19,13 +19,10 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from fdbpl.cache.manifest import read_json_file
 from fdbpl.errors import InputValueError
-from fdbpl.protocols import EVALUATION, PROTOCOLS
+from fdbpl.protocols import BASE_TO_NEW, EVALUATION, PROTOCOLS, read_evaluation
 
 __all__ = ["collect", "report_tables"]
-
-BASE_TO_NEW = "base-to-new"
 
 
 def _hm(a: float, b: float) -> float:
@@ -36,17 +33,22 @@ def collect(runs: list[str | os.PathLike[str]]) -> dict[str, dict[str, dict[str,
     """Every recorded number of the runs: ``{protocol: {dataset: {metric: [one per run]}}}``.
 
     Raises:
-        InputValueError: a run without ``evaluation.json`` (evaluate it first) or with a
-            malformed one.
+        InputValueError: a run given twice, a run without ``evaluation.json`` (evaluate it
+            first), or one that :func:`~fdbpl.protocols.read_evaluation` refuses.
     """
     out: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
+    seen: dict[Path, str] = {}
     for run in runs:
+        key = Path(run).resolve()
+        if key in seen:
+            raise InputValueError(f"runs: {run} and {seen[key]} are the same run folder; give each run once")
+        seen[key] = str(run)
         path = Path(run) / EVALUATION
-        if not path.is_file():
+        if not path.exists():
             raise InputValueError(f"runs: {path} does not exist (run fdbpl evaluate on {run} first)")
-        results = read_json_file(path, "runs")
+        results = read_evaluation(path)
         for protocol, by_dataset in results.items():
             for dataset, value in by_dataset.items():
                 metrics = value if isinstance(value, dict) else {"accuracy": value}

@@ -297,6 +297,7 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool = True,
     recipe: InputRecipe | None = None,
+    verify: bool = True,
 ) -> TrainResult:
     """Train the dual prompts of ``student`` on the table's regions (Eq. 17).
 
@@ -318,18 +319,24 @@ def train(
         progress: show a progress bar (rank 0).
         recipe: the student's input as one value (:class:`~fdbpl.images.InputRecipe`,
             e.g. a loaded model's ``input_recipe``); replaces the three above.
+        verify: first check the table's bytes against its recorded SHA-256
+            (:meth:`RILTable.verify`: once per process, with a progress bar on rank 0);
+            ``False`` trusts them.
 
     Raises:
+        TableFormatError: ``verify`` found a table file that differs from its checksum.
         InputValueError: a checkpoint in ``run`` made for other class names, another
             table, another prompt shape, or other settings (named).
     """
     cfg = config or TrainConfig()
     recipe = InputRecipe.of(recipe, image_size, mean, std)
+    rank, world = rank_and_world()
+    if verify:
+        table.verify(progress=progress and rank == 0)
     session = _start_or_resume(
         table, images, student, RunFolder(run), cfg, tokenizer, recipe, student_description or {}, device
     )
     _resume_or_record(session, images)
-    rank, world = rank_and_world()
     started = time.perf_counter()
     bar = None
     if progress and rank == 0:
@@ -417,6 +424,7 @@ def _start_or_resume(
         seed=cfg.seed,
         recipe=recipe,
         features=_stored_features(table, student, recipe, cfg.image_features, prompts.prompts_images),
+        verify=False,  # train() verified it, or was told not to
     )
     sampler = _ShareSampler(len(dataset), rank, world, cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -436,6 +444,8 @@ def _start_or_resume(
     settings = {
         "config": asdict(cfg),
         "table_sha256": table_hash(table),
+        # where the table's images came from (dataset, split, shots, seed, subset), if recorded
+        "table_source": table.manifest.get("source"),
         "student": student_description,
         "image_size": recipe.size,
     }

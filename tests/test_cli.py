@@ -372,3 +372,53 @@ def test_deep_methods_train_and_evaluate_end_to_end(method, image_root, teacher_
     assert capsys.readouterr().out.splitlines()[1].startswith("learned")
     code, err = run_main([*argv[:-1], tmp_path / "r2", "--image-features", "cached"], capsys)
     assert code == 2 and "prompts the image tower" in err, err
+
+
+CONFLICTS = [
+    (
+        ["build-cache", "imgs", "out", "--teacher", "t", "--student-pretrained", "openai"],
+        "--student-pretrained: needs --student",
+    ),
+    (
+        ["build-cache", "imgs", "out", "--teacher", "t", "--vocabulary", "v.txt", "--classnames", "c.txt"],
+        "--vocabulary: cannot be given with --classnames",
+    ),
+    (
+        ["build-cache", "root", "out", "--teacher", "t", "--dataset", "OxfordPets", "--classnames", "c.txt"],
+        "--dataset: cannot be given with --classnames",
+    ),
+    (
+        ["evaluate", "run", "root", "--protocol", "cross-dataset", "--dataset", "OxfordPets"],
+        "--protocol: cannot be given with --dataset",
+    ),
+    (
+        ["evaluate", "run", "root", "--protocol", "cross-dataset", "--classes", "base-new"],
+        "--protocol: cannot be given with --classes",
+    ),
+    (
+        ["evaluate", "run", "root", "--protocol", "domain-generalisation", "--initial", "--classnames", "c"],
+        "--protocol: cannot be given with --classnames, --initial",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), CONFLICTS)
+def test_contradictory_options_are_refused_naming_both(argv, message, capsys):
+    code, err = run_main(argv, capsys)
+    assert code == 2 and err.startswith(f"fdbpl {argv[0]}: error: {message} ("), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_names_that_become_one_prompt_once_cut_are_refused(teacher_files, tmp_path):
+    import open_clip
+
+    from fdbpl.cache.teacher import clip_teacher
+    from fdbpl.errors import InputValueError
+
+    model = open_clip.create_model("fdbpl-tiny-teacher")
+    tokenizer = open_clip.get_tokenizer("fdbpl-tiny-teacher")
+    long = " ".join(["word"] * 80)
+    names = ["cat", f"{long} one", f"{long} two"]
+    with pytest.raises(InputValueError, match=r"give the same prompt once cut to the text tower's 77 tokens"):
+        clip_teacher(model, names, tokenizer, 32, (0.5,) * 3, (0.5,) * 3)
+    clip_teacher(model, names[:2], tokenizer, 32, (0.5,) * 3, (0.5,) * 3)  # distinct prompts pass

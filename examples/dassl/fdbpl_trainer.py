@@ -67,6 +67,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "STRATEGY": ("mr", "sparsification: mr (Eq. 5) or ms (Eq. 4)"),
     "BUILD_BATCH_SIZE": (256, "crops per teacher call while building"),
     "STORED_FEATURES": (True, "use a table's stored student features (checked against this student)"),
+    "VERIFY": (True, "check every table file against its recorded SHA-256 before training"),
     "NEG_CTX_INIT": ("a photo of no", 'the negative space\'s init phrase ("": NEG_N_CTX random tokens)'),
     "NEG_N_CTX": (16, "the negative contexts' length when random"),
     "CROPS_PER_IMAGE": (1, "regions of every image per step"),
@@ -265,6 +266,7 @@ class FDBPL(TrainerX):
             crops_per_image=f.CROPS_PER_IMAGE,
             seed=max(cfg.SEED, 0),
             features=self.use_features,
+            verify=bool(f.VERIFY),
         )
         self.train_loader_x = torch.utils.data.DataLoader(
             self.train_set,

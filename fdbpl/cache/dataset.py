@@ -59,6 +59,14 @@ class RegionDataset(torch.utils.data.Dataset):
         features: items carry the stored student features instead of images; default
             (``None``): when the table stores them. ``True`` on a table without them is
             an error.
+        verify: check the table's bytes against its recorded SHA-256 first
+            (:meth:`RILTable.verify`, once per process); ``False`` trusts them.
+        progress: the verification's progress bar; ``None``: when stderr is a terminal.
+
+    Raises:
+        TableFormatError: ``verify`` found a file that differs from its checksum.
+        InputValueError: ``crops_per_image`` out of range, ``features`` the table lacks,
+            or images missing under ``root``.
     """
 
     def __init__(
@@ -73,6 +81,8 @@ class RegionDataset(torch.utils.data.Dataset):
         seed: int = 0,
         recipe: InputRecipe | None = None,
         features: bool | None = None,
+        verify: bool = True,
+        progress: bool | None = None,
     ) -> None:
         if not 1 <= crops_per_image <= table.crops_per_image:
             raise InputValueError(
@@ -84,6 +94,8 @@ class RegionDataset(torch.utils.data.Dataset):
                 f"features: the table {table.path} stores no student image features "
                 "(build it with a student: fdbpl build-cache --student MODEL)"
             )
+        if verify:
+            table.verify(progress)
         self.features = table.has_features if features is None else bool(features)
         self.table = table
         if root is None and not self.features:

@@ -15,6 +15,7 @@ import torch
 from fdbpl.cache.manifest import TableFormatError
 from fdbpl.data.items import coop_classname
 from fdbpl.errors import InputValueError
+from fdbpl.files import read_file_bytes, regular_file
 from fdbpl.images import decode_image
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def read_image(root: Path, record: ImageRecord) -> torch.Tensor:
     path = root / record.path
     if not path.resolve().is_relative_to(root.resolve()):
         raise TableFormatError(f"images: {record.path} resolves outside the image folder {root}")
-    data = path.read_bytes()
+    data = read_file_bytes(path, "images", "the image the table was built on", TableFormatError)
     if record.sha256 is not None and file_sha256(data) != record.sha256:
         raise TableFormatError(
             f"images: {record.path} is not the image the table was built on (its SHA-256 differs)"
@@ -177,6 +178,7 @@ def scan_image_folder(
                 scan.skipped.append((rel, "dangling symbolic link"))
                 continue
             if not p.is_file():
+                scan.skipped.append((rel, "not a regular file"))
                 continue
             found += 1
             _add_image(scan, p, rel, label, check)
@@ -210,8 +212,7 @@ def scan_image_list(
             ) from None
         if not 0 <= label < len(classnames):
             raise InputValueError(f"images: {path} has label {label}, outside the {len(classnames)} classes")
-        if not p.is_file():
-            raise InputValueError(f"images: {path} does not exist")
+        regular_file(p, "images", "an image file")
         _add_image(scan, root / rel, rel, label, check)
     return scan
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ from fdbpl.cache.codec import WEIGHT_SCALE, column_dtypes
 from fdbpl.cache.crops import INTERPOLATION
 from fdbpl.cache.storage import json_bytes, write_bytes_atomic, write_json_atomic
 from fdbpl.errors import InputValueError
+from fdbpl.files import read_file_text, regular_file
 
 if TYPE_CHECKING:
     from fdbpl.cache.crops import CropSampler
@@ -193,23 +193,16 @@ def list_hash(items: list[object]) -> str:
 def read_json_file(path: Path, what: str) -> Any:
     """A JSON file of the table, or a :class:`TableFormatError` naming it (never a raw
     ``JSONDecodeError``, ``UnicodeDecodeError`` or a hang on a FIFO)."""
-    check_regular_file(path, what)
+    text = read_file_text(path, what, "a JSON file of the table", TableFormatError)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise TableFormatError(f"{what}: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise TableFormatError(f"{what}: {path} is not valid JSON ({e})") from None
 
 
 def check_regular_file(path: Path, what: str) -> None:
     """Refuse a missing path or one that is not a regular file (a FIFO would block a read)."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise TableFormatError(f"{what}: {path} is missing") from None
-    if not stat.S_ISREG(mode):
-        raise TableFormatError(f"{what}: {path} is not a regular file")
+    regular_file(path, what, "a file of the table", TableFormatError)
 
 
 def check_relative_path(path: Any, where: str) -> str:

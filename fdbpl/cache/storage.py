@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,14 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     write_bytes_atomic(path, json_bytes(data))
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
+def file_digest(path: str | os.PathLike[str], on_read: Callable[[int], object] | None = None) -> str:
+    """SHA-256 of a file's bytes, read in chunks; ``on_read(n)`` is told each chunk's size."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+            if on_read is not None:
+                on_read(len(chunk))
     return digest.hexdigest()
 
 

@@ -17,19 +17,17 @@ from fdbpl.cache.codec import decode_labels, decode_weights
 from fdbpl.cache.images import ImageRecord
 from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
-    CHECKSUM,
     MANIFEST,
     TableFormatError,
     bytes_per_region,
     check_regular_file,
-    check_relative_path,
     check_shards,
     column_specs,
     read_json_file,
     validate_manifest,
 )
-from fdbpl.cache.shards import SHARD_CHECKSUMS
-from fdbpl.cache.storage import file_digest, json_bytes, load_column
+from fdbpl.cache.storage import load_column
+from fdbpl.cache.verify import verify_table
 from fdbpl.data.items import coop_classname
 from fdbpl.errors import InputValueError
 from fdbpl.sparsify import SparseSoftLabels
@@ -84,45 +82,6 @@ def _open_column(file: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return col
 
 
-def _verify_manifest_bytes(path: Path) -> None:
-    if not (path / CHECKSUM).exists():
-        raise TableFormatError(
-            f"table: {path} records no checksums (built by an older fdbpl, or {CHECKSUM} was removed); "
-            "rebuild it to verify"
-        )
-    checksum = read_json_file(path / CHECKSUM, "table")
-    recorded = checksum.get(MANIFEST) if isinstance(checksum, dict) else None
-    if not isinstance(recorded, str) or (path / CHECKSUM).read_bytes() != json_bytes(checksum):
-        raise TableFormatError(
-            f"table: {path / CHECKSUM} is damaged or does not record the manifest's SHA-256"
-        )
-    if file_digest(path / MANIFEST) != recorded:
-        raise TableFormatError(
-            f"table: {path / MANIFEST} differs from its recorded SHA-256 (changed or damaged)"
-        )
-
-
-def _verify_shard(folder: Path, entry: dict[str, Any]) -> None:
-    recorded = entry.get("sha256")
-    if not recorded:
-        raise TableFormatError(
-            f"table: shard {entry['name']} records no checksums (built by an older fdbpl); rebuild it to verify"
-        )
-    files = sorted(p.name for p in folder.iterdir() if p.name != SHARD_CHECKSUMS)
-    if files != sorted(recorded):
-        raise TableFormatError(f"table: {folder} holds {files}, its checksums list {sorted(recorded)}")
-    check_regular_file(folder / SHARD_CHECKSUMS, "table: checksum file")
-    if (folder / SHARD_CHECKSUMS).read_bytes() != json_bytes(recorded):
-        raise TableFormatError(f"table: {folder / SHARD_CHECKSUMS} differs from the manifest's checksums")
-    for name, digest in recorded.items():
-        check_relative_path(name, f"table: shard {entry['name']}")
-        check_regular_file(folder / name, "table: column file")
-        if file_digest(folder / name) != digest:
-            raise TableFormatError(
-                f"table: {folder / name} differs from its recorded SHA-256 (changed or damaged)"
-            )
-
-
 def _first_difference(theirs: Sequence[Any], mine: Sequence[Any]) -> str:
     i = first_difference(theirs, mine)
     if i < min(len(theirs), len(mine)):
@@ -168,7 +127,7 @@ class RILTable:
             path: the table's folder.
             classnames: if given, the class names the table must have been built for.
             images: if given, the relative image paths (in order) it must have been built on.
-            verify: check every file's SHA-256 (the manifest's own, then each column's).
+            verify: check every file's SHA-256 (:meth:`verify`; opening alone does not).
             normalize_classnames: compare ``classnames`` with ``_`` read as a space on both
                 sides (CoOp's reading: Dassl's ``american_bulldog`` is the table's
                 ``american bulldog``); ``False`` compares them exactly.
@@ -189,8 +148,6 @@ class RILTable:
                 else ""
             )
             raise TableFormatError(f"table: {manifest_path} does not exist{hint}")
-        if verify:
-            _verify_manifest_bytes(path)
         manifest = validate_manifest(read_json_file(manifest_path, "table"), str(manifest_path))
         check_shards(manifest, str(manifest_path))
         if classnames is not None:
@@ -212,9 +169,27 @@ class RILTable:
             folder = path / entry["name"]
             specs = column_specs(manifest, entry["num_images"] * m)
             shards.append({name: _open_column(folder / f"{name}.npy", *spec) for name, spec in specs.items()})
-            if verify:
-                _verify_shard(folder, entry)
-        return cls(path, manifest, shards)
+        table = cls(path, manifest, shards)
+        if verify:
+            table.verify()
+        return table
+
+    def verify(self, progress: bool | None = None, force: bool = False) -> bool:
+        """Read every byte of the table and check it against the SHA-256 recorded at build
+        time (:func:`~fdbpl.cache.verify.verify_table`); once per process while no file
+        changes. Training and :class:`~fdbpl.cache.RegionDataset` call it by default.
+
+        Args:
+            progress: a progress bar over the bytes; ``None``: when stderr is a terminal.
+            force: read it even if this process verified it already.
+
+        Returns:
+            ``True`` if it read the table, ``False`` if this process had verified it already.
+
+        Raises:
+            TableFormatError: naming the first file that differs from its checksum.
+        """
+        return verify_table(self.path, self.manifest, progress, force)
 
     # -- facts --------------------------------------------------------------------------
 

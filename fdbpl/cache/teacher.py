@@ -63,6 +63,20 @@ def check_template(template: str) -> str:
     return template
 
 
+def _check_distinct_prompts(classnames: Sequence[str], tokens: torch.Tensor) -> None:
+    """Refuse two class names whose prompts are the same tokens (cut to the text tower's
+    context length): the teacher could not tell them apart."""
+    first: dict[tuple[int, ...], str] = {}
+    for name, row in zip(classnames, tokens.tolist()):
+        other = first.setdefault(tuple(row), name)
+        if other != name:
+            a, b = (n if len(n) <= 60 else n[:57] + "..." for n in (other, name))
+            raise InputValueError(
+                f"classnames: {a!r} and {b!r} give the same prompt once cut to the text tower's "
+                f"{tokens.shape[-1]} tokens; shorten or rename one"
+            )
+
+
 def clip_teacher(
     model: torch.nn.Module,
     classnames: Sequence[str],
@@ -89,8 +103,10 @@ def clip_teacher(
     """
     check_template(template)
     device = next(model.parameters()).device
+    tokens = tokenizer([template.format(c) for c in classnames])
+    _check_distinct_prompts(classnames, tokens)
     with torch.no_grad():
-        text = model.encode_text(tokenizer([template.format(c) for c in classnames]).to(device))
+        text = model.encode_text(tokens.to(device))
         text = F.normalize(text.float(), dim=-1)
         if temperature is None:
             scale = float(logit_scale_of(model))

@@ -16,6 +16,7 @@ draw identical across machines — they are read when present.
 
 from __future__ import annotations
 
+import numbers
 import os
 import random
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from fdbpl.data.fewshot import dassl_fewshot, fewshot_draw
 from fdbpl.data.items import Item, subsample_classes
 from fdbpl.data.pickles import read_fewshot_pickle
 from fdbpl.data.splits import SplitFileError, read_split_json
+from fdbpl.files import read_file_text
 
 __all__ = ["DATASETS", "DatasetLayout", "DatasetSplits", "dataset_layout", "read_dataset"]
 
@@ -106,7 +108,7 @@ class DatasetSplits:
 def dataset_layout(name: str) -> DatasetLayout:
     """The layout of a dataset named as CoOp names it (case does not matter)."""
     lookup = {n.lower(): layout for n, layout in DATASETS.items()}
-    layout = lookup.get(str(name).lower())
+    layout = lookup.get(name.lower()) if isinstance(name, str) else None
     if layout is None:
         raise SplitFileError(f"dataset: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return layout
@@ -125,6 +127,23 @@ def _require(layout: DatasetLayout, path: Path) -> Path:
     return path
 
 
+def _read_text(layout: DatasetLayout, path: Path) -> str:
+    """A text file of the layout (missing: named with its DATASETS.md section)."""
+    if not path.exists():
+        raise _missing(layout, path)
+    return read_file_text(
+        path, f"dataset {layout.name}", f"a text file of {layout.name}'s layout", SplitFileError
+    )
+
+
+def _integer(value: object, name: str, minimum: int | None = None) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise SplitFileError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise SplitFileError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
 def _listdir(path: Path) -> list[str]:
     """Dassl's ``listdir_nohidden``: the file system's order, without dot files."""
     return [f for f in os.listdir(path) if not f.startswith(".")]
@@ -133,7 +152,7 @@ def _listdir(path: Path) -> list[str]:
 def _read_classnames(layout: DatasetLayout, path: Path) -> dict[str, str]:
     """ImageNet's ``classnames.txt``: ``wnid name`` lines, in file order."""
     names: dict[str, str] = {}
-    for line in _require(layout, path).read_text(encoding="utf-8").splitlines():
+    for line in _read_text(layout, path).splitlines():
         parts = line.strip().split(" ")
         if parts and parts[0]:
             names[parts[0]] = " ".join(parts[1:])
@@ -161,12 +180,12 @@ def _read_full(layout: DatasetLayout, base: Path) -> tuple[list[Item], list[Item
         split = read_split_json(_require(layout, base / layout.split_file), image_dir)
         return split["train"], split["val"], split["test"]
     if layout.kind == "aircraft":
-        variants = [line.strip() for line in _require(layout, base / "variants.txt").read_text().splitlines()]
+        variants = [line.strip() for line in _read_text(layout, base / "variants.txt").splitlines()]
         label_of = {c: i for i, c in enumerate(variants)}
 
         def read(split: str) -> list[Item]:
             items = []
-            for line in _require(layout, base / f"images_variant_{split}.txt").read_text().splitlines():
+            for line in _read_text(layout, base / f"images_variant_{split}.txt").splitlines():
                 parts = line.strip().split(" ")
                 name = " ".join(parts[1:])
                 if name not in label_of:
@@ -220,8 +239,8 @@ def read_dataset(
             ``FGVCAircraft``, ``SUN397``, ``DescribableTextures``, ``EuroSAT``, ``UCF101``,
             ``ImageNetV2``, ``ImageNetSketch``, ``ImageNetA``, ``ImageNetR``).
         root: CoOp's ``DATASET.ROOT``, the folder that holds the datasets' folders.
-        num_shots: K images per class (0: all), CoOp's ``DATASET.NUM_SHOTS``.
-        seed: the draw's seed, CoOp's ``--seed``.
+        num_shots: K images per class (0: all), CoOp's ``DATASET.NUM_SHOTS``; an integer >= 0.
+        seed: the draw's seed, CoOp's ``--seed`` (an integer).
         subsample: ``"all"``, ``"base"`` or ``"new"`` (``DATASET.SUBSAMPLE_CLASSES``).
         repeat: draw classes with fewer than K images with replacement (Dassl before 2022).
 
@@ -229,11 +248,15 @@ def read_dataset(
         :class:`DatasetSplits`: train, val and test items and the class names by label.
 
     Raises:
-        SplitFileError: an unknown dataset, or a file of its layout that is missing
-            (named, with the DATASETS.md section) or malformed.
+        SplitFileError: an unknown dataset, a ``root``, ``num_shots`` or ``seed`` of the
+            wrong type or range (named), or a file of its layout that is missing (named, with
+            the DATASETS.md section), not a regular file, or malformed.
         PickleRefusedError: a cached draw that names anything but Dassl's ``Datum``.
     """
     layout = dataset_layout(name)
+    num_shots, seed = _integer(num_shots, "num_shots", minimum=0), _integer(seed, "seed")
+    if not isinstance(root, (str, os.PathLike)) or not os.fspath(root) or "\x00" in str(os.fspath(root)):
+        raise SplitFileError(f"root: expected the folder that holds the datasets, got {root!r}")
     base = Path(root) / layout.folder
     if not base.is_dir():
         raise _missing(layout, base)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from fdbpl.errors import InputValueError
 
-__all__ = ["SUBSETS", "Item", "coop_classname", "subsample_classes"]
+__all__ = ["SUBSETS", "Item", "check_one_name_per_label", "coop_classname", "subsample_classes"]
 
 #: The class subsets of the base-to-new protocol.
 SUBSETS = ("all", "base", "new")
@@ -22,6 +22,26 @@ class Item:
     label: int
     classname: str
     domain: int = 0
+
+
+def check_one_name_per_label(
+    items: Sequence[tuple[str, Item]], source: str, error: type[Exception] = InputValueError
+) -> None:
+    """Refuse a label written with two class names (a reader would keep one silently).
+
+    Args:
+        items: ``(where, item)`` pairs, ``where`` naming the entry (``"train[3]"``).
+        source: the file read, first in the message.
+        error: the caller's error type.
+    """
+    first: dict[int, tuple[str, str]] = {}
+    for where, item in items:
+        name, seen_at = first.setdefault(item.label, (item.classname, where))
+        if name != item.classname:
+            raise error(
+                f"{source}: label {item.label} is {name!r} at {seen_at} but {item.classname!r} at {where}; "
+                "each label has one class name"
+            )
 
 
 def coop_classname(name: str) -> str:

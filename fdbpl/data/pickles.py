@@ -14,11 +14,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from pathlib import Path
 from typing import Any
 
-from fdbpl.data.items import Item
+from fdbpl.data.items import Item, check_one_name_per_label
 from fdbpl.errors import InputValueError
+from fdbpl.files import read_file_bytes
 
 __all__ = ["DATUM", "PickleRefusedError", "read_fewshot_pickle"]
 
@@ -72,8 +72,17 @@ def _item(datum: Any, where: str) -> Item:
         raise PickleRefusedError(f"{where}: expected Datum objects, got {type(datum).__name__}")
     d = datum.__dict__
     impath, label, classname, domain = (d.get(k) for k in ("_impath", "_label", "_classname", "_domain"))
-    if not isinstance(impath, str) or not isinstance(label, int) or not isinstance(classname, str):
-        raise PickleRefusedError(f"{where}: a Datum without a path, an integer label and a class name: {d!r}")
+    if (
+        not isinstance(impath, str)
+        or not impath
+        or not isinstance(label, int)
+        or isinstance(label, bool)
+        or label < 0
+        or not isinstance(classname, str)
+    ):
+        raise PickleRefusedError(
+            f"{where}: expected a Datum with a path, a label >= 0 and a class name, got {d!r}"
+        )
     return Item(impath, label, classname, domain if isinstance(domain, int) else 0)
 
 
@@ -93,15 +102,11 @@ def read_fewshot_pickle(
         the file holds them: absolute paths of the machine that drew them).
 
     Raises:
-        PickleRefusedError: the pickle names anything but Dassl's ``Datum``, or holds
-            something other than lists of them.
-        InputValueError: a missing or truncated file.
+        PickleRefusedError: the pickle names anything but Dassl's ``Datum``, holds
+            something other than lists of them, a label < 0, or a label with two class names.
+        InputValueError: a missing, truncated or non-regular file (a directory, a FIFO).
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputValueError(f"few-shot file: {path} does not exist") from None
+    raw = read_file_bytes(path, "few-shot file", "a pickle of Dassl's few-shot draw")
     try:
         data = _DatumOnly(io.BytesIO(raw), str(path)).load()
     except PickleRefusedError:
@@ -113,4 +118,10 @@ def read_fewshot_pickle(
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
         wanted = ", ".join(f"{k!r}: [Datum, ...]" for k in keys)
         raise PickleRefusedError(f"{path}: expected {{{wanted}}}")
-    return {k: [_item(d, f"{path}: {k}[{i}]") for i, d in enumerate(data[k])] for k in keys}
+    out = {k: [_item(d, f"{path}: {k}[{i}]") for i, d in enumerate(data[k])] for k in keys}
+    check_one_name_per_label(
+        [(f"{k}[{i}]", item) for k in keys for i, item in enumerate(out[k])],
+        f"few-shot file: {path}",
+        PickleRefusedError,
+    )
+    return out

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-from fdbpl.data.items import Item
+from fdbpl.data.items import Item, check_one_name_per_label
 from fdbpl.errors import InputValueError
+from fdbpl.files import read_file_text
 
 __all__ = ["SplitFileError", "read_split_json"]
 
@@ -30,15 +30,14 @@ def read_split_json(path: str | os.PathLike[str], image_dir: str | os.PathLike[s
         ``{"train": [...], "val": [...], "test": [...]}`` lists of :class:`Item`, in file order.
 
     Raises:
-        SplitFileError: a missing or unreadable file, a missing split, or an entry that is
-            not ``[relative path, integer label, class name]`` (named by split and index).
+        SplitFileError: a missing, unreadable or non-regular file, a missing split, an entry
+            that is not ``[relative path, integer label, class name]`` (named by split and
+            index), or a label written with two class names.
     """
-    path = Path(path)
+    text = read_file_text(path, "split file", "a JSON split file (see CoOp's DATASETS.md)", SplitFileError)
     try:
-        split = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SplitFileError(f"split file: {path} does not exist (see CoOp's DATASETS.md)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        split = json.loads(text)
+    except json.JSONDecodeError as e:
         raise SplitFileError(f"split file: {path} is not a JSON split file ({e})") from None
     if not isinstance(split, dict) or any(not isinstance(split.get(s), list) for s in SPLITS):
         raise SplitFileError(f"split file: {path} must map 'train', 'val' and 'test' to lists")
@@ -63,4 +62,9 @@ def read_split_json(path: str | os.PathLike[str], image_dir: str | os.PathLike[s
                 )
             items.append(Item(os.path.join(str(image_dir), entry[0]), entry[1], entry[2]))
         out[name] = items
+    check_one_name_per_label(
+        [(f"{name}[{i}]", item) for name in SPLITS for i, item in enumerate(out[name])],
+        f"split file: {path}",
+        SplitFileError,
+    )
     return out

@@ -207,7 +207,7 @@ def test_table_refuses_object_arrays_and_truncation(built, tmp_path):
         RILTable.open(copy)
     (copy / "shard-00001" / "values.npy").unlink()
     shutil.copy(out / "shard-00000" / "weight.npy", column)
-    with pytest.raises(TableFormatError, match=r"values.npy is missing"):
+    with pytest.raises(TableFormatError, match=r"values.npy does not exist"):
         RILTable.open(copy)
 
 

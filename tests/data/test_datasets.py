@@ -229,8 +229,10 @@ def test_build_cache_and_train_from_a_dataset_of_coops_layout(tmp_path, teacher_
     assert main([str(a) for a in [*argv3, "--no-progress", "--overwrite"]]) == 2
     assert "holds some images twice" in capsys.readouterr().err
     argv2 = [*argv[:-1], "--classnames", tmp_path / "x.txt", "--no-progress"]
-    assert main([str(a) for a in argv2]) == 2
-    assert "--dataset names its own classes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv2])
+    assert exit_.value.code == 2
+    assert "--dataset: cannot be given with --classnames" in capsys.readouterr().err
 
 
 def test_dataset_templates():

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import prob_rows
 
-from fdbpl.errors import FDBPLError
+from fdbpl.errors import FDBPLError, InputValueError
 from fdbpl.losses import NegativeUniformLoss, PositiveDistillationLoss, RADPLoss
 from fdbpl.losses.functional import negative_uniform_loss, positive_distillation_loss, radp_loss
 from fdbpl.sparsify import sparsify
@@ -286,3 +286,24 @@ def test_nan_and_infinite_logits_are_refused(logits, match):
         positive_distillation_loss(logits, torch.tensor([[0.5, 0.5]]), torch.ones(1))
     with pytest.raises(FDBPLError, match=match.replace("student_logits", "negative_logits")):
         negative_uniform_loss(logits, torch.ones(1))
+
+
+@pytest.mark.parametrize("kind", ["dense", "mr", "ms"])
+def test_a_teacher_asking_for_the_only_gradient_is_refused_naming_the_fix(kind):
+    """The teacher is a target (detached): when it is the only input that requires grad the
+    loss has none, and a clear refusal replaces a backward that fails far away ("element 0 of
+    tensors does not require grad")."""
+    probs = torch.softmax(torch.randn(4, 6), dim=1).requires_grad_()
+    teacher = probs if kind == "dense" else sparsify(probs, 3, kind)
+    student = torch.randn(4, 6)
+    with pytest.raises(
+        InputValueError, match=r"^teacher: it requires grad, .*student_logits does not require"
+    ):
+        positive_distillation_loss(student, teacher, torch.rand(4))
+    with pytest.raises(InputValueError, match=r"positive_logits and negative_logits do not require grad"):
+        radp_loss(student, student, teacher, torch.rand(4))
+    with torch.no_grad():  # no graph is being built: nothing to refuse
+        positive_distillation_loss(student, teacher, torch.rand(4))
+    positive_distillation_loss(
+        student, teacher.detach() if kind == "dense" else sparsify(probs.detach(), 3, kind), torch.rand(4)
+    )

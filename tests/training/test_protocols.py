@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from processes import student_args, teacher_args
 
 from fdbpl.cli import main
 from fdbpl.data import read_dataset
+from fdbpl.errors import FDBPLError
+from fdbpl.report import report_tables
 
 
 def _image(path, shade):
@@ -95,6 +99,11 @@ def test_cross_dataset_and_refusals(run, tmp_path, capsys):
     assert main(["evaluate", str(run), str(tmp_path), "--protocol", "cross-dataset"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("OxfordPets") and "(1 datasets; missing: Caltech101," in out
+    write_variant(tmp_path, "imagenet-rendition", "imagenet-r", [("n01", "goldfish")])
+    (tmp_path / "imagenet-rendition" / "imagenet-r" / "n01" / "notes.txt").write_text("not an image")
+    assert main(["evaluate", str(run), str(tmp_path), "--protocol", "domain-generalisation"]) == 2
+    err = capsys.readouterr().err
+    assert "1 file(s) of the evaluation set" in err and "imagenet-r/n01/notes.txt" in err, err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["evaluate", str(run), str(empty), "--protocol", "domain-generalisation"]) == 2
@@ -102,7 +111,6 @@ def test_cross_dataset_and_refusals(run, tmp_path, capsys):
 
 
 def test_class_specific_contexts_do_not_transfer_and_unknown_protocols(tmp_path):
-    from fdbpl.errors import FDBPLError
     from fdbpl.protocols import run_protocol
 
     state = {"learner": {"_extra_state": {"class_specific": True}}}
@@ -152,3 +160,63 @@ def test_evaluate_records_base_to_new_for_the_report(run, image_root, capsys):
         f"| {image_root.name} | {float(printed[1]):.2f} | {float(printed[2]):.2f} |"
         in capsys.readouterr().out
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([], "expected a mapping of protocols, got list"),
+        ({"few-shot": {}}, "few-shot: unknown protocol"),
+        ({"base-to-new": {"OxfordPets": {"base": 90.0}}}, "base-to-new.OxfordPets: expected {'base'"),
+        ({"base-to-new": {"OxfordPets": 90.0}}, "base-to-new.OxfordPets: expected {'base'"),
+        ({"base-to-new": {"Pets": {"base": "90", "new": 80}}}, "base-to-new.Pets.base: expected an accuracy"),
+        (
+            {"base-to-new": {"Pets": {"base": 150.0, "new": 80}}},
+            "base-to-new.Pets.base: expected an accuracy in [0, 100], got 150.0",
+        ),
+        (
+            {"cross-dataset": {"EuroSAT": -5}},
+            "cross-dataset.EuroSAT: expected an accuracy in [0, 100], got -5",
+        ),
+        ({"cross-dataset": {"EuroSAT": {"accuracy": 5}}}, "cross-dataset.EuroSAT: expected an accuracy"),
+        ({"cross-dataset": ["EuroSAT"]}, "cross-dataset: expected a mapping of datasets, got list"),
+        ({"cross-dataset": {"MNIST": 50}}, "cross-dataset.MNIST: unknown cross-dataset dataset"),
+        (
+            {"domain-generalisation": {"ImageNetA": True}},
+            "domain-generalisation.ImageNetA: expected an accuracy",
+        ),
+    ],
+)
+def test_report_refuses_malformed_evaluations_naming_file_and_field(tmp_path, capsys, content, message):
+    (tmp_path / "evaluation.json").write_text(json.dumps(content))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fdbpl report: error: {tmp_path / 'evaluation.json'}: {message}"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+@given(value=st.one_of(st.floats(allow_nan=True), st.integers(-1000, 1000)))
+def test_report_accepts_exactly_the_accuracies_in_0_to_100(tmp_path_factory, value):
+    run = tmp_path_factory.mktemp("run")
+    (run / "evaluation.json").write_text(json.dumps({"cross-dataset": {"EuroSAT": value}}))
+    if 0 <= value <= 100:
+        assert report_tables([run])[0].count(f"{value:.2f}") == 2  # the column and the average
+    else:
+        with pytest.raises(FDBPLError, match="expected an accuracy in"):
+            report_tables([run])
+
+
+def test_report_counts_each_run_once_and_makes_the_csv_folder(tmp_path, capsys):
+    from fdbpl.protocols import record_result
+
+    run = tmp_path / "seed1"
+    run.mkdir()
+    record_result(run, "cross-dataset", "EuroSAT", 50.0)
+    assert main(["report", str(run), str(tmp_path / "." / "seed1")]) == 2
+    assert "are the same run folder; give each run once" in capsys.readouterr().err
+    assert main(["report", str(run), "--csv", str(tmp_path / "new" / "folder" / "t.csv")]) == 0
+    assert (tmp_path / "new" / "folder" / "t.csv").read_text().startswith("protocol,dataset")
+    with pytest.raises(SystemExit) as refused:
+        main(["report", str(run), "--csv", str(tmp_path)])
+    assert refused.value.code == 2
+    assert "fdbpl report: error: --csv: " in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fdbpl._checks import check_logits, check_probabilities, check_weight, compute_dtype, shape_str
-from fdbpl.errors import ShapeError
+from fdbpl.errors import InputValueError, ShapeError
 from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -74,8 +74,9 @@ def positive_distillation_loss(
 
     Raises:
         ValueError: on mismatched N or C, NaN or ``+inf`` logits, a row whose every
-            logit is ``-inf``, weights outside ``[0, 1]``, invalid teacher probabilities
-            or an unknown reduction.
+            logit is ``-inf``, weights outside ``[0, 1]``, invalid teacher probabilities,
+            a teacher that requires grad while ``student_logits`` does not (the loss would
+            have no gradient at all) or an unknown reduction.
 
     Example:
         >>> import torch
@@ -87,6 +88,7 @@ def positive_distillation_loss(
     check_logits("student_logits", student_logits)
     check_reduction(reduction)
     check_teacher(teacher, student_logits.shape, "student_logits")
+    check_teacher_is_a_target(teacher, {"student_logits": student_logits})
     check_weight("weight", weight, student_logits.shape[0])
     return positive_distillation_unchecked(student_logits, teacher, weight, reduction)
 
@@ -106,6 +108,22 @@ def check_teacher(teacher: torch.Tensor | SparseSoftLabels, shape: torch.Size, a
         raise ShapeError(
             f"{against} and teacher must have the same shape (N, C), "
             f"got {tuple(shape)} and {tuple(teacher.shape)}"
+        )
+
+
+def check_teacher_is_a_target(
+    teacher: torch.Tensor | SparseSoftLabels, inputs: dict[str, torch.Tensor]
+) -> None:
+    """Refuse a teacher that asks for a gradient when none of the loss's ``inputs`` has one:
+    the teacher is a fixed target (detached), so such a loss has no gradient at all, and its
+    ``backward`` would fail far from here."""
+    wants = (teacher.values if isinstance(teacher, SparseSoftLabels) else teacher).requires_grad
+    if wants and torch.is_grad_enabled() and not any(t.requires_grad for t in inputs.values()):
+        names = " and ".join(inputs)
+        raise InputValueError(
+            f"teacher: it requires grad, but the teacher is a fixed target that receives no gradient, and "
+            f"{names} {'does' if len(inputs) == 1 else 'do'} not require grad: the loss would have no gradient; "
+            "give the student's outputs with grad to train, or teacher.detach() to compute a value"
         )
 
 
@@ -194,6 +212,9 @@ def radp_loss(
         )
     check_reduction(reduction)
     check_teacher(teacher, positive_logits.shape, "positive_logits")
+    check_teacher_is_a_target(
+        teacher, {"positive_logits": positive_logits, "negative_logits": negative_logits}
+    )
     check_weight("weight", weight, positive_logits.shape[0])
     pos = positive_distillation_unchecked(positive_logits, teacher, weight, reduction)
     return pos + lambda_neg * negative_uniform_unchecked(negative_logits, weight, reduction)

@@ -11,6 +11,7 @@ from fdbpl.logits import CLIP_LOGIT_SCALE, check_logit_scale, clip_logits_unchec
 from fdbpl.losses.functional.pcd import check_features, first_order_unchecked, second_order_unchecked
 from fdbpl.losses.functional.radp import (
     check_teacher,
+    check_teacher_is_a_target,
     negative_uniform_unchecked,
     positive_distillation_unchecked,
 )
@@ -80,6 +81,14 @@ def fdbpl_loss(
     check_features(image_features, positive_text_features, negative_text_features)
     check_teacher(
         teacher, torch.Size((image_features.shape[0], positive_text_features.shape[-2])), "the batch"
+    )
+    check_teacher_is_a_target(
+        teacher,
+        {
+            "image_features": image_features,
+            "positive_text_features": positive_text_features,
+            "negative_text_features": negative_text_features,
+        },
     )
     check_weight("weight", weight, image_features.shape[0])
     check_logit_scale(logit_scale)
