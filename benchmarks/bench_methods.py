@@ -45,11 +45,13 @@ from fdbpl.cache.images import decode_image
 from fdbpl.logits import clip_logits
 from fdbpl.losses import FDBPLLoss, PromptSRCLoss
 from fdbpl.losses.functional import positive_distillation_loss
-from fdbpl.prompts import METHODS, PromptModel, build_learner
+from fdbpl.prompts import PromptModel, build_learner
 from fdbpl.prompts.ensemble import template_ensemble
 from fdbpl.synthetic import draw_image_folder
 
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+#: The methods this benchmark times (their learners differ; kgcoop is coop's learner plus one term).
+METHODS = ("coop", "cocoop", "vpt", "ivlp", "maple", "promptsrc")
 
 
 def _side(model: torch.nn.Module) -> int:

@@ -29,8 +29,10 @@ from fdbpl.distributed import process_group, rank_and_world
 from fdbpl.errors import FDBPLError, InputValueError
 from fdbpl.evaluate import evaluate_prompts, harmonic_mean
 from fdbpl.files import read_file_text
+from fdbpl.methods import method_names, method_spec
+from fdbpl.methods.arguments import add_method_arguments, method_options_from
 from fdbpl.models import LoadedCLIP, load_open_clip
-from fdbpl.prompts import DEEP_DEFAULTS, META_NETS, METHODS
+from fdbpl.prompts import DEEP_DEFAULTS, META_NETS
 from fdbpl.run import CHECKPOINT, CONFIG, LOG, RunFolder
 from fdbpl.split import select_images
 from fdbpl.train import IMAGE_FEATURES, TrainConfig, train
@@ -345,13 +347,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-specific", action="store_true", help="one context per class (CoOp's CSC)")
     p.add_argument(
         "--method",
-        choices=METHODS,
+        choices=method_names(),
         default=d.method,
-        help="the base method's prompt learner: coop (one context per space); cocoop (a meta-network "
-        "shifts the contexts per image, Zhou et al. 2022); vpt (deep vision prompts, fixed text), ivlp "
-        "(independent deep vision and text prompts), maple (vision prompts projected from the text "
-        "ones, Khattak et al. 2023) or promptsrc (ivlp plus PromptSRC's self-regulating losses and "
-        f"Gaussian prompt aggregation) (default: {d.method})",
+        help="the base method: "
+        + "; ".join(f"{name} ({method_spec(name).summary})" for name in method_names())
+        + f" (default: {d.method})",
     )
     deep = ", ".join(f"{m} {v['depth']}" for m, v in DEEP_DEFAULTS.items())
     p.add_argument(
@@ -464,6 +464,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "training, about a second per GB)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_method_arguments(p)
     p.set_defaults(handler=_train, parser=p)
 
 
@@ -819,6 +820,7 @@ def _train(args: argparse.Namespace) -> int:
             gradient_checkpointing=args.gradient_checkpointing,
             amp=args.amp,
             init_from=args.init_from,
+            method_options=args.method_options,
         )
         result = train(
             table,
@@ -1061,5 +1063,7 @@ def _check_args(args: argparse.Namespace) -> None:
         _check_out_folder(parser, "out", args.out)
     elif args.command in ("train", "demo"):
         _check_out_folder(parser, "--out", args.out)
+    if args.command == "train":
+        args.method_options = method_options_from(args, parser)
     if getattr(args, "device", None) is not None:
         _check_device(parser, args.device)

@@ -14,7 +14,7 @@ from fdbpl.cache.images import ScanResult, scan_image_folder
 from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe, decode_image, preprocess
 from fdbpl.logits import clip_logits
-from fdbpl.prompts import DualPromptLearner, learner_from_state_dict
+from fdbpl.prompts import DualPromptLearner, PromptModel, learner_from_state_dict
 from fdbpl.split import Subset, select_images, split_classes
 
 __all__ = ["Accuracy", "check_run_classes", "evaluate_prompts", "harmonic_mean", "preprocess"]
@@ -110,8 +110,8 @@ def evaluate_prompts(
         learner = DualPromptLearner(student, scan.classnames, tokenizer=tokenizer)
     else:
         learner = learner_from_state_dict(student, state["learner"], scan.classnames, tokenizer)
-    learner = learner.to(device)
-    text = None if learner.per_image else learner.normalized_features()[0].float()
+    prompts = PromptModel(learner.to(device), student)
+    text = None if prompts.per_image else learner.normalized_features()[0].float()
     correct = 0
     root = Path(images)
     for start in range(0, len(scan.images), batch_size):
@@ -119,9 +119,9 @@ def evaluate_prompts(
         x = torch.stack(
             [preprocess(decode_image(root / r.path), recipe.size, recipe.mean, recipe.std) for r in recs]
         )
-        encode = getattr(learner, "encode_image", student.encode_image)  # deep methods prompt the image tower
-        feats = torch.nn.functional.normalize(encode(x.to(device)).float(), dim=-1)
-        if text is None:  # CoCoOp: each image has its own text features
+        # with the learner's vision prompts when it prompts the image tower
+        feats = torch.nn.functional.normalize(prompts.image_features(x.to(device)).float(), dim=-1)
+        if text is None:  # per-image text features (CoCoOp)
             scores = clip_logits(feats, learner(feats)[0], 1.0)
         else:
             scores = feats @ text.T

@@ -23,26 +23,17 @@ from typing import IO, Any
 import torch
 
 from fdbpl._checks import check_count, check_number
-from fdbpl.aggregation import GPA_MEAN, GPA_STD, GaussianPromptAggregation
+from fdbpl.aggregation import GPA_MEAN, GPA_STD
 from fdbpl.cache import RegionDataset, RILTable
 from fdbpl.cache.manifest import MANIFEST
 from fdbpl.distributed import barrier, rank_and_world
 from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe
-from fdbpl.logits import clip_logits, logit_scale_of
+from fdbpl.logits import logit_scale_of
 from fdbpl.losses import FDBPLLoss
-from fdbpl.losses.functional.promptsrc import IMAGE_WEIGHT, TEXT_WEIGHT, PromptSRCLossOutput
-from fdbpl.losses.promptsrc import PromptSRCLoss
-from fdbpl.prompts import (
-    DEEP_METHODS,
-    META_NETS,
-    METHODS,
-    SPACES,
-    DualPromptLearner,
-    build_learner,
-    load_authors_checkpoint,
-)
-from fdbpl.prompts.ensemble import template_ensemble
+from fdbpl.losses.functional.promptsrc import IMAGE_WEIGHT, TEXT_WEIGHT
+from fdbpl.methods import DEFAULT_METHOD, MethodSpec, MethodTerms, RunContext, StepOutputs, method_spec
+from fdbpl.prompts import META_NETS, DualPromptLearner, PromptModel, build_learner, load_authors_checkpoint
 from fdbpl.run import CHECKPOINT, RunFolder, load_run
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -73,11 +64,13 @@ class TrainConfig:
     teacher's labels conditioned on it (:meth:`~fdbpl.sparsify.SparseSoftLabels.restrict`).
     ``image_features`` says where the student's image features come from (see
     :data:`IMAGE_FEATURES`); ``class_chunk_size`` bounds the text pass's memory (see
-    :class:`~fdbpl.prompts.DualPromptLearner`). ``method`` is the base method's prompt
-    learner (:data:`~fdbpl.prompts.METHODS`: ``"coop"``, ``"cocoop"``, whose text
-    features are per image, or the deep methods ``"vpt"``, ``"ivlp"``, ``"maple"``,
-    ``"promptsrc"``) and ``meta_net`` CoCoOp's meta-network, shared by the two spaces or
-    one per space (:data:`~fdbpl.prompts.META_NETS`). The deep methods take ``depth``,
+    :class:`~fdbpl.prompts.DualPromptLearner`). ``method`` is a registered base method
+    (:func:`fdbpl.methods.method_names`: ``"coop"``, ``"cocoop"``, whose text features are
+    per image, the deep methods ``"vpt"``, ``"ivlp"``, ``"maple"``, ``"promptsrc"``,
+    ``"kgcoop"``, or one registered with :func:`fdbpl.methods.register_method`) and
+    ``method_options`` its own options by name (e.g. ``{"weight": 8.0}`` for ``kgcoop``;
+    see its :class:`~fdbpl.methods.MethodSpec`). ``meta_net`` is CoCoOp's meta-network,
+    shared by the two spaces or one per space (:data:`~fdbpl.prompts.META_NETS`). The deep methods take ``depth``,
     ``text_ctx`` and ``vision_ctx`` (``None``: the method's own defaults,
     :data:`~fdbpl.prompts.DEEP_DEFAULTS`) and ``gradient_checkpointing``; ``promptsrc``
     its constraints' weights ``src_*`` and the Gaussian ``gpa_mean``, ``gpa_std``
@@ -108,7 +101,7 @@ class TrainConfig:
     image_features: str = "auto"
     class_chunk_size: int | None = None
     max_classes: int | None = None
-    method: str = "coop"
+    method: str = DEFAULT_METHOD
     meta_net: str = "shared"
     depth: int | None = None
     text_ctx: int | None = None
@@ -121,6 +114,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     amp: bool = False
     init_from: str | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crops_per_image"):
@@ -138,26 +132,9 @@ class TrainConfig:
             check_count("class_chunk_size", self.class_chunk_size)
         if self.max_classes is not None:
             check_count("max_classes", self.max_classes)
-        if self.method not in METHODS:
-            raise InputValueError(f"method: expected one of {list(METHODS)}, got {self.method!r}")
         if self.meta_net not in META_NETS:
             raise InputValueError(f"meta_net: expected one of {list(META_NETS)}, got {self.meta_net!r}")
-        if self.method == "cocoop" and self.class_specific:
-            raise InputValueError(
-                "class_specific: CoCoOp has one context per space, conditioned on the image"
-            )
-        if self.method in DEEP_METHODS and self.image_features == "cached":
-            raise InputValueError(
-                f"image_features: the {self.method} learner prompts the image tower, so its features cannot be "
-                "the table's stored ones; use 'encode' (or 'auto')"
-            )
-        if self.method in DEEP_METHODS and self.class_specific:
-            raise InputValueError(f"class_specific: the {self.method} learner has one context per space")
-        if self.gradient_checkpointing and self.method not in DEEP_METHODS:
-            raise InputValueError(
-                f"gradient_checkpointing: only the deep methods ({', '.join(DEEP_METHODS)}) run the image tower "
-                f"with gradients; {self.method} does not"
-            )
+        _check_method(self, method_spec(self.method))
         for name in ("depth", "text_ctx"):
             if getattr(self, name) is not None:
                 check_count(name, getattr(self, name))
@@ -175,6 +152,28 @@ class TrainConfig:
         for name in ("momentum", "weight_decay", "lambda_neg", "lambda_diff1", "lambda_diff2", "alpha"):
             check_number(name, getattr(self, name), minimum=0.0)
         check_number("delta", self.delta)
+
+
+def _check_method(cfg: TrainConfig, spec: MethodSpec) -> None:
+    """Refuse what the method's learner cannot do, its options, and its own refusals."""
+    if not isinstance(cfg.method_options, dict):
+        raise InputValueError(f"method_options: expected a dict, got {type(cfg.method_options).__name__}")
+    spec.parse_options(cfg.method_options)
+    if cfg.class_specific and not spec.class_specific:
+        raise InputValueError(
+            f"class_specific: the {spec.name} learner has one context per space ({spec.learner.__name__})"
+        )
+    if spec.prompts_images and cfg.image_features == "cached":
+        raise InputValueError(
+            f"image_features: the {spec.name} learner prompts the image tower, so its features cannot be "
+            "the table's stored ones; use 'encode' (or 'auto')"
+        )
+    if cfg.gradient_checkpointing and not spec.prompts_images:
+        raise InputValueError(
+            f"gradient_checkpointing: only learners that prompt the image tower run it with gradients; "
+            f"{spec.name} does not"
+        )
+    spec.check(cfg)
 
 
 @dataclass
@@ -259,10 +258,11 @@ class _Session:
     """Everything one training run holds while it runs."""
 
     folder: RunFolder
+    config: TrainConfig
     table: RILTable
     student: torch.nn.Module
     learner: DualPromptLearner
-    model: torch.nn.Module  # the learner, or its DistributedDataParallel wrapper
+    model: torch.nn.Module  # the PromptModel, or its DistributedDataParallel wrapper
     dataset: RegionDataset
     sampler: _ShareSampler
     loader: torch.utils.data.DataLoader
@@ -274,8 +274,7 @@ class _Session:
     steps_per_epoch: int
     logit_scale: torch.Tensor | float  # the frozen student's, read once
     class_ranking: torch.Tensor | None = None  # class-agnostic: class ids by mean teacher probability
-    src: _PromptSRCTerms | None = None  # promptsrc: the frozen text ensemble and the loss
-    gpa: GaussianPromptAggregation | None = None  # promptsrc: prompts averaged over epochs
+    terms: MethodTerms | None = None  # what the base method adds (PromptSRC's constraints, KgCoOp's term)
     start_epoch: int = 0
     step: int = 0
     log: IO[str] | None = None
@@ -385,33 +384,8 @@ def _start_or_resume(
     student = student.to(device).eval()
     for p in student.parameters():
         p.requires_grad_(False)
-    options: dict[str, Any] = {
-        "tokenizer": tokenizer,
-        "n_ctx": {
-            space: cfg.n_ctx
-            for space, init in zip(SPACES, (cfg.positive_init, cfg.negative_init))
-            if init is None
-        },
-        "positive_init": cfg.positive_init,
-        "negative_init": cfg.negative_init,
-        "class_chunk_size": cfg.class_chunk_size,
-        "normalize_classnames": False,  # the table's names, normalised when it was built (or kept on purpose)
-    }
-    if cfg.method == "cocoop":
-        options["meta_net"] = cfg.meta_net
-    elif cfg.method in DEEP_METHODS:
-        del options["n_ctx"]
-        text_ctx = cfg.text_ctx if cfg.text_ctx is not None else cfg.n_ctx
-        options.update(
-            depth=cfg.depth,
-            text_ctx=text_ctx,
-            vision_ctx=cfg.vision_ctx,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-        )
-    else:
-        options["class_specific"] = cfg.class_specific
-    prompts = build_learner(cfg.method, student, table.classnames, **options).to(device)
-    learner = prompts.learner
+    spec = method_spec(cfg.method)
+    prompts = _prompt_model(spec, student, table, cfg, tokenizer, device)
     model: torch.nn.Module = prompts
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -432,7 +406,7 @@ def _start_or_resume(
     )
     steps_per_epoch = math.ceil(len(dataset) / world / cfg.batch_size)
     optimizer = torch.optim.SGD(
-        [p for p in learner.parameters() if p.requires_grad],
+        [p for p in prompts.learner.parameters() if p.requires_grad],
         lr=cfg.lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
@@ -440,7 +414,6 @@ def _start_or_resume(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, cfg.epochs * steps_per_epoch)
     )
-    loss_fn = FDBPLLoss(cfg.lambda_neg, cfg.lambda_diff1, cfg.lambda_diff2, cfg.alpha, cfg.delta)
     settings = {
         "config": asdict(cfg),
         "table_sha256": table_hash(table),
@@ -449,51 +422,74 @@ def _start_or_resume(
         "student": student_description,
         "image_size": recipe.size,
     }
+    logit_scale = logit_scale_of(student)
     return _Session(
-        folder,
-        table,
-        student,
-        learner,
-        model,
-        dataset,
-        sampler,
-        loader,
-        optimizer,
-        scheduler,
-        loss_fn,
-        settings,
-        device,
-        steps_per_epoch,
-        logit_scale_of(student),
-        class_ranking(table).to(device) if cfg.max_classes is not None else None,
-        _promptsrc_terms(student, table.classnames, tokenizer, cfg, device)
-        if cfg.method == "promptsrc"
-        else None,
-        GaussianPromptAggregation(learner, cfg.epochs, cfg.gpa_mean, cfg.gpa_std)
-        if cfg.method == "promptsrc"
-        else None,
+        folder=folder,
+        config=cfg,
+        table=table,
+        student=student,
+        learner=prompts.learner,
+        model=model,
+        dataset=dataset,
+        sampler=sampler,
+        loader=loader,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=FDBPLLoss(cfg.lambda_neg, cfg.lambda_diff1, cfg.lambda_diff2, cfg.alpha, cfg.delta),
+        settings=settings,
+        device=device,
+        steps_per_epoch=steps_per_epoch,
+        logit_scale=logit_scale,
+        class_ranking=class_ranking(table).to(device) if cfg.max_classes is not None else None,
+        terms=_method_terms(spec, student, prompts.learner, table, cfg, tokenizer, device, logit_scale),
     )
 
 
-@dataclass
-class _PromptSRCTerms:
-    """What ``promptsrc`` adds to a step: the frozen template ensemble of the classes and
-    PromptSRC's self-regulating loss."""
+def _prompt_model(
+    spec: MethodSpec,
+    student: torch.nn.Module,
+    table: RILTable,
+    cfg: TrainConfig,
+    tokenizer: Any,
+    device: torch.device,
+) -> PromptModel:
+    """The method's learner over the student: the common options, then the method's own."""
+    options: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "positive_init": cfg.positive_init,
+        "negative_init": cfg.negative_init,
+        "class_chunk_size": cfg.class_chunk_size,
+        "normalize_classnames": False,  # the table's names, normalised when it was built (or kept on purpose)
+        **spec.learner_options(cfg),
+    }
+    return build_learner(spec.name, student, table.classnames, **options).to(device)
 
-    ensemble: torch.Tensor  # (C, D), the frozen student's text features averaged over templates
-    loss: PromptSRCLoss
 
-
-def _promptsrc_terms(
-    student: torch.nn.Module, classnames: list[str], tokenizer: Any, cfg: TrainConfig, device: torch.device
-) -> _PromptSRCTerms:
-    # the table's names, as the learner takes them (normalised when the table was built, or kept on purpose)
-    ensemble = template_ensemble(student, classnames, tokenizer=tokenizer, normalize_classnames=False).to(
-        device
+def _method_terms(
+    spec: MethodSpec,
+    student: torch.nn.Module,
+    learner: torch.nn.Module,
+    table: RILTable,
+    cfg: TrainConfig,
+    tokenizer: Any,
+    device: torch.device,
+    logit_scale: torch.Tensor | float,
+) -> MethodTerms | None:
+    """What the base method adds to the run (its :class:`~fdbpl.methods.MethodTerms`), if anything."""
+    if spec.terms is None:
+        return None
+    run = RunContext(
+        student=student,
+        learner=learner,
+        classnames=table.classnames,
+        tokenizer=tokenizer,
+        config=cfg,
+        options=spec.parse_options(cfg.method_options),
+        device=device,
+        logit_scale=logit_scale,
+        template=str(table.manifest["teacher"].get("template", "a photo of a {}.")),
     )
-    return _PromptSRCTerms(
-        ensemble, PromptSRCLoss(cfg.src_image_weight, cfg.src_text_weight, cfg.src_logit_weight)
-    )
+    return spec.terms(run)
 
 
 def class_ranking(table: RILTable) -> torch.Tensor:
@@ -555,12 +551,12 @@ def _resume_or_record(session: _Session, images: str | os.PathLike[str]) -> None
         session.optimizer.load_state_dict(state["optimizer"])
         session.scheduler.load_state_dict(state["scheduler"])
         session.start_epoch, session.step = int(state["epoch"]), int(state["step"])
-        if session.gpa is not None and "gpa" in state:
-            session.gpa.load_state_dict(state["gpa"])
+        if session.terms is not None:
+            session.terms.load_state_dict(state)
         if rank == 0:
             folder.trim_log(session.start_epoch)
     else:
-        init_from = session.settings["config"]["init_from"]
+        init_from = session.config.init_from
         if init_from is not None:  # every rank reads it: the same prompts everywhere
             load_authors_checkpoint(session.learner, init_from)
         if rank == 0:
@@ -579,13 +575,11 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
     labels = SparseSoftLabels.from_batch(batch, table.num_classes).to(device)
     classes = None
     if session.class_ranking is not None:  # class-agnostic: this batch's class subset
-        classes = batch_classes(
-            labels.indices, session.class_ranking, session.settings["config"]["max_classes"]
-        )
+        classes = batch_classes(labels.indices, session.class_ranking, session.config.max_classes)
         labels = labels.restrict(classes)
     images = None
     # the towers in bfloat16 with --amp; the losses compute in float32 outside autocast
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=session.settings["config"]["amp"]):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=session.config.amp):
         if "features" in batch:  # stored by the table: the frozen image encoder's output
             stored = batch["features"].to(device=device, dtype=torch.float32)
             image_features, positive, negative = session.model(image_features=stored, classes=classes)
@@ -596,9 +590,12 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
     out = session.loss_fn(image_features, positive, negative, labels, weight, session.logit_scale)
     parts = out._asdict()
     total = out.total
-    if session.src is not None and images is not None:  # PromptSRC's self-regulating terms
-        total, src = _add_promptsrc(session, images, image_features, positive, classes, total)
-        parts.update(total=total, src_image=src.image, src_text=src.text, src_logits=src.logits)
+    extra = None
+    if session.terms is not None:  # what the base method adds to FDBPL's loss
+        extra = session.terms.loss(StepOutputs(images, image_features, positive, negative, classes))
+    if extra is not None:
+        total = total + extra.total
+        parts.update(total=total, **extra.parts)
     session.optimizer.zero_grad(set_to_none=True)
     total.backward()
     session.optimizer.step()
@@ -611,35 +608,13 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
     return torch.stack([torch.tensor(float(len(ids))), ids.sum(), (ids**2).sum()])
 
 
-def _add_promptsrc(
-    session: _Session,
-    images: torch.Tensor,
-    image_features: torch.Tensor,
-    positive: torch.Tensor,
-    classes: torch.Tensor | None,
-    total: torch.Tensor,
-) -> tuple[torch.Tensor, PromptSRCLossOutput]:
-    """FDBPL's total plus PromptSRC's constraints on the positive space (the one that
-    classifies; the negative prompts have no hand-written counterpart to stay close to)."""
-    assert session.src is not None
-    ensemble = session.src.ensemble if classes is None else session.src.ensemble.index_select(0, classes)
-    with torch.no_grad():
-        frozen = session.student.encode_image(images).float()
-        frozen_logits = clip_logits(frozen, ensemble, session.logit_scale)
-    logits = clip_logits(image_features, positive, session.logit_scale)
-    src = session.src.loss(image_features, frozen, positive, ensemble, logits, frozen_logits)
-    return total + src.total, src
-
-
 def _end_of_epoch(session: _Session, epoch: int, seen: torch.Tensor) -> None:
     """Log what the epoch saw, on every rank together, and write the checkpoint (rank 0)."""
     rank, world = rank_and_world()
     if world > 1:
         torch.distributed.all_reduce(seen)
-    if session.gpa is not None:  # PromptSRC: the prompts of the run are the Gaussian-weighted average
-        session.gpa.update(epoch)
-        if epoch + 1 == session.settings["config"]["epochs"]:
-            session.gpa.apply()
+    if session.terms is not None:  # e.g. PromptSRC's Gaussian prompt aggregation
+        session.terms.end_of_epoch(epoch, session.config.epochs)
     if rank == 0:
         assert session.log is not None
         counts = {"items": int(seen[0]), "item_id_sum": int(seen[1]), "item_id_square_sum": int(seen[2])}
@@ -656,7 +631,7 @@ def _end_of_epoch(session: _Session, epoch: int, seen: torch.Tensor) -> None:
                 "table_sha256": session.settings["table_sha256"],
                 "settings": session.settings,
                 "student": session.settings["student"],
-                **({"gpa": session.gpa.state_dict()} if session.gpa is not None else {}),
+                **(session.terms.state_dict() if session.terms is not None else {}),
             }
         )
     barrier()

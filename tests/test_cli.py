@@ -329,7 +329,7 @@ def test_cocoop_trains_and_evaluates_end_to_end(image_root, teacher_files, tmp_p
     code, err = run_main([*train, "--no-progress", "--out", tmp_path / "run", "--epochs", 1], capsys)
     assert code == 2 and "method: 'cocoop' -> 'coop'" in err, err
     code, err = run_main([*cocoop, "--out", tmp_path / "r3", "--class-specific"], capsys)
-    assert code == 2 and "class_specific: CoCoOp" in err, err
+    assert code == 2 and "class_specific: the cocoop learner has one context per space" in err, err
 
 
 @pytest.mark.parametrize("method", ["vpt", "ivlp", "maple", "promptsrc"])

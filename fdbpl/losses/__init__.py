@@ -1,5 +1,6 @@
 """The FDBPL losses: information weight (Eq. 6), RADP (Eq. 9-10), PCD (Eq. 11-16), total (Eq. 17);
-and PromptSRC's self-regulating constraints, for the ``promptsrc`` base method.
+PromptSRC's self-regulating constraints and KgCoOp's knowledge-guided term, for the
+``promptsrc`` and ``kgcoop`` base methods.
 
 Every module here holds hyper-parameters only; its ``forward`` is one call to the
 function of the same name in :mod:`fdbpl.losses.functional`. This subpackage imports
@@ -7,6 +8,7 @@ neither open_clip nor torchvision.
 """
 
 from fdbpl.losses.functional import FDBPLLossOutput, information_weight
+from fdbpl.losses.kgcoop import KgCoOpLoss
 from fdbpl.losses.pcd import FirstOrderDifferenceLoss, PCDLoss, SecondOrderDifferenceLoss
 from fdbpl.losses.promptsrc import PromptSRCLoss
 from fdbpl.losses.radp import NegativeUniformLoss, PositiveDistillationLoss, RADPLoss
@@ -16,6 +18,7 @@ __all__ = [
     "FDBPLLoss",
     "FDBPLLossOutput",
     "FirstOrderDifferenceLoss",
+    "KgCoOpLoss",
     "NegativeUniformLoss",
     "PCDLoss",
     "PositiveDistillationLoss",

@@ -10,7 +10,7 @@ only when its tokenizer is needed.
 """
 
 from fdbpl.prompts.authors import AUTHORS_METHODS, load_authors_checkpoint, read_authors_checkpoint
-from fdbpl.prompts.build import LEARNERS, METHODS, PromptModel, build_learner, learner_from_state_dict
+from fdbpl.prompts.build import PromptModel, build_learner, learner_from_state_dict
 from fdbpl.prompts.cocoop import META_NETS, CoCoOpDualPromptLearner
 from fdbpl.prompts.deep import DEEP_DEFAULTS, DEEP_METHODS, DeepPromptLearner
 from fdbpl.prompts.learner import SPACES, DualPromptLearner
@@ -21,9 +21,7 @@ __all__ = [
     "AUTHORS_METHODS",
     "DEEP_DEFAULTS",
     "DEEP_METHODS",
-    "LEARNERS",
     "META_NETS",
-    "METHODS",
     "SPACES",
     "CoCoOpDualPromptLearner",
     "DeepPromptLearner",

@@ -11,28 +11,18 @@ from torch import nn
 
 from fdbpl.errors import InputValueError
 from fdbpl.logits import clip_logits, logit_scale_of
-from fdbpl.prompts.cocoop import CoCoOpDualPromptLearner
-from fdbpl.prompts.deep import DEEP_METHODS, DeepPromptLearner
 from fdbpl.prompts.learner import ClassSelection, DualPromptLearner
 from fdbpl.prompts.text_tower import Tokenizer
 
-__all__ = ["LEARNERS", "METHODS", "PromptModel", "build_learner", "learner_from_state_dict"]
-
-#: The prompt learner of each base method.
-LEARNERS: dict[str, type[DualPromptLearner]] = {
-    "coop": DualPromptLearner,
-    "cocoop": CoCoOpDualPromptLearner,
-    **dict.fromkeys(DEEP_METHODS, DeepPromptLearner),
-}
-
-#: The base methods :func:`build_learner` knows.
-METHODS = tuple(LEARNERS)
+__all__ = ["PromptModel", "build_learner", "learner_from_state_dict"]
 
 
 def _learner_class(method: str) -> type[DualPromptLearner]:
-    if method not in LEARNERS:
-        raise InputValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
-    return LEARNERS[method]
+    """The registered method's learner class (read at call time: methods registered after
+    import are found). The registry imports the learners, so it is imported here, not above."""
+    from fdbpl.methods import method_spec
+
+    return method_spec(method).learner
 
 
 class PromptModel(nn.Module):
@@ -67,14 +57,22 @@ class PromptModel(nn.Module):
     def prompts_images(self) -> bool:
         """Whether the learner prompts the image tower (VPT, IVLP, MaPLe, PromptSRC): then
         :meth:`forward` needs the images, and gradients flow through the image tower."""
-        return hasattr(self.learner, "encode_image")
+        return bool(self.learner.prompts_images)
+
+    @property
+    def per_image(self) -> bool:
+        """Whether the text features are per image, :math:`(N, C, D)` (CoCoOp)."""
+        return bool(self.learner.per_image)
 
     @property
     def clip_model(self) -> nn.Module:
         return self._clip[0]
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen image encoder's features :math:`(N, D)` of a batch of images."""
+        """The image features :math:`(N, D)` of a batch of images: with the learner's vision
+        prompts when it has them (gradients flow into them), else the frozen encoder's."""
+        if self.prompts_images:
+            return self.learner.encode_image(images)  # type: ignore[attr-defined]
         with torch.no_grad():
             return self.clip_model.encode_image(images)
 
@@ -99,16 +97,14 @@ class PromptModel(nn.Module):
         """
         if (images is None) == (image_features is None):
             raise InputValueError("PromptModel: pass images or image_features (exactly one of them)")
-        if self.prompts_images:
-            if images is None:
-                raise InputValueError(
-                    f"image_features: the {self.method!r} learner prompts the image tower, so it needs the "
-                    "images themselves (stored features are the unprompted tower's)"
-                )
-            image_features = self.learner.encode_image(images)  # type: ignore[attr-defined]
-        elif image_features is None:
+        if self.prompts_images and images is None:
+            raise InputValueError(
+                f"image_features: the {self.method!r} learner prompts the image tower, so it needs the "
+                "images themselves (stored features are the unprompted tower's)"
+            )
+        if image_features is None:
             image_features = self.image_features(images)  # type: ignore[arg-type]
-        if self.learner.per_image:
+        if self.per_image:
             positive, negative = self.learner(image_features, classes)
         else:
             positive, negative = self.learner(classes)
@@ -153,10 +149,11 @@ def build_learner(
     """The prompt learner of a base method, over a frozen CLIP, with one interface.
 
     Args:
-        method: ``"coop"`` (:class:`~fdbpl.prompts.DualPromptLearner`), ``"cocoop"``
-            (:class:`~fdbpl.prompts.CoCoOpDualPromptLearner`), or ``"vpt"``, ``"ivlp"``,
-            ``"maple"``, ``"promptsrc"`` (:class:`~fdbpl.prompts.DeepPromptLearner`);
-            :data:`METHODS`.
+        method: a registered base method (:func:`fdbpl.methods.method_names`): ``"coop"``
+            and ``"kgcoop"`` (:class:`~fdbpl.prompts.DualPromptLearner`), ``"cocoop"``
+            (:class:`~fdbpl.prompts.CoCoOpDualPromptLearner`), ``"vpt"``, ``"ivlp"``,
+            ``"maple"``, ``"promptsrc"`` (:class:`~fdbpl.prompts.DeepPromptLearner`), or
+            one registered with :func:`fdbpl.methods.register_method`.
         clip_model: an open_clip ``CLIP`` / ``CustomTextCLIP`` or OpenAI-clip model.
         classnames: the C class names.
         **options: the learner's own options (``tokenizer``, ``n_ctx``, ``positive_init``,
@@ -198,7 +195,12 @@ def learner_from_state_dict(
     tokenizer: Tokenizer | None = None,
 ) -> DualPromptLearner:
     """Rebuild the learner a state dict was saved from, whatever its method (recorded in its
-    extra state; states without one are ``coop``). See :meth:`DualPromptLearner.from_state_dict`."""
+    extra state; states without one are CoOp's, :class:`DualPromptLearner`'s). See
+    :meth:`DualPromptLearner.from_state_dict`."""
     config = state_dict.get("_extra_state")
-    method = config.get("method", "coop") if isinstance(config, dict) else "coop"
+    method = (
+        config.get("method", DualPromptLearner.method)
+        if isinstance(config, dict)
+        else DualPromptLearner.method
+    )
     return _learner_class(method).from_state_dict(clip_model, state_dict, classnames, tokenizer)

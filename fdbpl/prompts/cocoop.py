@@ -83,6 +83,7 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
 
     method = "cocoop"
     per_image = True
+    class_specific_contexts = False
     _shape_keys = ("n_ctx", "meta_net")
 
     def __init__(

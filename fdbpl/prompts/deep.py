@@ -96,6 +96,8 @@ class DeepPromptLearner(DualPromptLearner):
     is refused (:class:`~fdbpl.prompts.UnsupportedModelError`).
     """
 
+    prompts_images = True
+    class_specific_contexts = False
     _partial_phrase = True
     _shape_keys = ("n_ctx", "depth", "vision_ctx", "vision_prompt_position")
 

@@ -143,6 +143,11 @@ class DualPromptLearner(nn.Module):
     method = "coop"
     #: Whether :meth:`forward` takes image features and gives text features per image.
     per_image = False
+    #: Whether the learner prompts the image tower (it has ``encode_image``; it needs the
+    #: images, and gradients flow through the image tower).
+    prompts_images = False
+    #: Whether the learner can learn one context per class (``class_specific``).
+    class_specific_contexts = True
     #: Configuration entries a loaded state must share with this learner.
     _shape_keys: tuple[str, ...] = ("n_ctx", "class_specific", "class_token_position")
 

@@ -213,7 +213,7 @@ def test_build_learner_trains_the_prompts_only(open_clip_model, method):
 def test_build_learner_errors(open_clip_model):
     model, tok = open_clip_model
     with pytest.raises(FDBPLError, match="method: expected one of"):
-        build_learner("kgcoop", model, NAMES, tokenizer=tok)
+        build_learner("no-such-method", model, NAMES, tokenizer=tok)
     with pytest.raises(FDBPLError, match=r"takes no option\(s\) \['meta_net'\]"):
         build_learner("coop", model, NAMES, tokenizer=tok, meta_net="shared")
     with pytest.raises(FDBPLError, match=r"takes no option\(s\) \['class_specific'\]"):

@@ -7,6 +7,7 @@ exported here too.
 """
 
 from fdbpl.logits import CLIP_LOGIT_SCALE, NORM_EPS, clip_logits
+from fdbpl.losses.functional.kgcoop import kgcoop_loss
 from fdbpl.losses.functional.pcd import (
     RESOLUTION,
     first_order_difference_loss,
@@ -36,6 +37,7 @@ __all__ = [
     "feature_consistency_loss",
     "first_order_difference_loss",
     "information_weight",
+    "kgcoop_loss",
     "logit_consistency_loss",
     "negative_uniform_loss",
     "pcd_loss",
