@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fdbpl.cache.manifest import TableFormatError, read_json_file
+from fdbpl.cache.manifest import read_json_file
 from fdbpl.data import PickleRefusedError, SplitFileError, read_dataset, read_fewshot_pickle, read_split_json
-from fdbpl.errors import FDBPLError, InputValueError
+from fdbpl.errors import FDBPLError, InputValueError, TableFormatError
 from fdbpl.files import read_file_bytes, read_file_text, regular_file
 from fdbpl.protocols import read_evaluation
 

@@ -36,7 +36,6 @@ from fdbpl.cache.images import ScanResult, read_image, scan_image_folder
 from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
     MANIFEST,
-    TableFormatError,
     bytes_per_region,
     read_json_file,
     settings_of,
@@ -57,7 +56,7 @@ from fdbpl.cache.storage import write_json_atomic
 from fdbpl.cache.student import StudentFeatures
 from fdbpl.cache.teacher import Teacher
 from fdbpl.distributed import barrier, broadcast_from_rank0, rank_and_world
-from fdbpl.errors import InputValueError
+from fdbpl.errors import InputValueError, TableFormatError
 from fdbpl.images import render_crop
 
 __all__ = ["BuildSummary", "build_table"]

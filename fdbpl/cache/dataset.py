@@ -10,9 +10,8 @@ import numpy as np
 import torch
 
 from fdbpl.cache.images import read_image
-from fdbpl.cache.manifest import TableFormatError
 from fdbpl.cache.table import RILTable
-from fdbpl.errors import InputValueError
+from fdbpl.errors import InputValueError, TableFormatError
 from fdbpl.images import OPENAI_MEAN, OPENAI_STD, InputRecipe, render_crop
 
 __all__ = ["RegionDataset"]

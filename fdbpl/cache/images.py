@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fdbpl.cache.manifest import TableFormatError
 from fdbpl.data.items import coop_classname
-from fdbpl.errors import InputValueError
+from fdbpl.errors import InputValueError, TableFormatError
 from fdbpl.files import read_file_bytes, regular_file
 from fdbpl.images import decode_image
 

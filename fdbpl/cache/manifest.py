@@ -13,7 +13,7 @@ import fdbpl
 from fdbpl.cache.codec import WEIGHT_SCALE, column_dtypes
 from fdbpl.cache.crops import INTERPOLATION
 from fdbpl.cache.storage import json_bytes, write_bytes_atomic, write_json_atomic
-from fdbpl.errors import InputValueError
+from fdbpl.errors import TableFormatError
 from fdbpl.files import read_file_text, regular_file
 
 if TYPE_CHECKING:
@@ -95,10 +95,6 @@ _REQUIRED = {
     "images_sha256": str,
     "dtypes": dict,
 }
-
-
-class TableFormatError(InputValueError):
-    """A table on disk is missing, truncated, of another schema, or not what was asked for."""
 
 
 def column_specs(settings: dict[str, Any], rows: int) -> dict[str, tuple[tuple[int, ...], str]]:

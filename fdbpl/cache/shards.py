@@ -26,12 +26,12 @@ from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
     CHECKSUM,
     MANIFEST,
-    TableFormatError,
     column_specs,
     read_json_file,
     shard_name,
 )
 from fdbpl.cache.storage import file_digest, write_json_atomic
+from fdbpl.errors import TableFormatError
 
 __all__ = [
     "LOCK",

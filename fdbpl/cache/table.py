@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ from fdbpl.cache.images import ImageRecord
 from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
     MANIFEST,
-    TableFormatError,
     bytes_per_region,
     check_regular_file,
     check_shards,
@@ -29,10 +27,10 @@ from fdbpl.cache.manifest import (
 from fdbpl.cache.storage import load_column
 from fdbpl.cache.verify import verify_table
 from fdbpl.data.items import coop_classname
-from fdbpl.errors import InputValueError
+from fdbpl.errors import InputValueError, TableFormatError
 from fdbpl.sparsify import SparseSoftLabels
 
-__all__ = ["RILTable", "RegionRecord", "Regions"]
+__all__ = ["RILTable", "Regions"]
 
 
 @dataclass(frozen=True)
@@ -50,18 +48,6 @@ class Regions:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-@dataclass(frozen=True)
-class RegionRecord:
-    """One stored region (deprecated with :meth:`RILTable.region`; see :class:`Regions`)."""
-
-    region: int
-    image_index: int
-    box: tuple[int, int, int, int]
-    flip: bool
-    labels: SparseSoftLabels
-    weight: float
 
 
 def _open_column(file: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -348,22 +334,6 @@ class RILTable:
             features=torch.from_numpy(self._gather("features", ids)) if self.has_features else None,
         )
 
-    def labels(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> SparseSoftLabels:
-        """Deprecated: ``regions(ids).labels``."""
-        _deprecated("labels(ids)", "regions(ids).labels")
-        return self.regions(region_ids).labels
-
-    def weights(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Deprecated: ``regions(ids).weights``."""
-        _deprecated("weights(ids)", "regions(ids).weights")
-        return self.regions(region_ids).weights
-
-    def boxes(self, region_ids: Sequence[int] | np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Deprecated: ``regions(ids).boxes`` and ``.flips``."""
-        _deprecated("boxes(ids)", "regions(ids).boxes and .flips")
-        regions = self.regions(region_ids)
-        return regions.boxes, regions.flips
-
     def read(self, i: int) -> dict[str, np.ndarray]:
         """One region's stored columns as they are on disk (the fast path for per-item reads).
 
@@ -388,20 +358,3 @@ class RILTable:
         if "features" in cols:
             out["features"] = cols["features"][row]
         return out
-
-    def region(self, i: int) -> RegionRecord:
-        """Deprecated: ``regions([i])``."""
-        _deprecated("region(i)", "regions([i])")
-        one = self.regions([i])
-        return RegionRecord(
-            region=int(i),
-            image_index=int(one.image_index[0]),
-            box=tuple(int(v) for v in one.boxes[0]),  # type: ignore[arg-type]
-            flip=bool(one.flips[0]),
-            labels=one.labels,
-            weight=float(one.weights[0]),
-        )
-
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"RILTable.{old} is deprecated: use RILTable.{new}", DeprecationWarning, stacklevel=3)

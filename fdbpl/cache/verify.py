@@ -18,13 +18,13 @@ from typing import Any
 from fdbpl.cache.manifest import (
     CHECKSUM,
     MANIFEST,
-    TableFormatError,
     check_regular_file,
     check_relative_path,
     read_json_file,
 )
 from fdbpl.cache.shards import SHARD_CHECKSUMS
 from fdbpl.cache.storage import file_digest, json_bytes
+from fdbpl.errors import TableFormatError
 
 __all__ = ["verify_table"]
 

@@ -13,9 +13,10 @@ No torch, no images: plain data.
 from fdbpl.data.datasets import DATASETS, DatasetSplits, read_dataset
 from fdbpl.data.fewshot import dassl_fewshot, fewshot_draw
 from fdbpl.data.items import Item, coop_classname, subsample_classes
-from fdbpl.data.pickles import PickleRefusedError, read_fewshot_pickle
-from fdbpl.data.splits import SplitFileError, read_split_json
+from fdbpl.data.pickles import read_fewshot_pickle
+from fdbpl.data.splits import read_split_json
 from fdbpl.data.templates import DATASET_TEMPLATES, dataset_template
+from fdbpl.errors import PickleRefusedError, SplitFileError
 
 __all__ = [
     "DATASETS",

@@ -17,17 +17,13 @@ import pickle
 from typing import Any
 
 from fdbpl.data.items import Item, check_one_name_per_label
-from fdbpl.errors import InputValueError
+from fdbpl.errors import InputValueError, PickleRefusedError
 from fdbpl.files import read_file_bytes
 
 __all__ = ["DATUM", "PickleRefusedError", "read_fewshot_pickle"]
 
 #: Where Dassl's ``Datum`` lives, as a pickle names it.
 DATUM = ("dassl.data.datasets.base_dataset", "Datum")
-
-
-class PickleRefusedError(InputValueError):
-    """A pickle that names something other than Dassl's ``Datum`` (it could run code)."""
 
 
 class _Datum:

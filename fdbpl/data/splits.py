@@ -6,16 +6,12 @@ import json
 import os
 
 from fdbpl.data.items import Item, check_one_name_per_label
-from fdbpl.errors import InputValueError
+from fdbpl.errors import SplitFileError
 from fdbpl.files import read_file_text
 
 __all__ = ["SplitFileError", "read_split_json"]
 
 SPLITS = ("train", "val", "test")
-
-
-class SplitFileError(InputValueError):
-    """A split file that is missing or not in CoOp's format; the message names the entry."""
 
 
 def read_split_json(path: str | os.PathLike[str], image_dir: str | os.PathLike[str]) -> dict[str, list[Item]]:

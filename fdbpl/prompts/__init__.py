@@ -9,12 +9,13 @@ models and on the OpenAI-``clip`` models that CoOp scripts hold. open_clip is im
 only when its tokenizer is needed.
 """
 
+from fdbpl.errors import UnsupportedModelError
 from fdbpl.prompts.authors import AUTHORS_METHODS, load_authors_checkpoint, read_authors_checkpoint
 from fdbpl.prompts.build import PromptModel, build_learner, learner_from_state_dict
 from fdbpl.prompts.cocoop import META_NETS, CoCoOpDualPromptLearner
 from fdbpl.prompts.deep import DEEP_DEFAULTS, DEEP_METHODS, DeepPromptLearner
 from fdbpl.prompts.learner import SPACES, DualPromptLearner
-from fdbpl.prompts.text_tower import TextTower, UnsupportedModelError
+from fdbpl.prompts.text_tower import TextTower
 from fdbpl.prompts.vision_tower import VisionTower
 
 __all__ = [

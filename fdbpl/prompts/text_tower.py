@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fdbpl.errors import FDBPLError
+from fdbpl.errors import UnsupportedModelError
 
 __all__ = ["TextTower", "UnsupportedModelError", "replace_tokens"]
 
@@ -27,10 +27,6 @@ _LOOKED_FOR = (
     "text_projection, attn_mask on the model), an open_clip CustomTextCLIP (the same under "
     "model.text) or an OpenAI-clip CLIP (the same plus transformer.resblocks and model.dtype)"
 )
-
-
-class UnsupportedModelError(FDBPLError):
-    """The model has no text tower that fdbpl knows how to drive."""
 
 
 class TextTower:

@@ -23,8 +23,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fdbpl.errors import InputValueError
-from fdbpl.prompts.text_tower import UnsupportedModelError
+from fdbpl.errors import InputValueError, UnsupportedModelError
 
 __all__ = ["VISION_PROMPT_POSITIONS", "VisionTower"]
 

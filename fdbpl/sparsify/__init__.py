@@ -13,19 +13,9 @@ from fdbpl.sparsify.topk import Strategy, sparsify, topk_mr, topk_ms
 __all__ = [
     "SparseSoftLabels",
     "Strategy",
-    "class_id_dtype",
     "entropy",
     "information_weight",
     "sparsify",
     "topk_mr",
     "topk_ms",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # class_id_dtype moved to the table's codec (fdbpl.cache.codec); the old name keeps working.
-    if name == "class_id_dtype":
-        from fdbpl.cache.codec import class_id_dtype
-
-        return class_id_dtype
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -160,17 +160,6 @@ def test_label_comparison_can_fail(built, image_root):
         assert_stored_labels_fit(probs, worst, item["values"][None], strategy)
 
 
-@pytest.mark.filterwarnings("ignore:RILTable.* is deprecated:DeprecationWarning")
-def test_region_record(built):
-    out, _, _, _ = built
-    table = RILTable.open(out)
-    rec = table.region(13)
-    assert rec.image_index == 2 and len(rec.labels) == 1
-    box, flip = table.boxes([13])
-    assert rec.box == tuple(box[0]) and rec.flip == bool(flip[0])
-    assert 0 <= rec.weight <= 1
-
-
 def test_bytes_per_region_meets_the_budget(built):
     out, _, _, _strategy = built
     table = RILTable.open(out)
@@ -462,21 +451,13 @@ def test_a_refused_distributed_build_stops_every_rank(image_root, teacher_files,
     assert r.stderr.count("holds a table built with other settings") == 2  # both ranks say why
 
 
-def test_regions_is_the_one_way_to_read_and_the_old_views_warn(built):
+def test_regions_is_the_one_way_to_read_and_read_is_its_raw_fast_path(built):
     out, _, _, _ = built
     table = RILTable.open(out)
     ids = np.array([0, 7, len(table) - 1])
     regions = table.regions(ids)
     assert len(regions) == 3 and regions.image_index.tolist() == (ids // table.crops_per_image).tolist()
-    with pytest.warns(DeprecationWarning, match=r"use RILTable.regions\(ids\).labels"):
-        labels = table.labels(ids)
-    assert torch.equal(labels.to_dense(), regions.labels.to_dense())
-    with pytest.warns(DeprecationWarning):
-        assert torch.equal(table.weights(ids), regions.weights)
-    with pytest.warns(DeprecationWarning):
-        boxes, flips = table.boxes(ids)
-    np.testing.assert_array_equal(boxes, regions.boxes)
-    np.testing.assert_array_equal(flips, regions.flips)
+    assert not any(hasattr(table, old) for old in ("labels", "weights", "boxes", "region"))  # removed in 0.2
     for i, region_id in enumerate(ids):
         row = table.read(int(region_id))  # the dataset's fast path: raw stored columns
         np.testing.assert_array_equal(row["box"], regions.boxes[i])

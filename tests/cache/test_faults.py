@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from tiny_models import toy_teacher
 
-from fdbpl.cache import RILTable, TableFormatError, build_table, decode_image, scan_image_folder
+from fdbpl.cache import RILTable, TableFormatError, build_table, scan_image_folder
 from fdbpl.cache.shards import LOCK, BuildLock
 from fdbpl.errors import FDBPLError
+from fdbpl.images import decode_image
 
 BUILD = dict(crops_per_image=2, topk=2, shard_size=10, progress=False)
 

@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import prob_rows
 
+from fdbpl.cache.codec import class_id_dtype
 from fdbpl.errors import InputValueError, ShapeError
-from fdbpl.sparsify import SparseSoftLabels, class_id_dtype, sparsify
+from fdbpl.sparsify import SparseSoftLabels, sparsify
 
 
 @st.composite

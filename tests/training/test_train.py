@@ -163,7 +163,7 @@ def test_evaluation_equals_a_literal_count(table, image_root, tmp_path):
 
 
 def _openai():
-    from fdbpl.cache import OPENAI_MEAN, OPENAI_STD
+    from fdbpl.images import OPENAI_MEAN, OPENAI_STD
 
     return OPENAI_MEAN, OPENAI_STD
 
