@@ -41,7 +41,7 @@ from bench_prompt_learner import imagenet_names
 
 from fdbpl import set_value_checks
 from fdbpl.cache import RILTable, Teacher, build_table, scan_image_folder
-from fdbpl.cache.images import decode_image
+from fdbpl.cache.scan import decode_image
 from fdbpl.images import render_crop
 from fdbpl.logits import clip_logits
 from fdbpl.losses import FDBPLLoss, PromptSRCLoss

@@ -38,7 +38,7 @@ from fdbpl.cache import (
     scan_image_folder,
 )
 from fdbpl.cache.crops import CropSampler
-from fdbpl.cache.images import decode_image
+from fdbpl.cache.scan import decode_image
 from fdbpl.images import InputRecipe
 from fdbpl.synthetic import SYNTHETIC_CLASSES, draw_image_folder
 

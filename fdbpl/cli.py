@@ -21,8 +21,8 @@ import fdbpl
 from fdbpl._checks import check_count, check_number
 from fdbpl.cache import RILTable, build_table, clip_student_features, clip_teacher, scan_image_folder
 from fdbpl.cache.crops import check_range
-from fdbpl.cache.images import check_distinct_classnames
-from fdbpl.cache.report import table_report
+from fdbpl.cache.scan import check_distinct_classnames
+from fdbpl.cache.summary import table_report
 from fdbpl.cache.teacher import check_template
 from fdbpl.demo import DemoConfig, run_demo
 from fdbpl.distributed import process_group, rank_and_world
@@ -34,7 +34,7 @@ from fdbpl.methods.arguments import add_method_arguments, method_options_from
 from fdbpl.models import LoadedCLIP, load_open_clip
 from fdbpl.prompts import DEEP_DEFAULTS, META_NETS
 from fdbpl.run import CHECKPOINT, CONFIG, LOG, RunFolder
-from fdbpl.split import select_images
+from fdbpl.subsets import select_images
 from fdbpl.train import IMAGE_FEATURES, TrainConfig, train
 
 __all__ = ["build_parser", "main"]
@@ -683,7 +683,7 @@ def _scanned_images(args: argparse.Namespace) -> Any:
         classnames = _read_classnames(args.classnames) if args.classnames else None
         scan = scan_image_folder(args.images, classnames, normalize_classnames=not args.keep_underscores)
         return select_images(scan, args.subset, args.shots, args.seed)
-    from fdbpl.cache.images import scan_split
+    from fdbpl.cache.scan import scan_split
     from fdbpl.data import read_dataset
 
     data = read_dataset(
@@ -859,7 +859,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_protocol(args, state, student, device)
     scan = None
     if args.dataset:
-        from fdbpl.cache.images import scan_split
+        from fdbpl.cache.scan import scan_split
         from fdbpl.data import read_dataset
 
         scan = scan_split(read_dataset(args.dataset, args.images), args.images, "test", check=False)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from fdbpl.cache import RegionDataset, RILTable, build_table, clip_teacher, scan_image_folder
 from fdbpl.cache.crops import CropSampler
-from fdbpl.cache.images import ScanResult
+from fdbpl.cache.scan import ScanResult
 from fdbpl.images import decode_image, render_crop
 from fdbpl.models import LoadedCLIP, load_open_clip
 from fdbpl.prompts import DualPromptLearner

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 
 from fdbpl._checks import first_difference
-from fdbpl.cache.images import ScanResult, scan_image_folder
+from fdbpl.cache.scan import ScanResult, scan_image_folder
 from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe, decode_image, preprocess
 from fdbpl.logits import clip_logits
 from fdbpl.prompts import DualPromptLearner, PromptModel, learner_from_state_dict
-from fdbpl.split import Subset, select_images, split_classes
+from fdbpl.subsets import Subset, select_images, split_classes
 
 __all__ = ["Accuracy", "check_run_classes", "evaluate_prompts", "harmonic_mean", "preprocess"]
 
@@ -82,7 +82,7 @@ def evaluate_prompts(
     and the candidates are that subset's class names only. The student's input is
     ``recipe`` (:class:`~fdbpl.images.InputRecipe`) or ``image_size``, ``mean`` and ``std``.
     ``scan`` gives the images and classes instead of the folder's (paths relative to
-    ``images``; e.g. a dataset's test split, :func:`fdbpl.cache.images.scan_image_list`).
+    ``images``; e.g. a dataset's test split, :func:`fdbpl.cache.scan.scan_image_list`).
     ``transfer``: the classes are another dataset's (cross-dataset and domain
     generalisation): the run's shared contexts are given their names, unchecked.
 

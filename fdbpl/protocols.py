@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fdbpl.cache.images import scan_split
+from fdbpl.cache.scan import scan_split
 from fdbpl.cache.storage import write_json_atomic
 from fdbpl.data import read_dataset
 from fdbpl.data.datasets import DATASETS

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from fdbpl.cache import RILTable
-from fdbpl.cache.images import scan_split
+from fdbpl.cache.scan import scan_split
 from fdbpl.data import read_dataset
 from fdbpl.errors import FDBPLError
 from fdbpl.evaluate import evaluate_prompts

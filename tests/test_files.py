@@ -174,7 +174,7 @@ def test_numpy_integers_are_integers(tmp_path):
 
 def test_image_scans_report_a_fifo_instead_of_reading_it(tmp_path, image_root):
     from fdbpl.cache import scan_image_folder
-    from fdbpl.cache.images import scan_image_list
+    from fdbpl.cache.scan import scan_image_list
 
     root = tmp_path / "images"
     shutil.copytree(image_root, root)

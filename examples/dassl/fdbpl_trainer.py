@@ -42,8 +42,8 @@ from dassl.optim import build_optimizer
 from torch import nn
 
 from fdbpl.cache import RegionDataset, RILTable, build_table, clip_teacher
-from fdbpl.cache.images import scan_image_list
 from fdbpl.cache.provenance import check_table_draw, describe_source
+from fdbpl.cache.scan import scan_image_list
 from fdbpl.data import coop_classname
 from fdbpl.images import InputRecipe
 from fdbpl.losses import FDBPLLoss

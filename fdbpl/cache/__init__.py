@@ -12,7 +12,7 @@ Image decoding, crops and normalisation live in :mod:`fdbpl.images`.
 from fdbpl.cache.build import BuildSummary, build_table
 from fdbpl.cache.crops import CropSampler
 from fdbpl.cache.dataset import RegionDataset
-from fdbpl.cache.images import ImageRecord, ScanResult, scan_image_folder
+from fdbpl.cache.scan import ImageRecord, ScanResult, scan_image_folder
 from fdbpl.cache.student import StudentFeatures, clip_student_features, image_tower_digest
 from fdbpl.cache.table import Regions, RILTable
 from fdbpl.cache.teacher import Teacher, clip_teacher

@@ -32,7 +32,6 @@ import torch
 from fdbpl._checks import check_count
 from fdbpl.cache.codec import encode_features, encode_labels
 from fdbpl.cache.crops import CropSampler, check_range
-from fdbpl.cache.images import ScanResult, read_image, scan_image_folder
 from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
     MANIFEST,
@@ -43,6 +42,7 @@ from fdbpl.cache.manifest import (
     table_settings,
     write_manifest,
 )
+from fdbpl.cache.scan import ScanResult, read_image, scan_image_folder
 from fdbpl.cache.shards import (
     BuildLock,
     clean_stale,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fdbpl.cache.images import read_image
+from fdbpl.cache.scan import read_image
 from fdbpl.cache.table import RILTable
 from fdbpl.errors import InputValueError, TableFormatError
 from fdbpl.images import OPENAI_MEAN, OPENAI_STD, InputRecipe, render_crop
@@ -25,7 +25,7 @@ class RegionDataset(torch.utils.data.Dataset):
     rendered from its stored box and flip with the table's recipe (bicubic, antialiased
     resize on uint8, flip, normalise) at the student's ``image_size``.
 
-    Every image is checked as it is read (:func:`~fdbpl.cache.images.read_image`): it
+    Every image is checked as it is read (:func:`~fdbpl.cache.scan.read_image`): it
     must lie inside ``root``, have the size the table recorded and, for tables that
     recorded one, the same SHA-256 (the bytes are hashed as they are read, a few percent
     of the decoding time), so another image under the same name is refused, not replayed.

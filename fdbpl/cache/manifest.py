@@ -18,7 +18,7 @@ from fdbpl.files import read_file_text, regular_file
 
 if TYPE_CHECKING:
     from fdbpl.cache.crops import CropSampler
-    from fdbpl.cache.images import ScanResult
+    from fdbpl.cache.scan import ScanResult
     from fdbpl.cache.student import StudentFeatures
     from fdbpl.cache.teacher import Teacher
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fdbpl.cache.images import read_image
+from fdbpl.cache.scan import read_image
 from fdbpl.cache.table import RILTable
 from fdbpl.images import render_crop
 

@@ -13,7 +13,6 @@ import torch
 
 from fdbpl._checks import first_difference
 from fdbpl.cache.codec import decode_labels, decode_weights
-from fdbpl.cache.images import ImageRecord
 from fdbpl.cache.manifest import (
     BUILD_SETTINGS,
     MANIFEST,
@@ -24,6 +23,7 @@ from fdbpl.cache.manifest import (
     read_json_file,
     validate_manifest,
 )
+from fdbpl.cache.scan import ImageRecord
 from fdbpl.cache.storage import load_column
 from fdbpl.cache.verify import verify_table
 from fdbpl.data.items import coop_classname

@@ -14,7 +14,7 @@ from fdbpl.data.datasets import DATASETS, DatasetSplits, read_dataset
 from fdbpl.data.fewshot import dassl_fewshot, fewshot_draw
 from fdbpl.data.items import Item, coop_classname, subsample_classes
 from fdbpl.data.pickles import read_fewshot_pickle
-from fdbpl.data.splits import read_split_json
+from fdbpl.data.split_files import read_split_json
 from fdbpl.data.templates import DATASET_TEMPLATES, dataset_template
 from fdbpl.errors import PickleRefusedError, SplitFileError
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from fdbpl.data.fewshot import dassl_fewshot, fewshot_draw
 from fdbpl.data.items import Item, subsample_classes
 from fdbpl.data.pickles import read_fewshot_pickle
-from fdbpl.data.splits import read_split_json
+from fdbpl.data.split_files import read_split_json
 from fdbpl.errors import SplitFileError
 from fdbpl.files import read_file_text
 

@@ -27,7 +27,7 @@ from fdbpl.cache import (
     render_crop,
     scan_image_folder,
 )
-from fdbpl.cache.images import decode_image
+from fdbpl.cache.scan import decode_image
 from fdbpl.errors import FDBPLError
 from fdbpl.losses import information_weight
 from fdbpl.sparsify import sparsify

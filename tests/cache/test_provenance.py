@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from tiny_models import toy_teacher
 
 from fdbpl.cache import RILTable, TableFormatError, build_table
-from fdbpl.cache.images import scan_image_folder, scan_split
 from fdbpl.cache.provenance import check_table_draw, describe_source
-from fdbpl.cache.report import table_report
+from fdbpl.cache.scan import scan_image_folder, scan_split
+from fdbpl.cache.summary import table_report
 from fdbpl.data import DatasetSplits, Item
 from fdbpl.errors import TableMismatchError
 

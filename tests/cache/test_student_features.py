@@ -71,7 +71,7 @@ def replayed_features(table, image_root, model, recipe, ids):
     """The student's normalised feature of each region, re-rendered from its stored box and flip."""
     records = table.image_records
     regions = table.regions(ids)
-    from fdbpl.cache.images import read_image
+    from fdbpl.cache.scan import read_image
 
     crops = [
         render_crop(read_image(image_root, records[i]), box, bool(flip), recipe.size, recipe.mean, recipe.std)

@@ -76,7 +76,7 @@ def test_domain_generalisation_over_the_variants_present(run, tmp_path, capsys):
     recorded = json.loads((run / "evaluation.json").read_text())["domain-generalisation"]
     assert recorded.keys() == rows.keys()
     # each row is the accuracy of the run's contexts on all of that dataset's classes
-    from fdbpl.cache.images import scan_image_list
+    from fdbpl.cache.scan import scan_image_list
     from fdbpl.evaluate import evaluate_prompts
     from fdbpl.models import load_open_clip
     from fdbpl.run import RunFolder

@@ -15,12 +15,12 @@ from tiny_models import tiny_open_clip
 
 import fdbpl.train as train_module
 from fdbpl.cache import RILTable, build_table, clip_teacher, scan_image_folder
-from fdbpl.cache.images import decode_image
+from fdbpl.cache.scan import decode_image
 from fdbpl.errors import FDBPLError
 from fdbpl.evaluate import evaluate_prompts, harmonic_mean, preprocess
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.run import RunFolder
-from fdbpl.split import select_images, split_classes
+from fdbpl.subsets import select_images, split_classes
 from fdbpl.train import TrainConfig, load_run, train
 
 CONFIG = TrainConfig(epochs=3, batch_size=8, crops_per_image=2, lr=0.05)

@@ -222,9 +222,8 @@ def second_order_difference_loss(
     inputs the only rounding left in a pair's distance and numerator is that of
     :math:`D^{(1)}` itself, as in the plain float32 formula, however close the classes
     (the tests hold near-tie pairs to within 2x of its error against float64, values and
-    gradients). Float64 products cost 2-3x float32 ones on CPUs; data-centre GPUs (A100,
-    H100) run float64 at their float32 (non-TF32) rate, consumer GPUs at 1/32-1/64 of it;
-    whatever C the two take at most :math:`4 N^2 D` flops (34 MFLOP at N = 128, D = 512).
+    gradients). Whatever C the two products take at most :math:`4 N^2 D` flops; what
+    float64 costs on each kind of device is in docs/equations.rst.
     Where the products have no wider dtype than the inputs (float64 inputs; float32 ones on
     devices other than ``cpu`` and ``cuda``: ``mps`` has no float64) the distances are built
     directly instead (:func:`distances_built_directly`, :math:`O(M^2 D)`), and only the

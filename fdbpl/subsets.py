@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from fdbpl.cache.images import ScanResult
+from fdbpl.cache.scan import ScanResult
 from fdbpl.errors import InputValueError
 
 __all__ = ["Subset", "select_images", "split_classes"]
