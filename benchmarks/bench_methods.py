@@ -41,8 +41,7 @@ from bench_prompt_learner import imagenet_names
 
 from fdbpl import set_value_checks
 from fdbpl.cache import RILTable, Teacher, build_table, scan_image_folder
-from fdbpl.cache.scan import decode_image
-from fdbpl.images import render_crop
+from fdbpl.images import decode_image, render_crop
 from fdbpl.logits import clip_logits
 from fdbpl.losses import FDBPLLoss, PromptSRCLoss
 from fdbpl.losses.functional import positive_distillation_loss

@@ -34,12 +34,10 @@ from fdbpl.cache import (
     Teacher,
     build_table,
     clip_teacher,
-    render_crop,
     scan_image_folder,
 )
 from fdbpl.cache.crops import CropSampler
-from fdbpl.cache.scan import decode_image
-from fdbpl.images import InputRecipe
+from fdbpl.images import InputRecipe, decode_image, render_crop
 from fdbpl.synthetic import SYNTHETIC_CLASSES, draw_image_folder
 
 

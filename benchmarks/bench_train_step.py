@@ -42,8 +42,7 @@ from bench_prompt_learner import imagenet_names
 from fdbpl import set_value_checks
 from fdbpl.cache import RILTable, Teacher, build_table, clip_student_features, scan_image_folder
 from fdbpl.cache.crops import CropSampler
-from fdbpl.cache.scan import decode_image
-from fdbpl.images import InputRecipe, render_crop
+from fdbpl.images import InputRecipe, decode_image, render_crop
 from fdbpl.losses import FDBPLLoss
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.sparsify import SparseSoftLabels

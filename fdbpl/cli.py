@@ -8,6 +8,8 @@ with status 2; the parser's defaults come from :class:`fdbpl.train.TrainConfig` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import sys
 import warnings
@@ -42,6 +44,10 @@ __all__ = ["build_parser", "main"]
 
 #: ``fdbpl evaluate --classes``; the last is the default.
 CLASS_CHOICES = ("base", "new", "all", "base-new")
+
+
+#: :func:`~fdbpl.cache.build_table`'s defaults, which ``fdbpl build-cache`` shows and uses.
+BUILD = {name: p.default for name, p in inspect.signature(build_table).parameters.items()}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -179,70 +185,9 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
         help="open_clip pretrained tag (e.g. openai), local checkpoint path, or 'none' for random weights "
         "seeded by --seed; required for a named model (a config JSON without it is random)",
     )
-    p.add_argument(
-        "--crops-per-image", type=_integer(1), default=500, help="regions per image, M (default: 500)"
-    )
-    p.add_argument("--topk", type=_integer(1), default=20, help="classes kept per region, K (default: 20)")
-    p.add_argument(
-        "--strategy", choices=["mr", "ms"], default="mr", help="sparsification, Eq. 5 or 4 (default: mr)"
-    )
-    p.add_argument(
-        "--seed", type=_integer(0), default=0, help="seed of the crops and of random weights (default: 0)"
-    )
-    p.add_argument(
-        "--batch-size", type=_integer(1), default=256, help="crops per teacher call (default: 256)"
-    )
-    p.add_argument("--classnames", help="file with one class name per line, in sorted folder order")
-    p.add_argument(
-        "--fewshot-repeat",
-        action="store_true",
-        help="with --dataset: draw a class with fewer than --shots images with replacement, as Dassl did "
-        "before 2022 (default: keep it whole)",
-    )
-    p.add_argument(
-        "--keep-underscores",
-        action="store_true",
-        help="keep '_' in class names (default: read as a space, as CoOp reads them)",
-    )
-    p.add_argument(
-        "--vocabulary",
-        metavar="FILE",
-        help="class-agnostic table: the teacher's classes are these names (one per line, any number), not "
-        "the image folders'; train it with --max-classes (default: the folders' classes)",
-    )
-    p.add_argument(
-        "--template",
-        type=_template,
-        default="a photo of a {}.",
-        help="teacher prompt with one {} for the class name, or 'dataset' for the --dataset's template of "
-        "CoOp's zero-shot CLIP (default: 'a photo of a {}.', the paper's)",
-    )
-    p.add_argument(
-        "--temperature",
-        type=_number(positive=True),
-        help="softmax temperature tau > 0 (default: the teacher's own, 1 / logit_scale.exp())",
-    )
-    p.add_argument(
-        "--scale",
-        type=_number(positive=True),
-        nargs=2,
-        default=(0.08, 1.0),
-        metavar=("MIN", "MAX"),
-        help="crop area as a fraction of the image's, 0 < MIN <= MAX <= 1 (default: 0.08 1)",
-    )
-    p.add_argument(
-        "--ratio",
-        type=_number(positive=True),
-        nargs=2,
-        default=(3 / 4, 4 / 3),
-        metavar=("MIN", "MAX"),
-        help="crop aspect ratio (width / height), 0 < MIN <= MAX (default: 3/4 4/3)",
-    )
-    p.add_argument("--shard-size", type=_integer(1), default=64, help="images per shard (default: 64)")
-    p.add_argument(
-        "--num-workers", type=_integer(0), default=0, help="crop-rendering worker processes (default: 0)"
-    )
-    p.add_argument("--device", default="auto", help="teacher device: auto, cpu, cuda, cuda:N (default: auto)")
+    _add_crop_arguments(p)
+    _add_class_arguments(p)
+    _add_teacher_arguments(p)
     p.add_argument("--shots", type=_integer(1), help="N images per class, drawn with --seed (default: all)")
     p.add_argument(
         "--subset",
@@ -267,6 +212,107 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_build_cache, parser=p)
+
+
+def _add_crop_arguments(p: argparse.ArgumentParser) -> None:
+    """How many crops, which labels kept, in what batches (defaults: :func:`build_table`'s)."""
+    p.add_argument(
+        "--crops-per-image",
+        type=_integer(1),
+        default=BUILD["crops_per_image"],
+        help=f"regions per image, M (default: {BUILD['crops_per_image']})",
+    )
+    p.add_argument(
+        "--topk",
+        type=_integer(1),
+        default=BUILD["topk"],
+        help=f"classes kept per region, K, all of them when there are fewer (default: {BUILD['topk']})",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=["mr", "ms"],
+        default=BUILD["strategy"],
+        help=f"sparsification, Eq. 5 or 4 (default: {BUILD['strategy']})",
+    )
+    p.add_argument(
+        "--seed",
+        type=_integer(0),
+        default=BUILD["seed"],
+        help=f"seed of the crops and of random weights (default: {BUILD['seed']})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_integer(1),
+        default=BUILD["batch_size"],
+        help=f"crops per teacher call (default: {BUILD['batch_size']})",
+    )
+
+
+def _add_class_arguments(p: argparse.ArgumentParser) -> None:
+    """Which classes, and their names."""
+    p.add_argument("--classnames", help="file with one class name per line, in sorted folder order")
+    p.add_argument(
+        "--fewshot-repeat",
+        action="store_true",
+        help="with --dataset: draw a class with fewer than --shots images with replacement, as Dassl did "
+        "before 2022 (default: keep it whole)",
+    )
+    p.add_argument(
+        "--keep-underscores",
+        action="store_true",
+        help="keep '_' in class names (default: read as a space, as CoOp reads them)",
+    )
+    p.add_argument(
+        "--vocabulary",
+        metavar="FILE",
+        help="class-agnostic table: the teacher's classes are these names (one per line, any number), not "
+        "the image folders'; train it with --max-classes (default: the folders' classes)",
+    )
+
+
+def _add_teacher_arguments(p: argparse.ArgumentParser) -> None:
+    """The teacher's prompt and temperature, the crops' shapes, shards, workers, device."""
+    p.add_argument(
+        "--template",
+        type=_template,
+        default="a photo of a {}.",
+        help="teacher prompt with one {} for the class name, or 'dataset' for the --dataset's template of "
+        "CoOp's zero-shot CLIP (default: 'a photo of a {}.', the paper's)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_number(positive=True),
+        help="softmax temperature tau > 0 (default: the teacher's own, 1 / logit_scale.exp())",
+    )
+    p.add_argument(
+        "--scale",
+        type=_number(positive=True),
+        nargs=2,
+        default=BUILD["scale"],
+        metavar=("MIN", "MAX"),
+        help="crop area as a fraction of the image's, 0 < MIN <= MAX <= 1 (default: 0.08 1)",
+    )
+    p.add_argument(
+        "--ratio",
+        type=_number(positive=True),
+        nargs=2,
+        default=BUILD["ratio"],
+        metavar=("MIN", "MAX"),
+        help="crop aspect ratio (width / height), 0 < MIN <= MAX (default: 3/4 4/3)",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=_integer(1),
+        default=BUILD["shard_size"],
+        help=f"images per shard (default: {BUILD['shard_size']})",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=_integer(0),
+        default=BUILD["num_workers"],
+        help=f"crop-rendering worker processes (default: {BUILD['num_workers']})",
+    )
+    p.add_argument("--device", default="auto", help="teacher device: auto, cpu, cuda, cuda:N (default: auto)")
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
@@ -328,6 +374,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=f"SGD learning rate, cosine schedule (default: {d.lr})",
     )
     _add_loss_arguments(p, d)
+    _add_prompt_arguments(p, d)
+    _add_deep_arguments(p, d)
+    _add_data_arguments(p, d)
+    add_method_arguments(p)
+    p.set_defaults(handler=_train, parser=p)
+
+
+def _add_prompt_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The base method and its prompts' shape and start."""
     p.add_argument(
         "--n-ctx",
         type=_integer(1),
@@ -353,6 +408,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         + "; ".join(f"{name} ({method_spec(name).summary})" for name in method_names())
         + f" (default: {d.method})",
     )
+    p.add_argument(
+        "--meta-net",
+        choices=META_NETS,
+        default=d.meta_net,
+        help="cocoop: one meta-network for both spaces (shared) or one per space (per_space) "
+        f"(default: {d.meta_net})",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="start the positive space (and vision prompts) from a checkpoint saved by the base method's own "
+        "trainer (CoOp, CoCoOp, VPT, IVLP, MaPLe, PromptSRC: Dassl's model.pth.tar-N), read without running "
+        "code from it; the negative space keeps its init (default: the init phrases)",
+    )
+
+
+def _add_deep_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The deep methods' prompts, and PromptSRC's constraints and aggregation."""
     deep = ", ".join(f"{m} {v['depth']}" for m, v in DEEP_DEFAULTS.items())
     p.add_argument(
         "--depth",
@@ -402,20 +475,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="promptsrc: the Gaussian over epochs (counted from 1) that averages the prompts "
         f"(default: {d.gpa_mean:g} {d.gpa_std:g}, PromptSRC's for 20 epochs)",
     )
-    p.add_argument(
-        "--meta-net",
-        choices=META_NETS,
-        default=d.meta_net,
-        help="cocoop: one meta-network for both spaces (shared) or one per space (per_space) "
-        f"(default: {d.meta_net})",
-    )
-    p.add_argument(
-        "--init-from",
-        metavar="PATH",
-        help="start the positive space (and vision prompts) from a checkpoint saved by the base method's own "
-        "trainer (CoOp, CoCoOp, VPT, IVLP, MaPLe, PromptSRC: Dassl's model.pth.tar-N), read without running "
-        "code from it; the negative space keeps its init (default: the init phrases)",
-    )
+
+
+def _add_data_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Where the features and crops come from, the class subsets, workers, seed, device."""
     p.add_argument(
         "--image-features",
         choices=IMAGE_FEATURES,
@@ -441,20 +504,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--crops-per-image",
         type=_integer(1),
         default=d.crops_per_image,
-        help="regions per image per step (default: 1)",
+        help=f"regions per image per step (default: {d.crops_per_image})",
     )
     p.add_argument(
         "--classnames",
         help="file of the class names the student's split must have (checked against the table)",
     )
     p.add_argument(
-        "--num-workers", type=_integer(0), default=0, help="data-loading worker processes (default: 0)"
+        "--num-workers",
+        type=_integer(0),
+        default=d.num_workers,
+        help=f"data-loading worker processes (default: {d.num_workers})",
     )
     p.add_argument(
         "--seed",
         type=_integer(0),
-        default=0,
-        help="seed of the data order and of random weights (default: 0)",
+        default=d.seed,
+        help=f"seed of the data order and of random weights (default: {d.seed})",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument(
@@ -464,8 +530,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "training, about a second per GB)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_method_arguments(p)
-    p.set_defaults(handler=_train, parser=p)
 
 
 def _add_loss_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -781,47 +845,32 @@ def _inits(args: argparse.Namespace) -> dict[str, str | None]:
     }
 
 
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings from the parsed options: every option named after a
+    :class:`~fdbpl.train.TrainConfig` field as it is, then those that pack several fields or
+    read 'random' as ``None``."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {name: value for name, value in vars(args).items() if name in names}
+    inits = _inits(args)
+    given.update(
+        positive_init=inits["positive"],
+        negative_init=inits["negative"],
+        src_image_weight=args.src_weights[0],
+        src_text_weight=args.src_weights[1],
+        src_logit_weight=args.src_weights[2],
+        gpa_mean=args.gpa[0],
+        gpa_std=args.gpa[1],
+    )
+    return TrainConfig(**given)
+
+
 def _train(args: argparse.Namespace) -> int:
     with process_group() as (local_rank, kind):
         device = _device(args.device, local_rank, kind)
         classnames = _read_classnames(args.classnames) if args.classnames else None
         table = RILTable.open(args.table, classnames=classnames)
         student = load_open_clip(args.student, args.pretrained, device=device, seed=args.seed)
-        inits = _inits(args)
-        config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            lambda_neg=args.lambda_neg,
-            lambda_diff1=args.lambda_diff1,
-            lambda_diff2=args.lambda_diff2,
-            alpha=args.alpha,
-            delta=args.delta,
-            n_ctx=args.n_ctx,
-            positive_init=inits["positive"],
-            negative_init=inits["negative"],
-            class_specific=args.class_specific,
-            crops_per_image=args.crops_per_image,
-            num_workers=args.num_workers,
-            seed=args.seed,
-            image_features=args.image_features,
-            class_chunk_size=args.class_chunk_size,
-            max_classes=args.max_classes,
-            method=args.method,
-            meta_net=args.meta_net,
-            depth=args.depth,
-            text_ctx=args.text_ctx,
-            vision_ctx=args.vision_ctx,
-            src_image_weight=args.src_weights[0],
-            src_text_weight=args.src_weights[1],
-            src_logit_weight=args.src_weights[2],
-            gpa_mean=args.gpa[0],
-            gpa_std=args.gpa[1],
-            gradient_checkpointing=args.gradient_checkpointing,
-            amp=args.amp,
-            init_from=args.init_from,
-            method_options=args.method_options,
-        )
+        config = _train_config(args)
         result = train(
             table,
             args.images,

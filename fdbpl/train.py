@@ -32,6 +32,7 @@ from fdbpl.images import InputRecipe
 from fdbpl.logits import logit_scale_of
 from fdbpl.losses import FDBPLLoss
 from fdbpl.losses.functional.promptsrc import IMAGE_WEIGHT, TEXT_WEIGHT
+from fdbpl.losses.weights import DEFAULT_WEIGHTS, LossWeights
 from fdbpl.methods import DEFAULT_METHOD, MethodSpec, MethodTerms, RunContext, StepOutputs, method_spec
 from fdbpl.prompts import META_NETS, DualPromptLearner, PromptModel, build_learner, load_authors_checkpoint
 from fdbpl.run import CHECKPOINT, RunFolder, load_run
@@ -86,11 +87,11 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lambda_neg: float = 1.0
-    lambda_diff1: float = 1.0
-    lambda_diff2: float = 1.0
-    alpha: float = 1.0
-    delta: float = 0.1
+    lambda_neg: float = DEFAULT_WEIGHTS.lambda_neg
+    lambda_diff1: float = DEFAULT_WEIGHTS.lambda_diff1
+    lambda_diff2: float = DEFAULT_WEIGHTS.lambda_diff2
+    alpha: float = DEFAULT_WEIGHTS.alpha
+    delta: float = DEFAULT_WEIGHTS.delta
     n_ctx: int | None = None
     positive_init: str | None = "a photo of a"
     negative_init: str | None = "a photo of no"
@@ -115,6 +116,11 @@ class TrainConfig:
     amp: bool = False
     init_from: str | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        """The loss weights as one value (:class:`~fdbpl.losses.LossWeights`)."""
+        return LossWeights(self.lambda_neg, self.lambda_diff1, self.lambda_diff2, self.alpha, self.delta)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crops_per_image"):
@@ -149,9 +155,9 @@ class TrainConfig:
                 f"image_features: expected one of {list(IMAGE_FEATURES)}, got {self.image_features!r}"
             )
         check_number("lr", self.lr, positive=True)
-        for name in ("momentum", "weight_decay", "lambda_neg", "lambda_diff1", "lambda_diff2", "alpha"):
+        for name in ("momentum", "weight_decay"):
             check_number(name, getattr(self, name), minimum=0.0)
-        check_number("delta", self.delta)
+        _ = self.loss_weights  # refuses weights that are not finite numbers, negative lambdas and alpha
 
 
 def _check_method(cfg: TrainConfig, spec: MethodSpec) -> None:
@@ -435,7 +441,7 @@ def _start_or_resume(
         loader=loader,
         optimizer=optimizer,
         scheduler=scheduler,
-        loss_fn=FDBPLLoss(cfg.lambda_neg, cfg.lambda_diff1, cfg.lambda_diff2, cfg.alpha, cfg.delta),
+        loss_fn=FDBPLLoss.from_weights(cfg.loss_weights),
         settings=settings,
         device=device,
         steps_per_epoch=steps_per_epoch,
@@ -588,20 +594,16 @@ def _step(session: _Session, batch: dict[str, torch.Tensor], epoch: int) -> torc
             image_features, positive, negative = session.model(images, classes=classes)
     weight = batch["weight"].to(device)
     out = session.loss_fn(image_features, positive, negative, labels, weight, session.logit_scale)
-    parts = out._asdict()
-    total = out.total
-    extra = None
     if session.terms is not None:  # what the base method adds to FDBPL's loss
         extra = session.terms.loss(StepOutputs(images, image_features, positive, negative, classes))
-    if extra is not None:
-        total = total + extra.total
-        parts.update(total=total, **extra.parts)
+        if extra is not None:
+            out = out.plus(extra.total, **extra.parts)
     session.optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    out.total.backward()
     session.optimizer.step()
     session.scheduler.step()
     session.step += 1
-    session.last = {k: float(v.detach()) for k, v in parts.items()}
+    session.last = {k: float(v.detach()) for k, v in out.as_dict().items()}
     if session.log is not None:
         lr = session.scheduler.get_last_lr()[0]
         session.log.write(json.dumps({"epoch": epoch, "step": session.step, "lr": lr, **session.last}) + "\n")

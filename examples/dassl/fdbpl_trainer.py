@@ -46,7 +46,7 @@ from fdbpl.cache.provenance import check_table_draw, describe_source
 from fdbpl.cache.scan import scan_image_list
 from fdbpl.data import coop_classname
 from fdbpl.images import InputRecipe
-from fdbpl.losses import FDBPLLoss
+from fdbpl.losses import DEFAULT_WEIGHTS, FDBPLLoss, LossWeights
 from fdbpl.models import load_open_clip
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.schedules import epoch_schedule
@@ -71,11 +71,11 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "NEG_CTX_INIT": ("a photo of no", 'the negative space\'s init phrase ("": NEG_N_CTX random tokens)'),
     "NEG_N_CTX": (16, "the negative contexts' length when random"),
     "CROPS_PER_IMAGE": (1, "regions of every image per step"),
-    "LAMBDA_NEG": (1.0, "weight of the negative term (Eq. 17)"),
-    "LAMBDA_DIFF1": (1.0, "weight of the first-order difference (Eq. 17)"),
-    "LAMBDA_DIFF2": (1.0, "weight of the second-order difference (Eq. 17)"),
-    "ALPHA": (1.0, "alpha of the information weight (Eq. 13)"),
-    "DELTA": (0.1, "delta of the negative term (Eq. 16)"),
+    "LAMBDA_NEG": (DEFAULT_WEIGHTS.lambda_neg, "weight of the negative term (Eq. 17)"),
+    "LAMBDA_DIFF1": (DEFAULT_WEIGHTS.lambda_diff1, "weight of the first-order difference (Eq. 17)"),
+    "LAMBDA_DIFF2": (DEFAULT_WEIGHTS.lambda_diff2, "weight of the second-order difference (Eq. 17)"),
+    "ALPHA": (DEFAULT_WEIGHTS.alpha, "alpha of the first-order difference (Eq. 13)"),
+    "DELTA": (DEFAULT_WEIGHTS.delta, "delta of the second-order difference (Eq. 16)"),
     "CLASS_CHUNK_SIZE": (0, "> 0: classes per text pass, to bound its memory (many classes)"),
 }
 
@@ -333,7 +333,9 @@ class FDBPL(TrainerX):
         self.sched = self.build_schedule(self.optim)
         self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
         self.scaler = torch.amp.GradScaler("cuda") if coop.PREC == "amp" else None
-        self.criterion = FDBPLLoss(f.LAMBDA_NEG, f.LAMBDA_DIFF1, f.LAMBDA_DIFF2, f.ALPHA, f.DELTA)
+        self.criterion = FDBPLLoss.from_weights(
+            LossWeights(f.LAMBDA_NEG, f.LAMBDA_DIFF1, f.LAMBDA_DIFF2, f.ALPHA, f.DELTA)
+        )
 
     def build_schedule(self, optim: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         """Dassl's ``OPTIM`` schedule with warm-up, as plain state (see the module's docs)."""

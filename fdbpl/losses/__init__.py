@@ -13,12 +13,15 @@ from fdbpl.losses.pcd import FirstOrderDifferenceLoss, PCDLoss, SecondOrderDiffe
 from fdbpl.losses.promptsrc import PromptSRCLoss
 from fdbpl.losses.radp import NegativeUniformLoss, PositiveDistillationLoss, RADPLoss
 from fdbpl.losses.total import FDBPLLoss
+from fdbpl.losses.weights import DEFAULT_WEIGHTS, LossWeights
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
     "FDBPLLoss",
     "FDBPLLossOutput",
     "FirstOrderDifferenceLoss",
     "KgCoOpLoss",
+    "LossWeights",
     "NegativeUniformLoss",
     "PCDLoss",
     "PositiveDistillationLoss",

@@ -13,6 +13,7 @@ from fdbpl.losses.functional import (
     second_order_difference_loss,
 )
 from fdbpl.losses.functional.reduction import check_reduction
+from fdbpl.losses.weights import DEFAULT_WEIGHTS
 
 __all__ = ["FirstOrderDifferenceLoss", "PCDLoss", "SecondOrderDifferenceLoss"]
 
@@ -43,7 +44,7 @@ class FirstOrderDifferenceLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, alpha: float = 1.0, reduction: Reduction = "mean") -> None:
+    def __init__(self, alpha: float = DEFAULT_WEIGHTS.alpha, reduction: Reduction = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
         check_weights(alpha=alpha)
@@ -97,7 +98,7 @@ class SecondOrderDifferenceLoss(nn.Module):
         tensor(True)
     """
 
-    def __init__(self, delta: float = 0.1, reduction: Reduction = "mean") -> None:
+    def __init__(self, delta: float = DEFAULT_WEIGHTS.delta, reduction: Reduction = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
         check_weights(delta=delta)
@@ -156,10 +157,10 @@ class PCDLoss(nn.Module):
 
     def __init__(
         self,
-        lambda_diff1: float = 1.0,
-        lambda_diff2: float = 1.0,
-        alpha: float = 1.0,
-        delta: float = 0.1,
+        lambda_diff1: float = DEFAULT_WEIGHTS.lambda_diff1,
+        lambda_diff2: float = DEFAULT_WEIGHTS.lambda_diff2,
+        alpha: float = DEFAULT_WEIGHTS.alpha,
+        delta: float = DEFAULT_WEIGHTS.delta,
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ from fdbpl.losses.functional.promptsrc import (
     PromptSRCLossOutput,
     promptsrc_loss,
 )
+from fdbpl.losses.functional.reduction import Reduction, check_reduction
 
 __all__ = ["PromptSRCLoss"]
 
@@ -24,19 +25,28 @@ class PromptSRCLoss(nn.Module):
         image_weight: :math:`\lambda_1`, the image term's weight (PromptSRC: 10).
         text_weight: :math:`\lambda_2`, the text term's weight (PromptSRC: 25).
         logit_weight: :math:`\lambda_3`, the logit term's weight (PromptSRC: 1).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, over the N images
+            (see :func:`~fdbpl.losses.functional.promptsrc_loss`).
 
     Shape:
         - image_features, frozen_image_features: :math:`(N, D)`
         - text_features, frozen_text_features: :math:`(C, D)`
         - logits, frozen_logits: :math:`(N, C)`
-        - output: :class:`~fdbpl.losses.functional.promptsrc.PromptSRCLossOutput` of scalars
+        - output: :class:`~fdbpl.losses.functional.promptsrc.PromptSRCLossOutput` of scalars,
+          or of :math:`(N,)` terms with ``reduction="none"``
     """
 
     def __init__(
-        self, image_weight: float = IMAGE_WEIGHT, text_weight: float = TEXT_WEIGHT, logit_weight: float = 1.0
+        self,
+        image_weight: float = IMAGE_WEIGHT,
+        text_weight: float = TEXT_WEIGHT,
+        logit_weight: float = 1.0,
+        reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
+        check_reduction(reduction)
         self.image_weight, self.text_weight, self.logit_weight = image_weight, text_weight, logit_weight
+        self.reduction = reduction
 
     def forward(
         self,
@@ -57,7 +67,11 @@ class PromptSRCLoss(nn.Module):
             self.image_weight,
             self.text_weight,
             self.logit_weight,
+            self.reduction,
         )
 
     def extra_repr(self) -> str:
-        return f"image_weight={self.image_weight}, text_weight={self.text_weight}, logit_weight={self.logit_weight}"
+        return (
+            f"image_weight={self.image_weight}, text_weight={self.text_weight}, "
+            f"logit_weight={self.logit_weight}, reduction={self.reduction!r}"
+        )

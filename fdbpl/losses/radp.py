@@ -12,6 +12,7 @@ from fdbpl.losses.functional import (
     radp_loss,
 )
 from fdbpl.losses.functional.reduction import check_reduction
+from fdbpl.losses.weights import DEFAULT_WEIGHTS
 from fdbpl.sparsify import SparseSoftLabels
 
 __all__ = ["NegativeUniformLoss", "PositiveDistillationLoss", "RADPLoss"]
@@ -110,7 +111,7 @@ class RADPLoss(nn.Module):
         0
     """
 
-    def __init__(self, lambda_neg: float = 1.0, reduction: Reduction = "mean") -> None:
+    def __init__(self, lambda_neg: float = DEFAULT_WEIGHTS.lambda_neg, reduction: Reduction = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
         self.lambda_neg = lambda_neg

@@ -8,6 +8,7 @@ from torch import nn
 from fdbpl._checks import check_weights
 from fdbpl.losses.functional import CLIP_LOGIT_SCALE, FDBPLLossOutput, Reduction, fdbpl_loss
 from fdbpl.losses.functional.reduction import check_reduction
+from fdbpl.losses.weights import DEFAULT_WEIGHTS, LossWeights
 from fdbpl.sparsify import SparseSoftLabels
 
 __all__ = ["FDBPLLoss"]
@@ -58,11 +59,11 @@ class FDBPLLoss(nn.Module):
 
     def __init__(
         self,
-        lambda_neg: float = 1.0,
-        lambda_diff1: float = 1.0,
-        lambda_diff2: float = 1.0,
-        alpha: float = 1.0,
-        delta: float = 0.1,
+        lambda_neg: float = DEFAULT_WEIGHTS.lambda_neg,
+        lambda_diff1: float = DEFAULT_WEIGHTS.lambda_diff1,
+        lambda_diff2: float = DEFAULT_WEIGHTS.lambda_diff2,
+        alpha: float = DEFAULT_WEIGHTS.alpha,
+        delta: float = DEFAULT_WEIGHTS.delta,
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
@@ -80,6 +81,16 @@ class FDBPLLoss(nn.Module):
         self.alpha = alpha
         self.delta = delta
         self.reduction = reduction
+
+    @classmethod
+    def from_weights(cls, weights: LossWeights, reduction: Reduction = "mean") -> FDBPLLoss:
+        """The loss with these :class:`~fdbpl.losses.LossWeights`."""
+        return cls(**weights.as_kwargs(), reduction=reduction)
+
+    @property
+    def weights(self) -> LossWeights:
+        """Its weights as one value (:class:`~fdbpl.losses.LossWeights`)."""
+        return LossWeights(self.lambda_neg, self.lambda_diff1, self.lambda_diff2, self.alpha, self.delta)
 
     def forward(
         self,

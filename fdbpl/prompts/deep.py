@@ -54,6 +54,31 @@ _UNRECORDED_POSITION = "after_ln_pre"
 DEEP_METHODS = tuple(DEEP_DEFAULTS)
 
 
+def _deep_shape(
+    method: str, depth: int | None, text_ctx: int | None, vision_ctx: int | None
+) -> tuple[int, int, int]:
+    """``(depth, text_ctx, vision_ctx)``: the given ones checked, the method's defaults for
+    ``None`` (:data:`DEEP_DEFAULTS`); MaPLe's vision tokens are its text tokens."""
+    defaults = DEEP_DEFAULTS[method]
+    depth = check_count("depth", defaults["depth"] if depth is None else depth)
+    text_ctx = check_count("text_ctx", defaults["text_ctx"] if text_ctx is None else text_ctx)
+    vision_ctx = defaults["vision_ctx"] if vision_ctx is None else vision_ctx
+    if method == "maple":
+        if vision_ctx != text_ctx and vision_ctx != defaults["vision_ctx"]:
+            raise InputValueError(
+                f"vision_ctx: MaPLe projects each text token to a vision token, so vision_ctx is "
+                f"text_ctx ({text_ctx}); got {vision_ctx}"
+            )
+        vision_ctx = text_ctx
+    vision_ctx = check_count("vision_ctx", vision_ctx, minimum=0)
+    if method == "vpt" and vision_ctx == 0:
+        raise InputValueError(
+            "vision_ctx: the vpt learner learns vision tokens only (its text is fixed); vision_ctx=0 leaves it "
+            "nothing to learn"
+        )
+    return depth, text_ctx, vision_ctx
+
+
 class DeepPromptLearner(DualPromptLearner):
     r"""Deep prompts in the text tower (per space) and the image tower (shared), over a frozen CLIP.
 
@@ -126,23 +151,7 @@ class DeepPromptLearner(DualPromptLearner):
                 f"vision_prompt_position: expected one of {list(VISION_PROMPT_POSITIONS)}, "
                 f"got {vision_prompt_position!r}"
             )
-        defaults = DEEP_DEFAULTS[method]
-        depth = check_count("depth", defaults["depth"] if depth is None else depth)
-        text_ctx = check_count("text_ctx", defaults["text_ctx"] if text_ctx is None else text_ctx)
-        vision_ctx = defaults["vision_ctx"] if vision_ctx is None else vision_ctx
-        if method == "maple":
-            if vision_ctx != text_ctx and vision_ctx != defaults["vision_ctx"]:
-                raise InputValueError(
-                    f"vision_ctx: MaPLe projects each text token to a vision token, so vision_ctx is "
-                    f"text_ctx ({text_ctx}); got {vision_ctx}"
-                )
-            vision_ctx = text_ctx
-        vision_ctx = check_count("vision_ctx", vision_ctx, minimum=0)
-        if method == "vpt" and vision_ctx == 0:
-            raise InputValueError(
-                "vision_ctx: the vpt learner learns vision tokens only (its text is fixed); vision_ctx=0 leaves it "
-                "nothing to learn"
-            )
+        depth, text_ctx, vision_ctx = _deep_shape(method, depth, text_ctx, vision_ctx)
         vision = VisionTower.from_model(clip_model)  # refuses a ResNet tower
         super().__init__(
             clip_model,
@@ -169,25 +178,32 @@ class DeepPromptLearner(DualPromptLearner):
         self._vision = vision
         for p in vision.parameters():
             p.requires_grad_(False)
+        self._make_deep_prompts()
+        self._check_vision_tower(clip_model)
+        if share_prefix and self._tower.can_share_prefix:  # deep text tokens are class-agnostic too
+            self.shares_prefix = self._shared_prefix_agrees()
+
+    def _make_deep_prompts(self) -> None:
+        """The deep text contexts (not for VPT: its text is each space's fixed phrase) and the
+        vision prompts (MaPLe: projections of the text prompts), initialised as the authors'."""
         dtype, device = self.positive_context.dtype, self.positive_context.device
-        width = self._tower.width
-        if method == "vpt":  # the text is each space's fixed phrase
+        width, vision_width, depth = self._tower.width, self._vision.width, self.depth
+        if self.method == "vpt":
             self.positive_context.requires_grad_(False)
             self.negative_context.requires_grad_(False)
         else:
             for space in SPACES:
                 deep = torch.empty(depth - 1, self.n_ctx[space], width, device=device, dtype=dtype)
                 setattr(self, f"{space}_deep_context", nn.Parameter(nn.init.normal_(deep, std=0.02)))
-        if method == "maple":  # layer 0's projection on its own, the deeper ones copies of one (MaPLe's init)
-            deeper = nn.Linear(width, vision.width)
-            projections = [nn.Linear(width, vision.width), *(copy.deepcopy(deeper) for _ in range(depth - 1))]
+        if (
+            self.method == "maple"
+        ):  # layer 0's projection on its own, the deeper ones copies of one (MaPLe's init)
+            deeper = nn.Linear(width, vision_width)
+            projections = [nn.Linear(width, vision_width), *(copy.deepcopy(deeper) for _ in range(depth - 1))]
             self.vision_projection = nn.ModuleList(projections).to(device=device, dtype=dtype)
         else:
-            tokens = torch.empty(depth, vision_ctx, vision.width, device=device, dtype=dtype)
+            tokens = torch.empty(depth, self.vision_ctx, vision_width, device=device, dtype=dtype)
             self.vision_context = nn.Parameter(nn.init.normal_(tokens, std=0.02))
-        self._check_vision_tower(clip_model)
-        if share_prefix and self._tower.can_share_prefix:  # deep text tokens are class-agnostic too
-            self.shares_prefix = self._shared_prefix_agrees()
 
     @classmethod
     def _handles(cls, method: str) -> bool:

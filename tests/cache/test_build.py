@@ -24,11 +24,10 @@ from fdbpl.cache import (
     Teacher,
     build_table,
     clip_teacher,
-    render_crop,
     scan_image_folder,
 )
-from fdbpl.cache.scan import decode_image
 from fdbpl.errors import FDBPLError
+from fdbpl.images import decode_image, render_crop
 from fdbpl.losses import information_weight
 from fdbpl.sparsify import sparsify
 

@@ -17,7 +17,7 @@ from tiny_models import toy_teacher
 
 from fdbpl.cache import RegionDataset, RILTable, TableFormatError, build_table, scan_image_folder
 from fdbpl.cache.manifest import list_hash
-from fdbpl.cache.scan import decode_image
+from fdbpl.images import decode_image
 
 
 @pytest.fixture(scope="module")

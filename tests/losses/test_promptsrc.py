@@ -61,6 +61,32 @@ def test_logit_consistency_equals_the_literal_kl(pair):
     assert float(logit_consistency_loss(z, z)) == pytest.approx(0.0, abs=1e-15)
 
 
+@given(pairs(max_m=4, max_d=5), st.integers(1, 4), st.sampled_from(["none", "sum", "mean"]))
+def test_reductions_are_over_images_with_the_text_term_counted_once_per_image(pair, classes, reduction):
+    """Per image i: the literal terms of row i alone; "sum"/"mean" sum/average them."""
+    f, f0 = pair
+    n = f.shape[0]
+    rng = np.random.default_rng(n * 31 + classes)
+    t, t0 = (torch.from_numpy(rng.normal(size=(classes, f.shape[1]))) for _ in range(2))
+    z, z0 = (torch.from_numpy(rng.normal(size=(n, classes))) for _ in range(2))
+    out = promptsrc_loss(f, f0, t, t0, z, z0, 2.0, 3.0, 0.5, reduction=reduction)
+    text = literal_l1(t, t0)
+    rows = [
+        (literal_l1(f[i : i + 1], f0[i : i + 1]), text, literal_kl(z[i : i + 1], z0[i : i + 1]))
+        for i in range(n)
+    ]
+    pool = {"none": lambda v: v, "sum": lambda v: [sum(v)], "mean": lambda v: [sum(v) / n]}[reduction]
+    for k, name in enumerate(("image", "text", "logits")):
+        got = getattr(out, name).reshape(-1).tolist()
+        assert got == pytest.approx(pool([r[k] for r in rows]), abs=1e-12), name
+    want_total = pool([2.0 * r[0] + 3.0 * r[1] + 0.5 * r[2] for r in rows])
+    assert out.total.reshape(-1).tolist() == pytest.approx(want_total, abs=1e-12)
+    module = PromptSRCLoss(2.0, 3.0, 0.5, reduction=reduction)(f, f0, t, t0, z, z0)
+    torch.testing.assert_close(module.total, out.total)
+    with pytest.raises(FDBPLError, match="reduction"):
+        PromptSRCLoss(reduction="max")
+
+
 def test_total_weights_and_targets_get_no_gradient():
     g = torch.Generator().manual_seed(0)
     f, f0 = (

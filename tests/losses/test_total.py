@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import pcd_batches
 
+from fdbpl.errors import FDBPLError
 from fdbpl.losses import FDBPLLoss, FDBPLLossOutput
 from fdbpl.losses.functional import (
     clip_logits,
@@ -134,3 +135,25 @@ def test_non_finite_or_non_numeric_weights_are_refused_naming_them(entry, data, 
     with pytest.raises(ValueError, match=f"^{name}: expected a finite number, got"):
         call_with(entry, **{name: bad})
     call_with(entry, **{name: data.draw(st.floats(-10, 10, allow_nan=False))})  # finite numbers pass
+
+
+@given(st.lists(st.sampled_from(["kg", "src_image", "extra_term"]), unique=True))
+def test_output_unpacks_as_five_fields_whatever_terms_are_added(names):
+    """Terms added by name change neither the unpacking nor the five fields; the total grows."""
+    five = [torch.tensor(float(k)) for k in range(1, 6)]
+    out = FDBPLLossOutput(*five)
+    for k, name in enumerate(names):
+        out = out.plus(torch.tensor(10.0), **{name: torch.tensor(100.0 + k)})
+    total, positive, negative, first, second = out
+    assert len(out) == 5 and float(total) == 1.0 + 10.0 * len(names)
+    assert [float(v) for v in (positive, negative, first, second)] == [2.0, 3.0, 4.0, 5.0]
+    assert [float(v) for v in out[1:]] == [2.0, 3.0, 4.0, 5.0]
+    assert list(out.as_dict()) == ["total", "positive", "negative", "first_order", "second_order", *names]
+    for k, name in enumerate(names):
+        assert float(getattr(out, name)) == float(out[name]) == 100.0 + k
+    with pytest.raises(AttributeError, match="no term 'absent'"):
+        out.absent  # noqa: B018
+    with pytest.raises(KeyError, match="absent"):
+        out["absent"]
+    with pytest.raises(FDBPLError, match="already terms"):
+        out.plus(torch.tensor(0.0), positive=torch.tensor(0.0))

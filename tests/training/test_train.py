@@ -15,9 +15,9 @@ from tiny_models import tiny_open_clip
 
 import fdbpl.train as train_module
 from fdbpl.cache import RILTable, build_table, clip_teacher, scan_image_folder
-from fdbpl.cache.scan import decode_image
 from fdbpl.errors import FDBPLError
 from fdbpl.evaluate import evaluate_prompts, harmonic_mean, preprocess
+from fdbpl.images import decode_image
 from fdbpl.prompts import DualPromptLearner
 from fdbpl.run import RunFolder
 from fdbpl.subsets import select_images, split_classes

@@ -18,6 +18,7 @@ from fdbpl.errors import ShapeError
 from fdbpl.logits import NORM_EPS, check_text_features
 from fdbpl.losses.functional.per_image import per_image_second_order_cosines
 from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
+from fdbpl.losses.weights import DEFAULT_WEIGHTS
 
 __all__ = [
     "NORM_EPS",
@@ -90,7 +91,7 @@ def first_order_difference_loss(
     negative_text_features: torch.Tensor,
     labels: torch.Tensor,
     weight: torch.Tensor,
-    alpha: float = 1.0,
+    alpha: float = DEFAULT_WEIGHTS.alpha,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""First-order (intra-class) difference loss, Eq. 11-13.
@@ -187,7 +188,7 @@ def second_order_difference_loss(
     negative_text_features: torch.Tensor,
     labels: torch.Tensor,
     weight: torch.Tensor,
-    delta: float = 0.1,
+    delta: float = DEFAULT_WEIGHTS.delta,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""Second-order (inter-class) difference loss, Eq. 14-16, fused.
@@ -344,10 +345,10 @@ def pcd_loss(
     negative_text_features: torch.Tensor,
     labels: torch.Tensor,
     weight: torch.Tensor,
-    lambda_diff1: float = 1.0,
-    lambda_diff2: float = 1.0,
-    alpha: float = 1.0,
-    delta: float = 0.1,
+    lambda_diff1: float = DEFAULT_WEIGHTS.lambda_diff1,
+    lambda_diff2: float = DEFAULT_WEIGHTS.lambda_diff2,
+    alpha: float = DEFAULT_WEIGHTS.alpha,
+    delta: float = DEFAULT_WEIGHTS.delta,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""The difference paradigm of Eq. 17:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from fdbpl._checks import check_all_finite, check_floating, check_ndim, check_number, compute_dtype, shape_str
 from fdbpl.errors import ShapeError
 from fdbpl.logits import NORM_EPS
+from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
 
 __all__ = [
     "IMAGE_WEIGHT",
@@ -62,7 +63,9 @@ def _check_pair(name: str, prompted: torch.Tensor, frozen: torch.Tensor, layout:
     check_all_finite((name, prompted), (f"frozen_{name}", frozen))
 
 
-def feature_consistency_loss(features: torch.Tensor, frozen_features: torch.Tensor) -> torch.Tensor:
+def feature_consistency_loss(
+    features: torch.Tensor, frozen_features: torch.Tensor, reduction: Reduction = "mean"
+) -> torch.Tensor:
     r"""PromptSRC's :math:`\mathcal{L}_{SCL\text{-}image}` / :math:`\mathcal{L}_{SCL\text{-}text}`:
     the mean absolute difference of the L2-normalised prompted and frozen features.
 
@@ -70,33 +73,43 @@ def feature_consistency_loss(features: torch.Tensor, frozen_features: torch.Tens
         features: :math:`(M, D)` prompted features (image features of N images, or text
             features of C classes).
         frozen_features: :math:`(M, D)` the frozen CLIP's (a target: no gradient).
+        reduction: over the M rows, of each row's mean over D: ``"mean"`` (default),
+            ``"sum"`` or ``"none"``.
 
     Returns:
-        A scalar, :math:`\frac{1}{MD}\sum |\hat a - \hat b|`.
+        ``"mean"``: a scalar, :math:`\frac{1}{MD}\sum |\hat a - \hat b|`; ``"none"``: the
+        :math:`(M,)` row terms :math:`\frac{1}{D}\sum_d |\hat a_d - \hat b_d|`; ``"sum"``
+        their sum.
     """
     _check_pair("features", features, frozen_features, "(M, D)")
+    check_reduction(reduction)
     dtype = compute_dtype(features, frozen_features)
     a = F.normalize(features.to(dtype), dim=1, eps=NORM_EPS)
     b = F.normalize(frozen_features.detach().to(dtype), dim=1, eps=NORM_EPS)
-    return (a - b).abs().mean()
+    return reduce((a - b).abs().mean(dim=1), reduction)
 
 
-def logit_consistency_loss(logits: torch.Tensor, frozen_logits: torch.Tensor) -> torch.Tensor:
+def logit_consistency_loss(
+    logits: torch.Tensor, frozen_logits: torch.Tensor, reduction: Reduction = "mean"
+) -> torch.Tensor:
     r"""PromptSRC's :math:`\mathcal{L}_{SCL\text{-}logits}`:
     :math:`\frac{1}{NC}\sum_i D_{KL}(\operatorname{softmax}(z_i) \| \operatorname{softmax}(z^p_i))`.
 
     Args:
         logits: :math:`(N, C)` the prompted model's logits :math:`z^p`.
         frozen_logits: :math:`(N, C)` the frozen CLIP's zero-shot logits :math:`z` (a target).
+        reduction: over the N images, of :math:`D_{KL,i} / C`: ``"mean"`` (default, the
+            reference code's ``sum / numel``), ``"sum"`` or ``"none"``.
 
     Returns:
-        A scalar.
+        A scalar, or the :math:`(N,)` terms with ``"none"``.
     """
     _check_pair("logits", logits, frozen_logits, "(N, C)")
+    check_reduction(reduction)
     dtype = compute_dtype(logits, frozen_logits)
     log_p = F.log_softmax(logits.to(dtype), dim=1)
     log_t = F.log_softmax(frozen_logits.detach().to(dtype), dim=1)
-    return (log_t.exp() * (log_t - log_p)).sum() / max(logits.numel(), 1)
+    return reduce((log_t.exp() * (log_t - log_p)).sum(dim=1) / max(logits.shape[1], 1), reduction)
 
 
 class PromptSRCLossOutput(NamedTuple):
@@ -118,6 +131,7 @@ def promptsrc_loss(
     image_weight: float = IMAGE_WEIGHT,
     text_weight: float = TEXT_WEIGHT,
     logit_weight: float = 1.0,
+    reduction: Reduction = "mean",
 ) -> PromptSRCLossOutput:
     r"""PromptSRC's self-regulating constraints:
     :math:`\lambda_1 \mathcal{L}_{SCL\text{-}image} + \lambda_2 \mathcal{L}_{SCL\text{-}text}
@@ -129,6 +143,12 @@ def promptsrc_loss(
             frozen template ensemble.
         logits, frozen_logits: :math:`(N, C)` prompted and frozen zero-shot logits.
         image_weight, text_weight, logit_weight: :math:`\lambda_{1,2,3}` (PromptSRC: 10, 25, 1).
+        reduction: over the N images, as FDBPL's losses: ``"mean"`` (default, PromptSRC's
+            terms), ``"sum"`` or ``"none"`` (the :math:`(N,)` terms). The text term belongs
+            to no one image: it counts the same for each (``"none"``: repeated N times;
+            ``"sum"``: N times the class mean), so ``total = image_weight * image +
+            text_weight * text + logit_weight * logits`` in every reduction, and the
+            ``"none"`` terms average to the ``"mean"`` ones.
 
     Returns:
         :class:`PromptSRCLossOutput` ``(total, image, text, logits)``.
@@ -139,7 +159,10 @@ def promptsrc_loss(
         ("logit_weight", logit_weight),
     ):
         check_number(name, value, minimum=0.0)
-    image = feature_consistency_loss(image_features, frozen_image_features)
+    check_reduction(reduction)
+    image = feature_consistency_loss(image_features, frozen_image_features, reduction)
     text = feature_consistency_loss(text_features, frozen_text_features)
-    kl = logit_consistency_loss(logits, frozen_logits)
+    kl = logit_consistency_loss(logits, frozen_logits, reduction)
+    n = logits.shape[0]
+    text = reduce(text.expand(n), reduction) if reduction != "mean" else text
     return PromptSRCLossOutput(image_weight * image + text_weight * text + logit_weight * kl, image, text, kl)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from fdbpl._checks import check_logits, check_probabilities, check_weight, compute_dtype, shape_str
 from fdbpl.errors import InputValueError, ShapeError
 from fdbpl.losses.functional.reduction import Reduction, check_reduction, reduce
+from fdbpl.losses.weights import DEFAULT_WEIGHTS
 from fdbpl.sparsify import SparseSoftLabels
 
 __all__ = ["negative_uniform_loss", "positive_distillation_loss", "radp_loss"]
@@ -195,7 +196,7 @@ def radp_loss(
     negative_logits: torch.Tensor,
     teacher: torch.Tensor | SparseSoftLabels,
     weight: torch.Tensor,
-    lambda_neg: float = 1.0,
+    lambda_neg: float = DEFAULT_WEIGHTS.lambda_neg,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     r"""The similarity paradigm of Eq. 17: :math:`\mathcal{L}_{pos} + \lambda_{neg}\mathcal{L}_{neg}`.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
 from fdbpl._checks import check_weight, check_weights
+from fdbpl.errors import InputValueError
 from fdbpl.logits import CLIP_LOGIT_SCALE, check_logit_scale, clip_logits_unchecked
 from fdbpl.losses.functional.pcd import check_features, first_order_unchecked, second_order_unchecked
 from fdbpl.losses.functional.radp import (
@@ -16,16 +19,35 @@ from fdbpl.losses.functional.radp import (
     positive_distillation_unchecked,
 )
 from fdbpl.losses.functional.reduction import Reduction, check_reduction
+from fdbpl.losses.weights import DEFAULT_WEIGHTS
 from fdbpl.sparsify import SparseSoftLabels
 
 __all__ = ["FDBPLLossOutput", "fdbpl_loss"]
 
 
-class FDBPLLossOutput(NamedTuple):
+_FIELDS = ("total", "positive", "negative", "first_order", "second_order")
+
+
+@dataclass(frozen=True, eq=False)
+class FDBPLLossOutput:
     """The FDBPL objective (Eq. 17) and its four parts, unweighted, for logging.
 
     ``total = positive + lambda_neg * negative + lambda_diff1 * first_order
-    + lambda_diff2 * second_order``.
+    + lambda_diff2 * second_order``, plus whatever :meth:`plus` added.
+
+    It unpacks and indexes as the five-tuple ``(total, positive, negative, first_order,
+    second_order)``; terms a base method adds (:meth:`plus`) are read by name, as
+    attributes or ``out["name"]``, and :meth:`as_dict` lists every term, so adding one
+    changes neither the length nor the unpacking.
+
+    Example:
+        >>> import torch
+        >>> from fdbpl.losses import FDBPLLossOutput
+        >>> one = torch.tensor(1.0)
+        >>> out = FDBPLLossOutput(one, one, one, one, one).plus(torch.tensor(2.0), kg=torch.tensor(0.25))
+        >>> total, *parts = out
+        >>> float(total), len(parts), float(out.kg), sorted(out.as_dict())[:2]
+        (3.0, 4, 0.25, ['first_order', 'kg'])
     """
 
     total: torch.Tensor
@@ -33,6 +55,45 @@ class FDBPLLossOutput(NamedTuple):
     negative: torch.Tensor
     first_order: torch.Tensor
     second_order: torch.Tensor
+    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(tuple(getattr(self, name) for name in _FIELDS))
+
+    def __len__(self) -> int:
+        return len(_FIELDS)
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        if isinstance(key, str):
+            terms = self.as_dict()
+            if key not in terms:
+                raise KeyError(f"{key!r}: not a term of this output; it has {sorted(terms)}")
+            return terms[key]
+        return tuple(self)[key]
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        # only called for names that are not fields: the terms added by plus()
+        extra = self.__dict__.get("extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no term {name!r}")
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """Every term by name: the five fields, then the added ones."""
+        return {**{name: getattr(self, name) for name in _FIELDS}, **self.extra}
+
+    _asdict = as_dict  # the name it had as a NamedTuple
+
+    def plus(self, total: torch.Tensor, **terms: torch.Tensor) -> FDBPLLossOutput:
+        """A copy whose total has ``total`` added and which holds ``terms`` by name.
+
+        Raises:
+            InputValueError: a term name this output already has.
+        """
+        taken = sorted(set(terms) & set(self.as_dict()))
+        if taken:
+            raise InputValueError(f"terms: {taken} are already terms of this output")
+        return replace(self, total=self.total + total, extra={**self.extra, **terms})
 
 
 def fdbpl_loss(
@@ -42,11 +103,11 @@ def fdbpl_loss(
     teacher: torch.Tensor | SparseSoftLabels,
     weight: torch.Tensor,
     logit_scale: float | torch.Tensor = CLIP_LOGIT_SCALE,
-    lambda_neg: float = 1.0,
-    lambda_diff1: float = 1.0,
-    lambda_diff2: float = 1.0,
-    alpha: float = 1.0,
-    delta: float = 0.1,
+    lambda_neg: float = DEFAULT_WEIGHTS.lambda_neg,
+    lambda_diff1: float = DEFAULT_WEIGHTS.lambda_diff1,
+    lambda_diff2: float = DEFAULT_WEIGHTS.lambda_diff2,
+    alpha: float = DEFAULT_WEIGHTS.alpha,
+    delta: float = DEFAULT_WEIGHTS.delta,
     reduction: Reduction = "mean",
 ) -> FDBPLLossOutput:
     r"""The FDBPL objective, Eq. 17, with its parts.
