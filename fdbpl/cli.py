@@ -205,7 +205,7 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--student-pretrained",
         help="the student's weights: open_clip tag, checkpoint path, or 'none' for random weights seeded "
-        "by --seed; required for a named --student",
+        "by --seed; required for a named --student (default: random weights for a config JSON)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace a table in OUT built with other settings"
@@ -250,7 +250,11 @@ def _add_crop_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_class_arguments(p: argparse.ArgumentParser) -> None:
     """Which classes, and their names."""
-    p.add_argument("--classnames", help="file with one class name per line, in sorted folder order")
+    p.add_argument(
+        "--classnames",
+        help="file with one class name per line, in sorted folder order (default: the folder names, "
+        "or the names --dataset reads)",
+    )
     p.add_argument(
         "--fewshot-repeat",
         action="store_true",
@@ -323,9 +327,14 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("table", help="the table's folder")
     p.add_argument(
-        "--plot", metavar="FILE.png", help="also draw a histogram of w and the lowest/highest-w crops"
+        "--plot",
+        metavar="FILE.png",
+        help="also draw a histogram of w and the lowest/highest-w crops (default: no plot)",
     )
-    p.add_argument("--images", help="the image folder the table was built on (needed by --plot)")
+    p.add_argument(
+        "--images",
+        help="the image folder the table was built on (needed by --plot; default: the table alone)",
+    )
     p.add_argument(
         "--verify",
         action="store_true",
@@ -352,7 +361,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pretrained",
         help="open_clip tag, checkpoint path, or 'none' for random weights seeded by --seed; required "
-        "for a named model",
+        "for a named model (default: random weights for a config JSON)",
     )
     p.add_argument("--out", required=True, help="the run's folder")
     p.add_argument(
@@ -508,7 +517,8 @@ def _add_data_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     )
     p.add_argument(
         "--classnames",
-        help="file of the class names the student's split must have (checked against the table)",
+        help="file of the class names the student's split must have (checked against the table; "
+        "default: the table's class names)",
     )
     p.add_argument(
         "--num-workers",
@@ -583,9 +593,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="which of the run's classes to evaluate: its base half, the new half, all, or both halves "
         f"with their harmonic mean (default: {CLASS_CHOICES[-1]})",
     )
-    p.add_argument("--classnames", help="file with one class name per folder, in sorted order")
-    p.add_argument("--student", help="override the run's student model")
-    p.add_argument("--pretrained", help="override the run's student weights")
+    p.add_argument(
+        "--classnames",
+        help="file with one class name per folder, in sorted order (default: the folder names)",
+    )
+    p.add_argument("--student", help="override the run's student model (default: the run's)")
+    p.add_argument("--pretrained", help="override the run's student weights (default: the run's)")
     p.add_argument("--initial", action="store_true", help="also evaluate the initial prompts")
     p.add_argument("--batch-size", type=_integer(1), default=64, help="images per forward pass (default: 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
@@ -657,7 +670,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", default=str(d.out), help=f"working folder (default: ./{d.out})")
-    p.add_argument("--images", help="an image folder to use instead of drawn images")
+    p.add_argument("--images", help="an image folder to use instead of drawn images (default: drawn images)")
     p.add_argument("--teacher", help="open_clip name or config JSON (default: a tiny config)")
     p.add_argument("--teacher-pretrained", help="tag or checkpoint for the teacher (default: random)")
     p.add_argument("--student", help="open_clip name or config JSON (default: a smaller tiny config)")

@@ -34,7 +34,7 @@ from fdbpl.losses import FDBPLLoss
 from fdbpl.losses.functional.promptsrc import IMAGE_WEIGHT, TEXT_WEIGHT
 from fdbpl.losses.weights import DEFAULT_WEIGHTS, LossWeights
 from fdbpl.methods import DEFAULT_METHOD, MethodSpec, MethodTerms, RunContext, StepOutputs, method_spec
-from fdbpl.prompts import META_NETS, DualPromptLearner, PromptModel, build_learner, load_authors_checkpoint
+from fdbpl.prompts import META_NETS, PromptLearnerBase, PromptModel, build_learner, load_authors_checkpoint
 from fdbpl.run import CHECKPOINT, RunFolder, load_run
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -267,7 +267,7 @@ class _Session:
     config: TrainConfig
     table: RILTable
     student: torch.nn.Module
-    learner: DualPromptLearner
+    learner: PromptLearnerBase
     model: torch.nn.Module  # the PromptModel, or its DistributedDataParallel wrapper
     dataset: RegionDataset
     sampler: _ShareSampler
@@ -639,7 +639,7 @@ def _end_of_epoch(session: _Session, epoch: int, seen: torch.Tensor) -> None:
     barrier()
 
 
-def _check_same_prompts(learner: DualPromptLearner) -> None:
+def _check_same_prompts(learner: PromptLearnerBase) -> None:
     """After DDP training every rank must hold the same contexts; fail loudly if not."""
     for p in learner.parameters():
         reference = p.detach().clone()

@@ -13,6 +13,10 @@ from fdbpl.cli import build_parser, main
 BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
 
 
+# how a help text says what an option left out does
+_LEFT_OUT = ("default", "unless", "if given", "when given", "without it", "omitted", "left out")
+
+
 def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
     missing = []
     for action in parser._actions:
@@ -25,6 +29,9 @@ def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
             missing.append(f"{name}: no help")
         elif action.default not in (None, False) and not action.required and "default" not in action.help:
             missing.append(f"{name}: default {action.default!r} not shown")
+        elif action.default is None and action.option_strings and not action.required and action.nargs != 0:
+            if not any(word in action.help for word in _LEFT_OUT):
+                missing.append(f"{name}: what leaving it out does not said")
     return missing
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fdbpl.methods.spec import MethodSpec, random_context_lengths
-from fdbpl.prompts.learner import DualPromptLearner
+from fdbpl.prompts.coop import DualPromptLearner
 
 
 def coop_learner_options(config: Any) -> dict[str, Any]:

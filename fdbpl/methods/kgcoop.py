@@ -21,8 +21,8 @@ from fdbpl.losses.functional.kgcoop import KGCOOP_WEIGHT
 from fdbpl.losses.kgcoop import KgCoOpLoss
 from fdbpl.methods.coop import coop_learner_options
 from fdbpl.methods.spec import ExtraLoss, MethodSpec, MethodTerms, RunContext, StepOutputs
+from fdbpl.prompts.coop import DualPromptLearner
 from fdbpl.prompts.ensemble import template_ensemble
-from fdbpl.prompts.learner import DualPromptLearner
 
 __all__ = ["KGCOOP", "KgCoOpOptions", "KgCoOpTerms"]
 

@@ -1,6 +1,6 @@
 """What a base method declares: :class:`MethodSpec`, and the terms it may add to a run.
 
-A method is its prompt learner (a :class:`~fdbpl.prompts.DualPromptLearner` subclass,
+A method is its prompt learner (a :class:`~fdbpl.prompts.PromptLearnerBase` subclass,
 whose class attributes say what it can do), the learner options it takes from the run's
 :class:`~fdbpl.train.TrainConfig`, its own refusals of a configuration, its own options
 (a frozen dataclass, given as ``TrainConfig.method_options``) and, if it has any, the loss

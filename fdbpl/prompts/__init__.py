@@ -1,5 +1,6 @@
 """Dual positive/negative prompts over a frozen CLIP text encoder (Section 3.3), per base method.
 
+:class:`PromptLearnerBase` is what every learner shares (the text pass, checkpoints);
 :class:`DualPromptLearner` is CoOp's learner in both spaces, :class:`CoCoOpDualPromptLearner`
 CoCoOp's (a meta-network conditions the contexts on each image), :class:`DeepPromptLearner`
 the deep vision-language prompts of VPT, IVLP, MaPLe and PromptSRC; :func:`build_learner`
@@ -11,10 +12,11 @@ only when its tokenizer is needed.
 
 from fdbpl.errors import UnsupportedModelError
 from fdbpl.prompts.authors import AUTHORS_METHODS, load_authors_checkpoint, read_authors_checkpoint
+from fdbpl.prompts.base import SPACES, PromptLearnerBase
 from fdbpl.prompts.build import PromptModel, build_learner, learner_from_state_dict
 from fdbpl.prompts.cocoop import META_NETS, CoCoOpDualPromptLearner
+from fdbpl.prompts.coop import DualPromptLearner
 from fdbpl.prompts.deep import DEEP_DEFAULTS, DEEP_METHODS, DeepPromptLearner
-from fdbpl.prompts.learner import SPACES, DualPromptLearner
 from fdbpl.prompts.text_tower import TextTower
 from fdbpl.prompts.vision_tower import VisionTower
 
@@ -27,6 +29,7 @@ __all__ = [
     "CoCoOpDualPromptLearner",
     "DeepPromptLearner",
     "DualPromptLearner",
+    "PromptLearnerBase",
     "PromptModel",
     "TextTower",
     "UnsupportedModelError",

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from fdbpl.errors import InputValueError
-from fdbpl.prompts.learner import DualPromptLearner
+from fdbpl.prompts.base import PromptLearnerBase
 
 __all__ = ["AUTHORS_METHODS", "load_authors_checkpoint", "read_authors_checkpoint"]
 
@@ -104,7 +104,7 @@ def read_authors_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Ten
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _targets(learner: DualPromptLearner, method: str) -> dict[str, tuple[str, torch.Tensor]]:
+def _targets(learner: PromptLearnerBase, method: str) -> dict[str, tuple[str, torch.Tensor]]:
     """Each checkpoint key of ``method``'s layout -> (the learner's name for it, the tensor it fills)."""
     targets: dict[str, tuple[str, torch.Tensor]] = {}
 
@@ -154,7 +154,7 @@ def _is_prompt_key(key: str) -> bool:
 
 
 def load_authors_checkpoint(
-    learner: DualPromptLearner, path: str | os.PathLike[str], method: str | None = None
+    learner: PromptLearnerBase, path: str | os.PathLike[str], method: str | None = None
 ) -> dict[str, str]:
     """Copy the prompts of a checkpoint saved by a base method's own trainer into ``learner``.
 

@@ -11,13 +11,14 @@ from torch import nn
 
 from fdbpl.errors import InputValueError
 from fdbpl.logits import clip_logits, logit_scale_of
-from fdbpl.prompts.learner import ClassSelection, DualPromptLearner
+from fdbpl.prompts.base import ClassSelection, PromptLearnerBase
+from fdbpl.prompts.coop import DualPromptLearner
 from fdbpl.prompts.text_tower import Tokenizer
 
 __all__ = ["PromptModel", "build_learner", "learner_from_state_dict"]
 
 
-def _learner_class(method: str) -> type[DualPromptLearner]:
+def _learner_class(method: str) -> type[PromptLearnerBase]:
     """The registered method's learner class (read at call time: methods registered after
     import are found). The registry imports the learners, so it is imported here, not above."""
     from fdbpl.methods import method_spec
@@ -42,7 +43,7 @@ class PromptModel(nn.Module):
         clip_model: the CLIP model it was built on (its ``encode_image`` is used).
     """
 
-    def __init__(self, learner: DualPromptLearner, clip_model: nn.Module) -> None:
+    def __init__(self, learner: PromptLearnerBase, clip_model: nn.Module) -> None:
         super().__init__()
         self.learner = learner
         for p in clip_model.parameters():
@@ -193,10 +194,10 @@ def learner_from_state_dict(
     state_dict: Mapping[str, Any],
     classnames: Sequence[str] | None = None,
     tokenizer: Tokenizer | None = None,
-) -> DualPromptLearner:
+) -> PromptLearnerBase:
     """Rebuild the learner a state dict was saved from, whatever its method (recorded in its
     extra state; states without one are CoOp's, :class:`DualPromptLearner`'s). See
-    :meth:`DualPromptLearner.from_state_dict`."""
+    :meth:`PromptLearnerBase.from_state_dict`."""
     config = state_dict.get("_extra_state")
     method = (
         config.get("method", DualPromptLearner.method)

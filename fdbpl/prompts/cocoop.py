@@ -10,7 +10,7 @@ every :mod:`fdbpl.losses` function takes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fdbpl.errors import InputValueError
-from fdbpl.prompts.learner import SPACES, ClassSelection, DualPromptLearner
+from fdbpl.prompts.base import SPACES, ClassSelection, PromptLearnerBase
 from fdbpl.prompts.text_tower import Tokenizer
 
 __all__ = ["META_NETS", "CoCoOpDualPromptLearner"]
@@ -36,7 +36,7 @@ def _meta_net(dim: int, width: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
 
 
-class CoCoOpDualPromptLearner(DualPromptLearner):
+class CoCoOpDualPromptLearner(PromptLearnerBase):
     r"""CoCoOp's conditional prompt learner, in the positive and the negative space.
 
     Each space keeps one shared context (CoCoOp has no class-specific contexts and puts the
@@ -84,7 +84,6 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
     method = "cocoop"
     per_image = True
     class_specific_contexts = False
-    _shape_keys = ("n_ctx", "meta_net")
 
     def __init__(
         self,
@@ -278,17 +277,6 @@ class CoCoOpDualPromptLearner(DualPromptLearner):
         """:meth:`forward`'s features, L2-normalised along D."""
         pos, neg = self(image_features, classes)
         return F.normalize(pos, dim=-1), F.normalize(neg, dim=-1)
-
-    # -- checkpoints --------------------------------------------------------------------
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {**super().get_extra_state(), "meta_net": self.meta_net_kind}
-
-    @classmethod
-    def _options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        options = super()._options_from_config(config)
-        del options["class_specific"], options["class_token_position"]
-        return {**options, "meta_net": config.get("meta_net", "shared")}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, meta_net={self.meta_net_kind!r}, per_image=True"

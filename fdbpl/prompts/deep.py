@@ -21,15 +21,15 @@ r"""Deep vision-language prompts in both spaces: VPT, IVLP, MaPLe and PromptSRC'
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
 from fdbpl._checks import check_count
 from fdbpl.errors import InputValueError
-from fdbpl.prompts.learner import SPACES, DualPromptLearner
+from fdbpl.prompts.base import SPACES, PromptLearnerBase
 from fdbpl.prompts.text_tower import Tokenizer, check_reproduced
 from fdbpl.prompts.vision_tower import VISION_PROMPT_POSITIONS, VisionTower
 
@@ -79,7 +79,7 @@ def _deep_shape(
     return depth, text_ctx, vision_ctx
 
 
-class DeepPromptLearner(DualPromptLearner):
+class DeepPromptLearner(PromptLearnerBase):
     r"""Deep prompts in the text tower (per space) and the image tower (shared), over a frozen CLIP.
 
     :meth:`forward` gives both spaces' class-level text features :math:`(C, D)`, as
@@ -124,7 +124,6 @@ class DeepPromptLearner(DualPromptLearner):
     prompts_images = True
     class_specific_contexts = False
     _partial_phrase = True
-    _shape_keys = ("n_ctx", "depth", "vision_ctx", "vision_prompt_position")
 
     def __init__(
         self,
@@ -172,6 +171,7 @@ class DeepPromptLearner(DualPromptLearner):
             )
         self.method = method
         self.depth = depth
+        self.text_ctx = text_ctx
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.vision_ctx = vision_ctx
         self.vision_prompt_position = vision_prompt_position
@@ -204,10 +204,6 @@ class DeepPromptLearner(DualPromptLearner):
         else:
             tokens = torch.empty(depth, self.vision_ctx, vision_width, device=device, dtype=dtype)
             self.vision_context = nn.Parameter(nn.init.normal_(tokens, std=0.02))
-
-    @classmethod
-    def _handles(cls, method: str) -> bool:
-        return method in DEEP_METHODS
 
     def _check_vision_tower(self, clip_model: nn.Module) -> None:
         """Refuse an image tower :class:`VisionTower` does not reproduce (see the class docs)."""
@@ -256,35 +252,6 @@ class DeepPromptLearner(DualPromptLearner):
 
     def _deep(self, space: str) -> list[torch.Tensor]:
         return self.text_prompts(space)[1:]
-
-    # -- checkpoints ----------------------------------------------------------------------
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {
-            **super().get_extra_state(),
-            "depth": self.depth,
-            "vision_ctx": self.vision_ctx,
-            "vision_prompt_position": self.vision_prompt_position,
-        }
-
-    def _check_extra_state(self, state: Any) -> None:
-        if isinstance(state, dict) and "vision_prompt_position" not in state:
-            state = {**state, "vision_prompt_position": _UNRECORDED_POSITION}
-        super()._check_extra_state(state)
-
-    @classmethod
-    def _options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        options = super()._options_from_config(config)
-        del options["class_specific"], options["class_token_position"]
-        n_ctx = options.pop("n_ctx")
-        return {
-            **options,
-            "method": config["method"],
-            "depth": config["depth"],
-            "text_ctx": n_ctx["positive"],
-            "vision_ctx": config["vision_ctx"],
-            "vision_prompt_position": config.get("vision_prompt_position", _UNRECORDED_POSITION),
-        }
 
     def extra_repr(self) -> str:
         return (

@@ -23,7 +23,7 @@ from fdbpl.cli import main
 from fdbpl.errors import FDBPLError
 from fdbpl.methods import BUILTIN, MethodSpec, MethodTerms, method_names, method_spec, register_method
 from fdbpl.methods.coop import coop_learner_options
-from fdbpl.prompts import DualPromptLearner, build_learner
+from fdbpl.prompts import DualPromptLearner, PromptLearnerBase, build_learner
 from fdbpl.train import TrainConfig, train
 
 ROOT = Path(fdbpl.__file__).parent
@@ -73,7 +73,7 @@ def test_every_builtin_is_one_spec_with_its_learners_capabilities():
     assert method_names()[: len(BUILTIN)] == tuple(BUILTIN)
     for name in BUILTIN:
         spec = method_spec(name)
-        assert spec.name == name and issubclass(spec.learner, DualPromptLearner)
+        assert spec.name == name and issubclass(spec.learner, PromptLearnerBase)
     assert method_spec("cocoop").per_image and not method_spec("coop").per_image
     assert {n for n in BUILTIN if method_spec(n).prompts_images} == {"vpt", "ivlp", "maple", "promptsrc"}
     assert {n for n in BUILTIN if method_spec(n).class_specific} == {"coop", "kgcoop"}

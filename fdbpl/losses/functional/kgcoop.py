@@ -53,8 +53,8 @@ def kgcoop_loss(
         >>> import torch
         >>> from fdbpl.losses.functional import kgcoop_loss
         >>> w = torch.randn(5, 8)
-        >>> float(kgcoop_loss(w, 3 * w))
-        0.0
+        >>> abs(float(kgcoop_loss(w, 3 * w))) < 1e-6  # the same direction: no loss
+        True
     """
     check_ndim("text_features", text_features, 2, "(C, D)")
     check_ndim("handcrafted_text_features", handcrafted_text_features, 2, "(C, D)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -56,6 +56,8 @@ class FDBPLLossOutput:
     first_order: torch.Tensor
     second_order: torch.Tensor
     extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    #: The names of the five fields it unpacks as (as the NamedTuple it was).
+    _fields: ClassVar[tuple[str, ...]] = _FIELDS
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter(tuple(getattr(self, name) for name in _FIELDS))

@@ -1,10 +1,14 @@
-"""The dual positive/negative CoOp-style prompt learner (Section 3.3 of the paper)."""
+"""The base of the dual positive/negative prompt learners (Section 3.3 of the paper): the text
+pass over two learned contexts, and checkpoints that record each learner's configuration."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -18,12 +22,12 @@ from fdbpl.errors import InputValueError
 from fdbpl.logits import clip_logits, logit_scale_of
 from fdbpl.prompts.text_tower import TextTower, Tokenizer, check_text_tower, relative_error, tolerance
 
-__all__ = ["SPACES", "DualPromptLearner"]
+__all__ = ["RUNTIME_OPTIONS", "SPACES", "PromptLearnerBase"]
 
 ClassTokenPosition = Literal["end", "middle", "front"]
 ClassSelection = Sequence[int] | Sequence[str] | torch.Tensor | None
 
-#: The two prompt spaces, in the order :meth:`DualPromptLearner.forward` returns them.
+#: The two prompt spaces, in the order a learner's ``forward`` returns them.
 SPACES = ("positive", "negative")
 
 _RANDOM_N_CTX = 16  # CoOp's default context length without an init phrase
@@ -59,84 +63,78 @@ def _check_distinct_prompts(ids: torch.Tensor, names: list[str], space: str) -> 
             )
 
 
-class DualPromptLearner(nn.Module):
-    r"""Learnable positive and negative prompt contexts over a frozen CLIP text encoder.
+#: Constructor arguments that tune how a learner runs, not what it learns: not part of its
+#: configuration, not saved (set them again when rebuilding).
+RUNTIME_OPTIONS = frozenset(
+    {"tokenizer", "truncate", "class_chunk_size", "share_prefix", "gradient_checkpointing"}
+)
+_NOT_CONFIG = frozenset({"self", "clip_model"})
+#: What a state saved by fdbpl 0.1 without the entry was built with.
+UNRECORDED_IN_0_1 = {"normalize_classnames": False, "vision_prompt_position": "after_ln_pre"}
+# the learner class of each method of fdbpl 0.1, whose states name no class
+_LEARNER_OF_0_1 = {
+    "coop": "DualPromptLearner",
+    "cocoop": "CoCoOpDualPromptLearner",
+    **dict.fromkeys(("vpt", "ivlp", "maple", "promptsrc"), "DeepPromptLearner"),
+}
+# entries a loaded state may hold other values of: the contexts' starting point, the spelling
+# of names (compared as prompted)
+_MAY_DIFFER = frozenset({"classnames", "positive_init", "negative_init", "normalize_classnames"})
+_PLAIN = (str, int, float, bool, type(None))
 
-    CoOp's prompt learner, twice: one context for the positive space :math:`V` (initialised
-    from ``"a photo of a"``) and one for the negative space :math:`\bar V` (``"a photo of
-    no"``). The prompt of class :math:`c` in a space is ``"{init} {classname}."`` with the
-    init phrase's token embeddings replaced by learnable vectors. :meth:`forward` returns
-    :math:`g(V)` and :math:`g(\bar V)`, the text features of every class in both spaces,
-    computed in one batched text pass over sequences cut to the longest tokenized prompt
-    (causal attention and end-of-text pooling make the padded tail irrelevant).
 
-    At initialisation the features equal the model's ``encode_text`` of the tokenized
-    prompts (to float round-off). Only the two contexts are parameters of this module: the
-    CLIP model is not registered (it is neither saved in :meth:`state_dict` nor moved by
-    :meth:`to`), and the text tower's parameters are set to ``requires_grad=False``.
-    Contexts are kept in float32 (or float64 for a float64 model) and cast to the model's
-    compute dtype in the forward pass, so float16 models train with float32 master weights.
+def _plain(name: str, value: Any) -> Any:
+    """``value`` as plain data (a checkpoint loads it with ``weights_only=True``), or an error."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(name, v) for k, v in value.items()}
+    if isinstance(value, Sequence):
+        return [_plain(name, v) for v in value]
+    raise InputValueError(f"{name}: a learner's configuration is plain data, got {type(value).__name__}")
 
-    Args:
-        clip_model: an open_clip ``CLIP`` or ``CustomTextCLIP``, or an OpenAI-``clip`` model.
-        classnames: the C class names, distinct and non-empty.
-        tokenizer: maps a list of strings to :math:`(B, L)` token ids. Default: open_clip's
-            CLIP tokenizer (``open_clip.tokenize``) at the model's context length; pass
-            ``open_clip.get_tokenizer(name)`` for models trained with another tokenizer
-            (SigLIP, ...). OpenAI-clip models need ``clip.tokenize``.
-        n_ctx: the number of context tokens, for both spaces (an int) or per space (a
-            mapping such as ``{"positive": 16}``; a space left out takes the default).
-            With an init phrase it is the phrase's token count (passing another value is
-            an error); without one it defaults to 16. So CoOp's default, 16 random tokens,
-            goes with a negative phrase as ``n_ctx={"positive": 16}, positive_init=None``.
-        positive_init: the positive space's init phrase, or ``None`` for random
-            initialisation (normal, std 0.02).
-        negative_init: the negative space's init phrase, or ``None``.
-        class_specific: one context per class (CoOp's CSC) instead of one shared context.
-        class_token_position: where the class name goes relative to the context,
-            ``"end"`` (default), ``"middle"`` or ``"front"``, as in CoOp.
-        truncate: cut sequences to the longest tokenized prompt (default). ``False`` runs
-            the full context length, which gives the same features more slowly.
-        class_chunk_size: encode at most this many classes of one space at a time, and
-            keep no activations: each chunk is recomputed in the backward pass with its
-            upstream gradient (activation checkpointing per chunk), so the text pass's
-            peak memory is set by the chunk, not by C. The features and gradients are the
-            unchunked ones (to float round-off); the backward pass runs each chunk's
-            forward once more. ``None`` (default): all classes in one pass. It is not part
-            of the state dict; change it any time (``learner.class_chunk_size = 100``).
-        normalize_classnames: read ``_`` in class names as a space, as CoOp's prompt
-            learner does (``"american_bulldog"`` -> ``"american bulldog"``; default), or
-            keep the names as given (``False``). The learner's :attr:`classnames` are the
-            names it prompts with.
-        share_prefix: with ``class_token_position="end"`` and a shared context, every
-            prompt of a space starts with the same start token and context, and causal
-            attention makes their activations the same in every prompt: compute them once
-            per space (:meth:`TextTower.encode_shared_prefix`) and run only the rest of each
-            prompt per class (default). The features are the same to float round-off; it
-            is checked once here on a few classes, and a tower whose blocks it does not
-            reproduce is run in full (with a warning). :attr:`shares_prefix` says which.
 
-    Raises:
-        InputValueError: an empty or duplicated class list, two classes whose prompts
-            tokenize alike (names that differ only in case), a class whose prompt does not
-            fit the context length, an unknown ``class_token_position``, an ``n_ctx`` that
-            contradicts an init phrase.
-        UnsupportedModelError: a model without a recognisable text tower, or one whose
-            ``encode_text`` this learner does not reproduce from token embeddings (checked
-            once here on a few prompts; e.g. a tower already patched for deep prompts,
-            whose blocks hold their own prompt tokens).
+def _records_config(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a learner's ``__init__`` so that the learner's own constructor (the outermost one)
+    records its configuration: each argument but the model and :data:`RUNTIME_OPTIONS`, as the
+    learner resolved it where it keeps a plain attribute of that name."""
+    signature = inspect.signature(init)
 
-    Example:
-        >>> import open_clip, torch
-        >>> from fdbpl.prompts import DualPromptLearner
-        >>> model = open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=64,
-        ...     layers=1), text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
-        >>> learner = DualPromptLearner(model, ["cat", "dog", "school bus"])
-        >>> positive, negative = learner()
-        >>> positive.shape, negative.shape
-        (torch.Size([3, 32]), torch.Size([3, 32]))
-        >>> [name for name, p in learner.named_parameters()]
-        ['positive_context', 'negative_context']
+    @functools.wraps(init)
+    def recording_init(self: PromptLearnerBase, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self).__init__ is not recording_init:
+            return  # a subclass's constructor records its own arguments
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        config = {}
+        for name, value in bound.arguments.items():
+            if name in _NOT_CONFIG or name in RUNTIME_OPTIONS:
+                continue
+            resolved = self.__dict__.get(name, value)
+            config[name] = _plain(name, resolved if isinstance(resolved, (*_PLAIN, list, dict)) else value)
+        self._config = config
+
+    return recording_init
+
+
+class PromptLearnerBase(nn.Module):
+    r"""The base of every dual prompt learner: two learned contexts over a frozen CLIP text tower.
+
+    It holds what every base method's learner shares: the positive and negative contexts
+    (:math:`V`, :math:`\bar V`), the batched text pass (cut sequences, shared prefix, class
+    chunks), :meth:`logits`, and checkpoints. Its constructor's arguments are CoOp's
+    (documented on :class:`~fdbpl.prompts.DualPromptLearner`, CoOp's learner); a subclass
+    passes up the ones it keeps and adds its own.
+
+    **Configuration.** The arguments of the learner's own constructor, except the model
+    and the ones that only tune how it runs (:data:`RUNTIME_OPTIONS`), are its
+    configuration: :attr:`config`, a read-only mapping recorded when it is built (an
+    argument left ``None`` is recorded as the value the learner resolved it to, e.g.
+    ``n_ctx``), saved in :meth:`state_dict` and given back by :meth:`from_state_dict` as
+    ``cls(clip_model, **config)``. A subclass needs no checkpoint code of its own.
     """
 
     #: The base method's name, recorded in the state dict (see :func:`fdbpl.prompts.build_learner`).
@@ -148,8 +146,16 @@ class DualPromptLearner(nn.Module):
     prompts_images = False
     #: Whether the learner can learn one context per class (``class_specific``).
     class_specific_contexts = True
-    #: Configuration entries a loaded state must share with this learner.
-    _shape_keys: tuple[str, ...] = ("n_ctx", "class_specific", "class_token_position")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _records_config(cls.__dict__["__init__"])  # type: ignore[method-assign]
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The learner's configuration (read-only): its constructor's arguments as resolved."""
+        return MappingProxyType(self._config)
 
     def __init__(
         self,
@@ -535,15 +541,53 @@ class DualPromptLearner(nn.Module):
     # -- checkpoints --------------------------------------------------------------------
 
     def get_extra_state(self) -> dict[str, Any]:
-        """The learner's whole configuration, saved with its contexts (see :meth:`from_state_dict`)."""
+        """The learner's class, method, class names, contexts' lengths and :attr:`config`,
+        saved with its contexts (see :meth:`from_state_dict`)."""
+        config = dict(self._config)
+        inits = {space: config.pop(f"{space}_init", self.inits[space]) for space in SPACES}
+        config.pop("classnames", None)
         return {
+            "learner": type(self).__name__,
             "method": self.method,
             "classnames": list(self.classnames),
             "n_ctx": dict(self.n_ctx),
-            "inits": dict(self.inits),
-            "class_specific": self.class_specific,
-            "class_token_position": self.class_token_position,
-            "normalize_classnames": self.normalize_classnames,
+            "inits": inits,
+            **config,
+        }
+
+    @classmethod
+    def stored_config(cls, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The configuration a learner's extra state records, as arguments of ``cls``.
+
+        Read by ``cls``'s constructor signature, so it serves every learner; states of
+        fdbpl 0.1 (no ``learner`` entry) read as what 0.1 built them with
+        (:data:`UNRECORDED_IN_0_1` where an entry is missing; a deep learner's
+        ``text_ctx`` from its ``n_ctx``).
+
+        Raises:
+            InputValueError: a state that is not a learner's, or of another learner class.
+        """
+        if not isinstance(state, Mapping) or "classnames" not in state or "n_ctx" not in state:
+            raise InputValueError("state_dict: not a prompt learner's state (no configuration in it)")
+        learner = state.get("learner", _LEARNER_OF_0_1.get(state.get("method", "coop")))
+        parameters = inspect.signature(cls.__init__).parameters
+        if learner is not None and learner != cls.__name__:
+            mine = cls.__name__ if "method" in parameters else f"{cls.method!r} one ({cls.__name__})"
+            raise InputValueError(
+                f"state_dict: a {state.get('method', 'coop')!r} learner's state ({learner}), not a {mine} "
+                "(fdbpl.prompts.learner_from_state_dict picks the class from the state)"
+            )
+        inits = state.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
+        recorded = {
+            **UNRECORDED_IN_0_1,
+            "text_ctx": state["n_ctx"].get("positive"),
+            **{f"{space}_init": inits.get(space) for space in SPACES},
+            **state,
+        }
+        return {
+            name: recorded[name]
+            for name in parameters
+            if name in recorded and name not in _NOT_CONFIG and name not in RUNTIME_OPTIONS
         }
 
     @classmethod
@@ -553,8 +597,8 @@ class DualPromptLearner(nn.Module):
         state_dict: Mapping[str, Any],
         classnames: Sequence[str] | None = None,
         tokenizer: Tokenizer | None = None,
-    ) -> DualPromptLearner:
-        """Rebuild a learner from its :meth:`state_dict`: its configuration and its contexts.
+    ) -> PromptLearnerBase:
+        """Rebuild a learner from its :meth:`state_dict`: ``cls(clip_model, **config)``, then its contexts.
 
         Args:
             clip_model: the CLIP model the contexts were trained for (or one of its shape).
@@ -565,12 +609,11 @@ class DualPromptLearner(nn.Module):
             tokenizer: the model's tokenizer (default: the text tower's).
 
         Raises:
-            InputValueError: a state without a learner's configuration, or contexts that do
-                not fit (another width, or class-specific contexts for other classes).
+            InputValueError: a state without a learner's configuration, of another learner
+                class, or contexts that do not fit (another width, or class-specific
+                contexts for other classes).
         """
-        config = state_dict.get("_extra_state")
-        if not isinstance(config, dict) or "classnames" not in config or "n_ctx" not in config:
-            raise InputValueError("state_dict: not a DualPromptLearner state (no configuration in it)")
+        config = cls.stored_config(state_dict.get("_extra_state"))
         names = list(classnames) if classnames is not None else list(config["classnames"])
         if config.get("class_specific") and names != list(config["classnames"]):
             first = first_difference(config["classnames"], names)
@@ -579,64 +622,39 @@ class DualPromptLearner(nn.Module):
                 f"were trained on, {len(names)} other class names given (they first differ at index {first}); "
                 "evaluate them on their own classes (fdbpl evaluate --classes all)"
             )
-        method = config.get("method", "coop")
-        if not cls._handles(method):
-            raise InputValueError(
-                f"state_dict: a {method!r} learner's state, not a {cls.method!r} one "
-                "(fdbpl.prompts.learner_from_state_dict picks the class from the state)"
-            )
-        learner = cls(clip_model, names, tokenizer=tokenizer, **cls._options_from_config(config))
+        learner = cls(clip_model, **{**config, "classnames": names}, tokenizer=tokenizer)
         learner.load_contexts(state_dict)
         return learner
-
-    @classmethod
-    def _handles(cls, method: str) -> bool:
-        """Whether this class builds learners of ``method``."""
-        return method == cls.method
-
-    @classmethod
-    def _options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The constructor's options recorded in a state's configuration (its extra state)."""
-        inits = config.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
-        return {
-            "n_ctx": {
-                space: config["n_ctx"][space]
-                for space in SPACES
-                if inits.get(space) is None or cls._partial_phrase
-            },
-            "positive_init": inits.get("positive"),
-            "negative_init": inits.get("negative"),
-            "class_specific": bool(config.get("class_specific")),
-            "class_token_position": config.get("class_token_position", "end"),
-            "normalize_classnames": bool(config.get("normalize_classnames", False)),
-        }
 
     def set_extra_state(self, state: Any) -> None:
         self._check_extra_state(state)
 
     def _check_extra_state(self, state: Any) -> None:
-        """Refuse a checkpoint of other class names or prompt shapes; changes nothing."""
+        """Refuse a checkpoint of another learner, class names or configuration; changes nothing.
+
+        The init phrases (only the contexts' starting point) and ``normalize_classnames``
+        (the class names are compared as prompted) may differ."""
         if not isinstance(state, dict) or "classnames" not in state:
-            raise InputValueError("state_dict: not a DualPromptLearner checkpoint (no class names in it)")
-        mine = self.get_extra_state()
-        if state["classnames"] != mine["classnames"]:
-            theirs = state["classnames"]
-            first = first_difference(theirs, mine["classnames"])
+            raise InputValueError("state_dict: not a prompt learner's checkpoint (no class names in it)")
+        if state["classnames"] != self.classnames:
+            theirs, mine = state["classnames"], self.classnames
+            first = first_difference(theirs, mine)
             raise InputValueError(
                 f"state_dict: the checkpoint was made for {len(theirs)} class names, this learner has "
-                f"{len(mine['classnames'])}; they first differ at index {first}: "
+                f"{len(mine)}; they first differ at index {first}: "
                 f"{theirs[first] if first < len(theirs) else '<end>'!r} in the checkpoint vs "
-                f"{mine['classnames'][first] if first < len(mine['classnames']) else '<end>'!r} here"
+                f"{mine[first] if first < len(mine) else '<end>'!r} here"
             )
         if state.get("method", "coop") != self.method:
             raise InputValueError(
                 f"state_dict: the checkpoint is of a {state.get('method', 'coop')!r} learner, this one is "
                 f"{self.method!r}"
             )
-        for key in self._shape_keys:
-            if state.get(key) != mine[key]:
+        theirs = {**self.stored_config(state), "n_ctx": state["n_ctx"]}
+        for key, mine in {**self._config, "n_ctx": self.n_ctx}.items():
+            if key not in _MAY_DIFFER and theirs.get(key, mine) != mine:
                 raise InputValueError(
-                    f"state_dict: the checkpoint has {key}={state.get(key)!r}, this learner {key}={mine[key]!r}"
+                    f"state_dict: the checkpoint has {key}={theirs[key]!r}, this learner {key}={mine!r}"
                 )
 
     def _check_state_dict(self, state_dict: Mapping[str, Any], prefix: str, strict: bool) -> None:
@@ -645,7 +663,7 @@ class DualPromptLearner(nn.Module):
         if extra not in state_dict:
             raise InputValueError(
                 f"state_dict: no {extra!r} in it, so its class names and prompt shapes cannot be checked "
-                "(not a DualPromptLearner state; load_contexts takes bare contexts)"
+                "(not a prompt learner's state; load_contexts takes bare contexts)"
             )
         self._check_extra_state(state_dict[extra])
         for name, mine in self.named_parameters():
@@ -721,3 +739,6 @@ class DualPromptLearner(nn.Module):
             f"class_chunk_size={self._class_chunk_size}, shares_prefix={self.shares_prefix}, "
             f"text_tower={self._tower.kind!r}"
         )
+
+
+PromptLearnerBase.__init__ = _records_config(PromptLearnerBase.__init__)  # type: ignore[method-assign]

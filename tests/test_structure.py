@@ -1,4 +1,4 @@
-"""The modules of fdbpl/ import each other without a circle (module-level imports only)."""
+"""The shape of fdbpl/: no import circle (module-level imports), no function over 80 code lines."""
 
 from __future__ import annotations
 
@@ -84,3 +84,38 @@ def test_the_walk_sees_the_imports():
 
 def test_no_import_circle_in_fdbpl():
     assert _circle(_graph()) is None
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def _code_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function, its docstring excluded."""
+    lines = function.end_lineno - function.lineno + 1
+    first = function.body[0]
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def test_no_function_over_80_code_lines():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and _code_lines(node) > MAX_FUNCTION_LINES
+            ):
+                long.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({_code_lines(node)})"
+                )
+    assert long == []
+
+
+def test_the_line_count_leaves_out_the_docstring():
+    tree = ast.parse('def f():\n    """One.\n\n    Two.\n    """\n    return 1\n')
+    assert _code_lines(tree.body[0]) == 2
