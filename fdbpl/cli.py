@@ -8,7 +8,6 @@ with status 2; the parser's defaults come from :class:`fdbpl.train.TrainConfig` 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import json
 import sys
@@ -20,7 +19,6 @@ from typing import Any, NoReturn
 import torch
 
 import fdbpl
-from fdbpl._checks import check_count, check_number
 from fdbpl.cache import RILTable, build_table, clip_student_features, clip_teacher, scan_image_folder
 from fdbpl.cache.crops import check_range
 from fdbpl.cache.scan import check_distinct_classnames
@@ -31,13 +29,14 @@ from fdbpl.distributed import process_group, rank_and_world
 from fdbpl.errors import FDBPLError, InputValueError
 from fdbpl.evaluate import evaluate_prompts, harmonic_mean
 from fdbpl.files import read_file_text
+from fdbpl.losses import LossWeights
 from fdbpl.methods import method_names, method_spec
 from fdbpl.methods.arguments import add_method_arguments, method_options_from
 from fdbpl.models import LoadedCLIP, load_open_clip
-from fdbpl.prompts import DEEP_DEFAULTS, META_NETS
+from fdbpl.options import add_settings, flag_reason, integer_type, number_type, settings_from
 from fdbpl.run import CHECKPOINT, CONFIG, LOG, RunFolder
 from fdbpl.subsets import select_images
-from fdbpl.train import IMAGE_FEATURES, TrainConfig, train
+from fdbpl.train import TrainConfig, train
 
 __all__ = ["build_parser", "main"]
 
@@ -73,58 +72,13 @@ class _CommandListFormatter(argparse.HelpFormatter):
             self._action_max_length = max(self._action_max_length, needed)
 
 
-def _reason(error: Exception, text: str | None = None) -> str:
-    """A library error's message without its leading ``name: `` (the CLI names the flag),
-    quoting what the user typed (``text``) as what it got."""
-    message = str(error)
-    head, sep, rest = message.partition(": ")
-    reason = rest if sep and " " not in head else message
-    if text is not None and ", got " in reason:
-        reason = f"{reason.rsplit(', got ', 1)[0]}, got {text!r}"
-    return reason
-
-
-def _integer(minimum: int) -> Callable[[str], int]:
-    """An argparse type: the text as an integer >= ``minimum`` (fdbpl's own check)."""
-
-    def parse(text: str) -> int:
-        try:
-            value: object = int(text)
-        except ValueError:
-            value = text
-        try:
-            return check_count("value", value, minimum)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(_reason(e, text)) from None
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def _number(minimum: float | None = None, positive: bool = False) -> Callable[[str], float]:
-    """An argparse type: the text as a finite number (fdbpl's own check)."""
-
-    def parse(text: str) -> float:
-        try:
-            value: object = float(text)
-        except ValueError:
-            value = text
-        try:
-            return check_number("value", value, minimum, positive)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(_reason(e, text)) from None
-
-    parse.__name__ = "number"
-    return parse
-
-
 def _template(text: str) -> str:
     if text == "dataset":  # resolved with --dataset
         return text
     try:
         return check_template(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(_reason(e)) from None
+        raise argparse.ArgumentTypeError(flag_reason(e)) from None
 
 
 def _check_range(
@@ -133,7 +87,7 @@ def _check_range(
     try:
         check_range(flag, pair, upper)
     except ValueError as e:
-        parser.error(f"{flag}: {_reason(e)}")
+        parser.error(f"{flag}: {flag_reason(e)}")
 
 
 def _check_out_folder(parser: argparse.ArgumentParser, name: str, path: str) -> None:
@@ -188,7 +142,9 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
     _add_crop_arguments(p)
     _add_class_arguments(p)
     _add_teacher_arguments(p)
-    p.add_argument("--shots", type=_integer(1), help="N images per class, drawn with --seed (default: all)")
+    p.add_argument(
+        "--shots", type=integer_type(1), help="N images per class, drawn with --seed (default: all)"
+    )
     p.add_argument(
         "--subset",
         choices=["base", "new", "all"],
@@ -218,13 +174,13 @@ def _add_crop_arguments(p: argparse.ArgumentParser) -> None:
     """How many crops, which labels kept, in what batches (defaults: :func:`build_table`'s)."""
     p.add_argument(
         "--crops-per-image",
-        type=_integer(1),
+        type=integer_type(1),
         default=BUILD["crops_per_image"],
         help=f"regions per image, M (default: {BUILD['crops_per_image']})",
     )
     p.add_argument(
         "--topk",
-        type=_integer(1),
+        type=integer_type(1),
         default=BUILD["topk"],
         help=f"classes kept per region, K, all of them when there are fewer (default: {BUILD['topk']})",
     )
@@ -236,13 +192,13 @@ def _add_crop_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seed",
-        type=_integer(0),
+        type=integer_type(0),
         default=BUILD["seed"],
         help=f"seed of the crops and of random weights (default: {BUILD['seed']})",
     )
     p.add_argument(
         "--batch-size",
-        type=_integer(1),
+        type=integer_type(1),
         default=BUILD["batch_size"],
         help=f"crops per teacher call (default: {BUILD['batch_size']})",
     )
@@ -285,12 +241,12 @@ def _add_teacher_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--temperature",
-        type=_number(positive=True),
+        type=number_type(positive=True),
         help="softmax temperature tau > 0 (default: the teacher's own, 1 / logit_scale.exp())",
     )
     p.add_argument(
         "--scale",
-        type=_number(positive=True),
+        type=number_type(positive=True),
         nargs=2,
         default=BUILD["scale"],
         metavar=("MIN", "MAX"),
@@ -298,7 +254,7 @@ def _add_teacher_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ratio",
-        type=_number(positive=True),
+        type=number_type(positive=True),
         nargs=2,
         default=BUILD["ratio"],
         metavar=("MIN", "MAX"),
@@ -306,13 +262,13 @@ def _add_teacher_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--shard-size",
-        type=_integer(1),
+        type=integer_type(1),
         default=BUILD["shard_size"],
         help=f"images per shard (default: {BUILD['shard_size']})",
     )
     p.add_argument(
         "--num-workers",
-        type=_integer(0),
+        type=integer_type(0),
         default=BUILD["num_workers"],
         help=f"crop-rendering worker processes (default: {BUILD['num_workers']})",
     )
@@ -344,6 +300,9 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    """``fdbpl train``: the options of :class:`~fdbpl.train.TrainConfig` and
+    :class:`~fdbpl.losses.LossWeights` are generated from their fields (:mod:`fdbpl.options`);
+    those written here read 'random' as ``None`` or pack several fields."""
     d = TrainConfig()
     p = sub.add_parser(
         "train",
@@ -364,28 +323,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "for a named model (default: random weights for a config JSON)",
     )
     p.add_argument("--out", required=True, help="the run's folder")
-    p.add_argument(
-        "--epochs",
-        type=_integer(1),
-        default=d.epochs,
-        help=f"epochs of the cosine schedule (default: {d.epochs}, as in the paper)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=_integer(1),
-        default=d.batch_size,
-        help=f"images per step per process (default: {d.batch_size})",
-    )
-    p.add_argument(
-        "--lr",
-        type=_number(positive=True),
-        default=d.lr,
-        help=f"SGD learning rate, cosine schedule (default: {d.lr})",
-    )
-    _add_loss_arguments(p, d)
+    add_settings(p, TrainConfig, ["epochs", "batch_size", "lr", "momentum", "weight_decay"])
+    add_settings(p, LossWeights)
     _add_prompt_arguments(p, d)
-    _add_deep_arguments(p, d)
-    _add_data_arguments(p, d)
+    _add_promptsrc_arguments(p, d)
+    _add_data_arguments(p)
     add_method_arguments(p)
     p.set_defaults(handler=_train, parser=p)
 
@@ -394,7 +336,7 @@ def _add_prompt_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     """The base method and its prompts' shape and start."""
     p.add_argument(
         "--n-ctx",
-        type=_integer(1),
+        type=integer_type(1),
         help="context tokens of each randomly initialised space (default: 16, CoOp's); given alone, both "
         "spaces start random (otherwise from the init phrases below)",
     )
@@ -408,7 +350,6 @@ def _add_prompt_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         metavar="PHRASE",
         help=f"init phrase of the negative context, or 'random' (default: {d.negative_init!r})",
     )
-    p.add_argument("--class-specific", action="store_true", help="one context per class (CoOp's CSC)")
     p.add_argument(
         "--method",
         choices=method_names(),
@@ -417,58 +358,15 @@ def _add_prompt_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         + "; ".join(f"{name} ({method_spec(name).summary})" for name in method_names())
         + f" (default: {d.method})",
     )
-    p.add_argument(
-        "--meta-net",
-        choices=META_NETS,
-        default=d.meta_net,
-        help="cocoop: one meta-network for both spaces (shared) or one per space (per_space) "
-        f"(default: {d.meta_net})",
-    )
-    p.add_argument(
-        "--init-from",
-        metavar="PATH",
-        help="start the positive space (and vision prompts) from a checkpoint saved by the base method's own "
-        "trainer (CoOp, CoCoOp, VPT, IVLP, MaPLe, PromptSRC: Dassl's model.pth.tar-N), read without running "
-        "code from it; the negative space keeps its init (default: the init phrases)",
-    )
+    add_settings(p, TrainConfig, ["class_specific", "meta_net", "init_from"])
+    add_settings(p, TrainConfig, ["depth", "text_ctx", "vision_ctx", "gradient_checkpointing", "amp"])
 
 
-def _add_deep_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
-    """The deep methods' prompts, and PromptSRC's constraints and aggregation."""
-    deep = ", ".join(f"{m} {v['depth']}" for m, v in DEEP_DEFAULTS.items())
-    p.add_argument(
-        "--depth",
-        type=_integer(1),
-        help=f"deep methods: layers that get prompts, in both towers (default: the method's paper: {deep})",
-    )
-    text_ctx = ", ".join(f"{m} {v['text_ctx']}" for m, v in DEEP_DEFAULTS.items())
-    p.add_argument(
-        "--text-ctx",
-        type=_integer(1),
-        help="deep methods: learned text tokens per space and layer, the first ones of the init phrase "
-        f"(default: {text_ctx})",
-    )
-    vision_ctx = ", ".join(f"{m} {v['vision_ctx']}" for m, v in DEEP_DEFAULTS.items())
-    p.add_argument(
-        "--vision-ctx",
-        type=_integer(0),
-        help=f"deep methods: learned vision tokens per layer (maple: --text-ctx) (default: {vision_ctx})",
-    )
-    p.add_argument(
-        "--gradient-checkpointing",
-        action="store_true",
-        help="deep methods: recompute each image-tower block in backward instead of keeping its "
-        "activations (less memory, about one more image forward per step)",
-    )
-    p.add_argument(
-        "--amp",
-        action="store_true",
-        help="run the CLIP towers under bfloat16 autocast (on a GPU: less memory, faster); the losses "
-        "stay float32",
-    )
+def _add_promptsrc_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """PromptSRC's constraints and aggregation, each flag packing several fields."""
     p.add_argument(
         "--src-weights",
-        type=_number(minimum=0.0),
+        type=number_type(minimum=0.0),
         nargs=3,
         metavar=("IMAGE", "TEXT", "LOGITS"),
         default=[d.src_image_weight, d.src_text_weight, d.src_logit_weight],
@@ -477,7 +375,7 @@ def _add_deep_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     )
     p.add_argument(
         "--gpa",
-        type=_number(),
+        type=number_type(),
         nargs=2,
         metavar=("MEAN", "STD"),
         default=[d.gpa_mean, d.gpa_std],
@@ -486,52 +384,15 @@ def _add_deep_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     )
 
 
-def _add_data_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     """Where the features and crops come from, the class subsets, workers, seed, device."""
-    p.add_argument(
-        "--image-features",
-        choices=IMAGE_FEATURES,
-        default=d.image_features,
-        help="the student's image features: the table's stored ones (cached; refused if another "
-        "student's), the image encoder on the replayed crops (encode), or cached when the table has "
-        f"them (auto) (default: {d.image_features})",
-    )
-    p.add_argument(
-        "--class-chunk-size",
-        type=_integer(1),
-        help="encode the class prompts this many classes at a time, recomputed in backward: bounds the "
-        "text pass's memory for many classes (default: all classes at once)",
-    )
-    p.add_argument(
-        "--max-classes",
-        type=_integer(1),
-        help="class-agnostic training (a table over a vocabulary): each step encodes only the batch's "
-        "Top-K classes topped up to this many by mean teacher probability, the labels conditioned on them "
-        "(default: every class each step)",
-    )
-    p.add_argument(
-        "--crops-per-image",
-        type=_integer(1),
-        default=d.crops_per_image,
-        help=f"regions per image per step (default: {d.crops_per_image})",
-    )
+    add_settings(p, TrainConfig, ["image_features", "class_chunk_size", "max_classes", "crops_per_image"])
     p.add_argument(
         "--classnames",
         help="file of the class names the student's split must have (checked against the table; "
         "default: the table's class names)",
     )
-    p.add_argument(
-        "--num-workers",
-        type=_integer(0),
-        default=d.num_workers,
-        help=f"data-loading worker processes (default: {d.num_workers})",
-    )
-    p.add_argument(
-        "--seed",
-        type=_integer(0),
-        default=d.seed,
-        help=f"seed of the data order and of random weights (default: {d.seed})",
-    )
+    add_settings(p, TrainConfig, ["num_workers", "seed"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument(
         "--no-verify",
@@ -540,22 +401,6 @@ def _add_data_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         "training, about a second per GB)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _add_loss_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
-    """The weights of Eq. 17, alpha and delta."""
-    for name, what in (("neg", "Eq. 10"), ("diff1", "Eq. 13"), ("diff2", "Eq. 16")):
-        default = getattr(d, f"lambda_{name}")
-        p.add_argument(
-            f"--lambda-{name}",
-            type=_number(0.0),
-            default=default,
-            help=f"weight of {what} (default: {default:g})",
-        )
-    p.add_argument(
-        "--alpha", type=_number(0.0), default=d.alpha, help=f"alpha of Eq. 13 (default: {d.alpha:g})"
-    )
-    p.add_argument("--delta", type=_number(), default=d.delta, help=f"delta of Eq. 16 (default: {d.delta:g})")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -600,7 +445,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", help="override the run's student model (default: the run's)")
     p.add_argument("--pretrained", help="override the run's student weights (default: the run's)")
     p.add_argument("--initial", action="store_true", help="also evaluate the initial prompts")
-    p.add_argument("--batch-size", type=_integer(1), default=64, help="images per forward pass (default: 64)")
+    p.add_argument(
+        "--batch-size", type=integer_type(1), default=64, help="images per forward pass (default: 64)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.set_defaults(handler=_evaluate, parser=p)
 
@@ -621,9 +468,11 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split", choices=["train", "val", "test"], default="train", help="which split (default: train)"
     )
-    p.add_argument("--shots", type=_integer(0), default=0, help="K images per class, 0 for all (default: 0)")
     p.add_argument(
-        "--seed", type=_integer(0), default=1, help="the few-shot draw's seed, CoOp's --seed (default: 1)"
+        "--shots", type=integer_type(0), default=0, help="K images per class, 0 for all (default: 0)"
+    )
+    p.add_argument(
+        "--seed", type=integer_type(0), default=1, help="the few-shot draw's seed, CoOp's --seed (default: 1)"
     )
     p.add_argument(
         "--subset", choices=["all", "base", "new"], default="all", help="CoOp's class halves (default: all)"
@@ -677,22 +526,22 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student-pretrained", help="tag or checkpoint for the student (default: random)")
     p.add_argument(
         "--epochs",
-        type=_integer(1),
+        type=integer_type(1),
         default=d.epochs,
         help=f"epochs of prompt training (default: {d.epochs})",
     )
     p.add_argument(
         "--crops-per-image",
-        type=_integer(1),
+        type=integer_type(1),
         default=d.crops_per_image,
         help=f"regions per training image in the table, M (default: {d.crops_per_image})",
     )
     p.add_argument(
-        "--topk", type=_integer(1), default=d.topk, help=f"classes kept per region, K (default: {d.topk})"
+        "--topk", type=integer_type(1), default=d.topk, help=f"classes kept per region, K (default: {d.topk})"
     )
     p.add_argument(
         "--seed",
-        type=_integer(0),
+        type=integer_type(0),
         default=d.seed,
         help=f"seed of the images, crops and weights (default: {d.seed})",
     )
@@ -862,8 +711,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The run's settings from the parsed options: every option named after a
     :class:`~fdbpl.train.TrainConfig` field as it is, then those that pack several fields or
     read 'random' as ``None``."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {name: value for name, value in vars(args).items() if name in names}
+    given = settings_from(TrainConfig, args)
     inits = _inits(args)
     given.update(
         positive_init=inits["positive"],

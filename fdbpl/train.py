@@ -10,7 +10,6 @@ rank sees a disjoint share of each epoch and all ranks end with the same prompts
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -25,7 +24,6 @@ import torch
 from fdbpl._checks import check_count, check_number
 from fdbpl.aggregation import GPA_MEAN, GPA_STD
 from fdbpl.cache import RegionDataset, RILTable
-from fdbpl.cache.manifest import MANIFEST
 from fdbpl.distributed import barrier, rank_and_world
 from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe
@@ -34,7 +32,15 @@ from fdbpl.losses import FDBPLLoss
 from fdbpl.losses.functional.promptsrc import IMAGE_WEIGHT, TEXT_WEIGHT
 from fdbpl.losses.weights import DEFAULT_WEIGHTS, LossWeights
 from fdbpl.methods import DEFAULT_METHOD, MethodSpec, MethodTerms, RunContext, StepOutputs, method_spec
-from fdbpl.prompts import META_NETS, PromptLearnerBase, PromptModel, build_learner, load_authors_checkpoint
+from fdbpl.options import setting
+from fdbpl.prompts import (
+    DEEP_DEFAULTS,
+    META_NETS,
+    PromptLearnerBase,
+    PromptModel,
+    build_learner,
+    load_authors_checkpoint,
+)
 from fdbpl.run import CHECKPOINT, RunFolder, load_run
 from fdbpl.sparsify import SparseSoftLabels
 
@@ -46,6 +52,11 @@ __all__ = ["CHECKPOINT", "IMAGE_FEATURES", "TrainConfig", "TrainResult", "load_r
 #: student), else the image encoder on the replayed crops; ``"cached"``: the table's (an
 #: error without them); ``"encode"``: always the image encoder.
 IMAGE_FEATURES = ("auto", "cached", "encode")
+# each deep setting's default per method, for the help texts
+_DEEP = {
+    key: ", ".join(f"{method} {values[key]}" for method, values in DEEP_DEFAULTS.items())
+    for key in ("depth", "text_ctx", "vision_ctx")
+}
 
 
 @dataclass
@@ -82,11 +93,11 @@ class TrainConfig:
     run continues from its own checkpoint.
     """
 
-    epochs: int = 50
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = setting(50, "epochs of the cosine schedule", minimum=1, source="the paper's")
+    batch_size: int = setting(128, "images per step per process", minimum=1, source="the paper's")
+    lr: float = setting(0.1, "SGD learning rate, cosine schedule", positive=True, source="the paper's")
+    momentum: float = setting(0.9, "SGD momentum", minimum=0.0, source="CoOp's")
+    weight_decay: float = setting(5e-4, "SGD weight decay", minimum=0.0, source="CoOp's")
     lambda_neg: float = DEFAULT_WEIGHTS.lambda_neg
     lambda_diff1: float = DEFAULT_WEIGHTS.lambda_diff1
     lambda_diff2: float = DEFAULT_WEIGHTS.lambda_diff2
@@ -95,26 +106,71 @@ class TrainConfig:
     n_ctx: int | None = None
     positive_init: str | None = "a photo of a"
     negative_init: str | None = "a photo of no"
-    class_specific: bool = False
-    crops_per_image: int = 1
-    num_workers: int = 0
-    seed: int = 0
-    image_features: str = "auto"
-    class_chunk_size: int | None = None
-    max_classes: int | None = None
+    class_specific: bool = setting(False, "one context per class (CoOp's CSC; default: one per space)")
+    crops_per_image: int = setting(1, "regions per image per step", minimum=1)
+    num_workers: int = setting(0, "data-loading worker processes", minimum=0)
+    seed: int = setting(0, "seed of the data order and of random weights", minimum=0)
+    image_features: str = setting(
+        "auto",
+        "the student's image features: the table's stored ones (cached; refused if another student's), "
+        "the image encoder on the replayed crops (encode), or cached when the table has them (auto)",
+        choices=IMAGE_FEATURES,
+    )
+    class_chunk_size: int | None = setting(
+        None,
+        "encode the class prompts this many classes at a time, recomputed in backward: bounds the text "
+        "pass's memory for many classes (default: all classes at once)",
+        minimum=1,
+    )
+    max_classes: int | None = setting(
+        None,
+        "class-agnostic training (a table over a vocabulary): each step encodes only the batch's Top-K "
+        "classes topped up to this many by mean teacher probability, the labels conditioned on them "
+        "(default: every class each step)",
+        minimum=1,
+    )
     method: str = DEFAULT_METHOD
-    meta_net: str = "shared"
-    depth: int | None = None
-    text_ctx: int | None = None
-    vision_ctx: int | None = None
+    meta_net: str = setting(
+        "shared",
+        "cocoop: one meta-network for both spaces (shared) or one per space (per_space)",
+        choices=META_NETS,
+    )
+    depth: int | None = setting(
+        None, f"deep methods: layers that get prompts, in both towers (default: {_DEEP['depth']})", minimum=1
+    )
+    text_ctx: int | None = setting(
+        None,
+        "deep methods: learned text tokens per space and layer, the first ones of the init phrase "
+        f"(default: {_DEEP['text_ctx']})",
+        minimum=1,
+    )
+    vision_ctx: int | None = setting(
+        None,
+        f"deep methods: learned vision tokens per layer (maple: --text-ctx) (default: {_DEEP['vision_ctx']})",
+        minimum=0,
+    )
     src_image_weight: float = IMAGE_WEIGHT
     src_text_weight: float = TEXT_WEIGHT
     src_logit_weight: float = 1.0
     gpa_mean: float = GPA_MEAN
     gpa_std: float = GPA_STD
-    gradient_checkpointing: bool = False
-    amp: bool = False
-    init_from: str | None = None
+    gradient_checkpointing: bool = setting(
+        False,
+        "deep methods: recompute each image-tower block in backward instead of keeping its activations "
+        "(less memory, about one more image forward per step; default: keep them)",
+    )
+    amp: bool = setting(
+        False,
+        "run the CLIP towers under bfloat16 autocast (on a GPU: less memory, faster); the losses stay "
+        "float32 (default: float32 throughout)",
+    )
+    init_from: str | None = setting(
+        None,
+        "start the positive space (and vision prompts) from a checkpoint saved by the base method's own "
+        "trainer (CoOp, CoCoOp, VPT, IVLP, MaPLe, PromptSRC: Dassl's model.pth.tar-N), read without running "
+        "code from it; the negative space keeps its init (default: the init phrases)",
+        metavar="PATH",
+    )
     method_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -189,11 +245,6 @@ class TrainResult:
     steps: int
     seconds: float
     last: dict[str, float] = field(default_factory=dict)
-
-
-def table_hash(table: RILTable) -> str:
-    """SHA-256 of the table's manifest file: a checkpoint names the exact table it was trained on."""
-    return hashlib.sha256((table.path / MANIFEST).read_bytes()).hexdigest()
 
 
 class _ShareSampler(torch.utils.data.Sampler[int]):
@@ -422,7 +473,7 @@ def _start_or_resume(
     )
     settings = {
         "config": asdict(cfg),
-        "table_sha256": table_hash(table),
+        "table_sha256": table.manifest_sha256,
         # where the table's images came from (dataset, split, shots, seed, subset), if recorded
         "table_source": table.manifest.get("source"),
         "student": student_description,

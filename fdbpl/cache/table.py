@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -227,6 +228,12 @@ class RILTable:
     @property
     def bytes_per_region(self) -> int:
         return bytes_per_region(self.manifest)
+
+    @property
+    def manifest_sha256(self) -> str:
+        """SHA-256 of the manifest file as it is on disk: it names the exact table (its
+        settings and every column's checksum), so a run records what it was trained on."""
+        return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()
 
     @property
     def student(self) -> dict[str, Any] | None:

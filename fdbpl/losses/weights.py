@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fdbpl._checks import check_number
+from fdbpl.options import setting
 
 __all__ = ["DEFAULT_WEIGHTS", "LossWeights"]
 
@@ -38,11 +39,13 @@ class LossWeights:
         0.5
     """
 
-    lambda_neg: float = 1.0
-    lambda_diff1: float = 1.0
-    lambda_diff2: float = 1.0
-    alpha: float = 1.0
-    delta: float = 0.1
+    lambda_neg: float = setting(1.0, "weight of the negative term (Eq. 10) in Eq. 17", minimum=0.0)
+    lambda_diff1: float = setting(1.0, "weight of the first-order difference (Eq. 13) in Eq. 17", minimum=0.0)
+    lambda_diff2: float = setting(
+        1.0, "weight of the second-order difference (Eq. 16) in Eq. 17", minimum=0.0
+    )
+    alpha: float = setting(1.0, "alpha of the first-order difference (Eq. 13)", minimum=0.0)
+    delta: float = setting(0.1, "delta of the second-order difference (Eq. 16)")
 
     def __post_init__(self) -> None:
         for name in ("lambda_neg", "lambda_diff1", "lambda_diff2", "alpha"):
