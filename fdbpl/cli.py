@@ -8,7 +8,6 @@ with status 2; the parser's defaults come from :class:`fdbpl.train.TrainConfig` 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import warnings
@@ -20,6 +19,7 @@ import torch
 
 import fdbpl
 from fdbpl.cache import RILTable, build_table, clip_student_features, clip_teacher, scan_image_folder
+from fdbpl.cache.build import BUILD_DEFAULTS, BuildSettings
 from fdbpl.cache.crops import check_range
 from fdbpl.cache.scan import check_distinct_classnames
 from fdbpl.cache.summary import table_report
@@ -46,7 +46,6 @@ CLASS_CHOICES = ("base", "new", "all", "base-new")
 
 
 #: :func:`~fdbpl.cache.build_table`'s defaults, which ``fdbpl build-cache`` shows and uses.
-BUILD = {name: p.default for name, p in inspect.signature(build_table).parameters.items()}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -172,36 +171,7 @@ def _add_build_cache(sub: argparse._SubParsersAction) -> None:
 
 def _add_crop_arguments(p: argparse.ArgumentParser) -> None:
     """How many crops, which labels kept, in what batches (defaults: :func:`build_table`'s)."""
-    p.add_argument(
-        "--crops-per-image",
-        type=integer_type(1),
-        default=BUILD["crops_per_image"],
-        help=f"regions per image, M (default: {BUILD['crops_per_image']})",
-    )
-    p.add_argument(
-        "--topk",
-        type=integer_type(1),
-        default=BUILD["topk"],
-        help=f"classes kept per region, K, all of them when there are fewer (default: {BUILD['topk']})",
-    )
-    p.add_argument(
-        "--strategy",
-        choices=["mr", "ms"],
-        default=BUILD["strategy"],
-        help=f"sparsification, Eq. 5 or 4 (default: {BUILD['strategy']})",
-    )
-    p.add_argument(
-        "--seed",
-        type=integer_type(0),
-        default=BUILD["seed"],
-        help=f"seed of the crops and of random weights (default: {BUILD['seed']})",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=integer_type(1),
-        default=BUILD["batch_size"],
-        help=f"crops per teacher call (default: {BUILD['batch_size']})",
-    )
+    add_settings(p, BuildSettings, ["crops_per_image", "topk", "strategy", "seed", "batch_size"])
 
 
 def _add_class_arguments(p: argparse.ArgumentParser) -> None:
@@ -248,7 +218,7 @@ def _add_teacher_arguments(p: argparse.ArgumentParser) -> None:
         "--scale",
         type=number_type(positive=True),
         nargs=2,
-        default=BUILD["scale"],
+        default=BUILD_DEFAULTS.scale,
         metavar=("MIN", "MAX"),
         help="crop area as a fraction of the image's, 0 < MIN <= MAX <= 1 (default: 0.08 1)",
     )
@@ -256,22 +226,11 @@ def _add_teacher_arguments(p: argparse.ArgumentParser) -> None:
         "--ratio",
         type=number_type(positive=True),
         nargs=2,
-        default=BUILD["ratio"],
+        default=BUILD_DEFAULTS.ratio,
         metavar=("MIN", "MAX"),
         help="crop aspect ratio (width / height), 0 < MIN <= MAX (default: 3/4 4/3)",
     )
-    p.add_argument(
-        "--shard-size",
-        type=integer_type(1),
-        default=BUILD["shard_size"],
-        help=f"images per shard (default: {BUILD['shard_size']})",
-    )
-    p.add_argument(
-        "--num-workers",
-        type=integer_type(0),
-        default=BUILD["num_workers"],
-        help=f"crop-rendering worker processes (default: {BUILD['num_workers']})",
-    )
+    add_settings(p, BuildSettings, ["shard_size", "num_workers"])
     p.add_argument("--device", default="auto", help="teacher device: auto, cpu, cuda, cuda:N (default: auto)")
 
 

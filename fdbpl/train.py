@@ -176,7 +176,7 @@ class TrainConfig:
     @property
     def loss_weights(self) -> LossWeights:
         """The loss weights as one value (:class:`~fdbpl.losses.LossWeights`)."""
-        return LossWeights(self.lambda_neg, self.lambda_diff1, self.lambda_diff2, self.alpha, self.delta)
+        return LossWeights(**{name: getattr(self, name) for name in LossWeights.__dataclass_fields__})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "crops_per_image"):

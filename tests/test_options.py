@@ -4,29 +4,37 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fdbpl.cache import BUILD_DEFAULTS, BuildSettings, build_table
 from fdbpl.cli import _train_config, build_parser
 from fdbpl.losses import LossWeights
 from fdbpl.options import add_settings, setting, settings_from
 from fdbpl.train import TrainConfig
 
 
-def _train_parser() -> argparse.ArgumentParser:
+def _command(name: str) -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["train"]
+    return sub.choices[name]
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    return _command("train")
 
 
 def _settings(cls):
     return [f for f in dataclasses.fields(cls) if "cli" in f.metadata]
 
 
-@pytest.mark.parametrize("cls", [TrainConfig, LossWeights])
-def test_every_setting_is_a_train_flag_with_the_fields_default(cls):
-    actions = {a.dest: a for a in _train_parser()._actions}
+@pytest.mark.parametrize(
+    ("cls", "command"), [(TrainConfig, "train"), (LossWeights, "train"), (BuildSettings, "build-cache")]
+)
+def test_every_setting_is_a_flag_with_the_fields_default(cls, command):
+    actions = {a.dest: a for a in _command(command)._actions}
     assert _settings(cls)
     for f in _settings(cls):
         action = actions[f.name]
@@ -84,3 +92,9 @@ def _exiting_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     add_settings(p, Example)
     return p
+
+
+def test_build_table_reads_its_defaults_from_build_settings():
+    parameters = inspect.signature(build_table).parameters
+    for f in dataclasses.fields(BuildSettings):
+        assert parameters[f.name].default == getattr(BUILD_DEFAULTS, f.name), f.name

@@ -42,6 +42,7 @@ from dassl.optim import build_optimizer
 from torch import nn
 
 from fdbpl.cache import RegionDataset, RILTable, build_table, clip_teacher
+from fdbpl.cache.build import BUILD_DEFAULTS
 from fdbpl.cache.provenance import check_table_draw, describe_source
 from fdbpl.cache.scan import scan_image_list
 from fdbpl.data import coop_classname
@@ -62,10 +63,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "TEACHER": ("ViT-L-14", "the teacher: an open_clip model name or model-config JSON"),
     "TEACHER_PRETRAINED": ("openai", 'the teacher\'s weights: open_clip tag, checkpoint path, or "none"'),
     "TEMPLATE": ("a photo of a {}.", "the teacher's prompt, one {} for the class name"),
-    "NUM_CROPS": (500, "M, regions stored per image"),
-    "TOPK": (20, "K, classes kept per region (all of them when there are fewer)"),
-    "STRATEGY": ("mr", "sparsification: mr (Eq. 5) or ms (Eq. 4)"),
-    "BUILD_BATCH_SIZE": (256, "crops per teacher call while building"),
+    "NUM_CROPS": (BUILD_DEFAULTS.crops_per_image, "M, regions stored per image"),
+    "TOPK": (BUILD_DEFAULTS.topk, "K, classes kept per region (all of them when there are fewer)"),
+    "STRATEGY": (BUILD_DEFAULTS.strategy, "sparsification: mr (Eq. 5) or ms (Eq. 4)"),
+    "BUILD_BATCH_SIZE": (BUILD_DEFAULTS.batch_size, "crops per teacher call while building"),
     "STORED_FEATURES": (True, "use a table's stored student features (checked against this student)"),
     "VERIFY": (True, "check every table file against its recorded SHA-256 before training"),
     "NEG_CTX_INIT": ("a photo of no", 'the negative space\'s init phrase ("": NEG_N_CTX random tokens)'),
@@ -334,7 +335,13 @@ class FDBPL(TrainerX):
         self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
         self.scaler = torch.amp.GradScaler("cuda") if coop.PREC == "amp" else None
         self.criterion = FDBPLLoss.from_weights(
-            LossWeights(f.LAMBDA_NEG, f.LAMBDA_DIFF1, f.LAMBDA_DIFF2, f.ALPHA, f.DELTA)
+            LossWeights(
+                lambda_neg=f.LAMBDA_NEG,
+                lambda_diff1=f.LAMBDA_DIFF1,
+                lambda_diff2=f.LAMBDA_DIFF2,
+                alpha=f.ALPHA,
+                delta=f.DELTA,
+            )
         )
 
     def build_schedule(self, optim: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:

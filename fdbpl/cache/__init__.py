@@ -9,7 +9,7 @@
 Image decoding, crops and normalisation live in :mod:`fdbpl.images`.
 """
 
-from fdbpl.cache.build import BuildSummary, build_table
+from fdbpl.cache.build import BUILD_DEFAULTS, BuildSettings, BuildSummary, build_table
 from fdbpl.cache.crops import CropSampler
 from fdbpl.cache.dataset import RegionDataset
 from fdbpl.cache.scan import ImageRecord, ScanResult, scan_image_folder
@@ -19,6 +19,8 @@ from fdbpl.cache.teacher import Teacher, clip_teacher
 from fdbpl.errors import TableFormatError
 
 __all__ = [
+    "BUILD_DEFAULTS",
+    "BuildSettings",
     "BuildSummary",
     "CropSampler",
     "ImageRecord",

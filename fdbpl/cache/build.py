@@ -58,8 +58,49 @@ from fdbpl.cache.teacher import Teacher
 from fdbpl.distributed import barrier, broadcast_from_rank0, rank_and_world
 from fdbpl.errors import InputValueError, TableFormatError
 from fdbpl.images import render_crop
+from fdbpl.options import setting
+from fdbpl.sparsify.topk import STRATEGIES
 
-__all__ = ["BuildSummary", "build_table"]
+__all__ = ["BUILD_DEFAULTS", "BuildSettings", "BuildSummary", "build_table"]
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How a table is built, checked as one value: :func:`build_table`'s settings.
+
+    :data:`BUILD_DEFAULTS` holds the defaults of :func:`build_table`, ``fdbpl build-cache``
+    and the Dassl trainer. See :func:`build_table` for each field.
+
+    Raises:
+        InputValueError: a count below its minimum, an unknown strategy, a crop range out
+            of bounds.
+    """
+
+    crops_per_image: int = setting(500, "regions per image, M", minimum=1, source="the paper's")
+    topk: int = setting(
+        20, "classes kept per region, K, all of them when there are fewer", minimum=1, source="the paper's"
+    )
+    strategy: str = setting("mr", "sparsification, Eq. 5 (mr) or Eq. 4 (ms)", choices=STRATEGIES)
+    seed: int = setting(0, "seed of the crops and of random weights", minimum=0)
+    batch_size: int = setting(256, "crops per teacher call", minimum=1)
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    shard_size: int = setting(64, "images per shard", minimum=1)
+    num_workers: int = setting(0, "crop-rendering worker processes", minimum=0)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise InputValueError(f"strategy: expected 'mr' or 'ms', got {self.strategy!r}")
+        for name in ("crops_per_image", "batch_size", "shard_size", "topk"):
+            check_count(name, getattr(self, name))
+        for name in ("seed", "num_workers"):
+            check_count(name, getattr(self, name), minimum=0)
+        object.__setattr__(self, "scale", check_range("scale", self.scale, 1.0))
+        object.__setattr__(self, "ratio", check_range("ratio", self.ratio, None))
+
+
+#: The defaults of every table build.
+BUILD_DEFAULTS = BuildSettings()
 
 
 @dataclass
@@ -188,15 +229,15 @@ def build_table(
     student: StudentFeatures | None = None,
     scan: ScanResult | None = None,
     classnames: list[str] | None = None,
-    crops_per_image: int = 500,
-    topk: int = 20,
-    strategy: str = "mr",
-    seed: int = 0,
-    batch_size: int = 256,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    shard_size: int = 64,
-    num_workers: int = 0,
+    crops_per_image: int = BUILD_DEFAULTS.crops_per_image,
+    topk: int = BUILD_DEFAULTS.topk,
+    strategy: str = BUILD_DEFAULTS.strategy,
+    seed: int = BUILD_DEFAULTS.seed,
+    batch_size: int = BUILD_DEFAULTS.batch_size,
+    scale: tuple[float, float] = BUILD_DEFAULTS.scale,
+    ratio: tuple[float, float] = BUILD_DEFAULTS.ratio,
+    shard_size: int = BUILD_DEFAULTS.shard_size,
+    num_workers: int = BUILD_DEFAULTS.num_workers,
     overwrite: bool = False,
     progress: bool = True,
 ) -> BuildSummary:
@@ -238,7 +279,17 @@ def build_table(
         student,
         scan,
         classnames,
-        (crops_per_image, topk, strategy, seed, batch_size, scale, ratio, shard_size, num_workers),
+        BuildSettings(
+            crops_per_image=crops_per_image,
+            topk=topk,
+            strategy=strategy,
+            seed=seed,
+            batch_size=batch_size,
+            scale=scale,
+            ratio=ratio,
+            shard_size=shard_size,
+            num_workers=num_workers,
+        ),
     )
     rank, world = rank_and_world()
     summary = plan.summary(rank, world)
@@ -328,36 +379,23 @@ def _plan(
     student: StudentFeatures | None,
     scan: ScanResult | None,
     classnames: list[str] | None,
-    options: tuple[int, int, str, int, int, tuple[float, float], tuple[float, float], int, int],
+    options: BuildSettings,
 ) -> _Plan:
-    """Check the arguments and scan the images: everything a build needs before it writes.
-
-    ``options`` are :func:`build_table`'s crops per image, top-k, strategy, seed, batch
-    size, scale, ratio, shard size and workers, in that order.
-    """
-    crops_per_image, topk, strategy, seed, batch_size, scale, ratio, shard_size, num_workers = options
-    if strategy not in ("mr", "ms"):
-        raise InputValueError(f"strategy: expected 'mr' or 'ms', got {strategy!r}")
-    for name, v in (
-        ("crops_per_image", crops_per_image),
-        ("batch_size", batch_size),
-        ("shard_size", shard_size),
-        ("topk", topk),
-    ):
-        check_count(name, v)
-    check_count("seed", seed, minimum=0)
-    check_count("num_workers", num_workers, minimum=0)
-    scale, ratio = check_range("scale", scale, 1.0), check_range("ratio", ratio, None)
+    """Scan the images (``options`` are checked): everything a build needs before it writes."""
     scan = scan if scan is not None else scan_image_folder(root, classnames)
     if not scan.images:
         raise InputValueError(f"images: no readable image under {root}")
-    c = len(scan.classnames)
+    c, topk = len(scan.classnames), options.topk
     if topk > c:  # the paper's K = 20 on a base half of 5 classes: all of them are kept
         warnings.warn(f"topk: K={topk} is more than the {c} classes; keeping all {c}", stacklevel=3)
         topk = c
-    sampler = CropSampler(scale, ratio, int(seed))
-    settings = table_settings(scan, teacher, topk, strategy, crops_per_image, sampler, shard_size, student)
-    return _Plan(root, out, scan, teacher, student, sampler, settings, batch_size, num_workers)
+    sampler = CropSampler(options.scale, options.ratio, int(options.seed))
+    settings = table_settings(
+        scan, teacher, topk, options.strategy, options.crops_per_image, sampler, options.shard_size, student
+    )
+    return _Plan(
+        root, out, scan, teacher, student, sampler, settings, options.batch_size, options.num_workers
+    )
 
 
 def _progress_bar(plan: _Plan, shards: list[int]) -> Any:

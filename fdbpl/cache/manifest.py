@@ -15,6 +15,7 @@ from fdbpl.cache.crops import INTERPOLATION
 from fdbpl.cache.storage import json_bytes, write_bytes_atomic, write_json_atomic
 from fdbpl.errors import TableFormatError
 from fdbpl.files import read_file_text, regular_file
+from fdbpl.sparsify.topk import STRATEGIES
 
 if TYPE_CHECKING:
     from fdbpl.cache.crops import CropSampler
@@ -353,7 +354,7 @@ def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
             raise TableFormatError(f"{where}: {key} {manifest[key]} is not a positive count")
     if manifest["seed"] < 0:
         raise TableFormatError(f"{where}: seed {manifest['seed']} is negative")
-    if manifest["strategy"] not in ("mr", "ms"):
+    if manifest["strategy"] not in STRATEGIES:
         raise TableFormatError(f"{where}: strategy {manifest['strategy']!r} is not 'mr' or 'ms'")
     if not 1 <= manifest["topk"] <= manifest["num_classes"]:
         raise TableFormatError(f"{where}: topk {manifest['topk']} outside [1, {manifest['num_classes']}]")

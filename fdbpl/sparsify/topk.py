@@ -11,9 +11,11 @@ from fdbpl._checks import check_probabilities, compute_dtype
 from fdbpl.errors import InputValueError
 from fdbpl.sparsify.labels import SparseSoftLabels
 
-__all__ = ["Strategy", "sparsify", "topk_mr", "topk_ms"]
+__all__ = ["STRATEGIES", "Strategy", "sparsify", "topk_mr", "topk_ms"]
 
 Strategy = Literal["mr", "ms"]
+#: The two sparsification strategies: MR (Eq. 5) and MS (Eq. 4).
+STRATEGIES: tuple[str, ...] = ("mr", "ms")
 
 
 def _check_k(k: int, num_classes: int) -> int:
