@@ -77,11 +77,9 @@ class TrainConfig:
     ``image_features`` says where the student's image features come from (see
     :data:`IMAGE_FEATURES`); ``class_chunk_size`` bounds the text pass's memory (see
     :class:`~fdbpl.prompts.DualPromptLearner`). ``method`` is a registered base method
-    (:func:`fdbpl.methods.method_names`: ``"coop"``, ``"cocoop"``, whose text features are
-    per image, the deep methods ``"vpt"``, ``"ivlp"``, ``"maple"``, ``"promptsrc"``,
-    ``"kgcoop"``, or one registered with :func:`fdbpl.methods.register_method`) and
-    ``method_options`` its own options by name (e.g. ``{"weight": 8.0}`` for ``kgcoop``;
-    see its :class:`~fdbpl.methods.MethodSpec`). ``meta_net`` is CoCoOp's meta-network,
+    (:func:`fdbpl.methods.method_names`; :doc:`/base-methods` lists them, and
+    :func:`fdbpl.methods.register_method` adds one) and ``method_options`` its own options
+    by name (see its :class:`~fdbpl.methods.MethodSpec`). ``meta_net`` is CoCoOp's meta-network,
     shared by the two spaces or one per space (:data:`~fdbpl.prompts.META_NETS`). The deep methods take ``depth``,
     ``text_ctx`` and ``vision_ctx`` (``None``: the method's own defaults,
     :data:`~fdbpl.prompts.DEEP_DEFAULTS`) and ``gradient_checkpointing``; ``promptsrc``
@@ -331,7 +329,7 @@ class _Session:
     steps_per_epoch: int
     logit_scale: torch.Tensor | float  # the frozen student's, read once
     class_ranking: torch.Tensor | None = None  # class-agnostic: class ids by mean teacher probability
-    terms: MethodTerms | None = None  # what the base method adds (PromptSRC's constraints, KgCoOp's term)
+    terms: MethodTerms | None = None  # what the base method adds to FDBPL's loss
     start_epoch: int = 0
     step: int = 0
     log: IO[str] | None = None
