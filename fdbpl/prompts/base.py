@@ -89,6 +89,8 @@ def _plain(name: str, value: Any) -> Any:
         return value
     if isinstance(value, numbers.Integral):
         return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
     if isinstance(value, Mapping):
         return {str(k): _plain(name, v) for k, v in value.items()}
     if isinstance(value, Sequence):
@@ -131,10 +133,11 @@ class PromptLearnerBase(nn.Module):
 
     **Configuration.** The arguments of the learner's own constructor, except the model
     and the ones that only tune how it runs (:data:`RUNTIME_OPTIONS`), are its
-    configuration: :attr:`config`, a read-only mapping recorded when it is built (an
-    argument left ``None`` is recorded as the value the learner resolved it to, e.g.
-    ``n_ctx``), saved in :meth:`state_dict` and given back by :meth:`from_state_dict` as
-    ``cls(clip_model, **config)``. A subclass needs no checkpoint code of its own.
+    configuration: :attr:`config`, a read-only mapping recorded when it is built (each
+    argument as the learner resolved it where it keeps a plain attribute of that name, so
+    ``n_ctx=None`` is recorded as the lengths it chose), saved in :meth:`state_dict` and
+    given back by :meth:`from_state_dict` as ``cls(clip_model, **config)``. A subclass needs
+    no checkpoint code of its own.
     """
 
     #: The base method's name, recorded in the state dict (see :func:`fdbpl.prompts.build_learner`).

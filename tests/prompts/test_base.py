@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -108,6 +109,8 @@ def test_a_subclass_needs_no_checkpoint_code(open_clip_model):
         DualPromptLearner.from_state_dict(model, state, tokenizer=tok)
     with pytest.raises(FDBPLError, match=r"scale=0\.5"):
         ScaledLearner(model, NAMES, tokenizer=tok, scale=3.0).load_state_dict(state)
+    numpy_scale = ScaledLearner(model, NAMES, tokenizer=tok, scale=np.float32(0.25)).config["scale"]
+    assert numpy_scale == 0.25 and type(numpy_scale) is float  # saved as plain data
     with pytest.raises(FDBPLError, match="plain data"):
         ScaledLearner(model, NAMES, tokenizer=tok, scale=torch.tensor(1.0))
 
