@@ -16,8 +16,17 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from fdbpl._checks import check_count, check_number
+from fdbpl.errors import InputValueError
 
-__all__ = ["add_settings", "flag_reason", "integer_type", "number_type", "setting", "settings_from"]
+__all__ = [
+    "add_settings",
+    "check_settings",
+    "flag_reason",
+    "integer_type",
+    "number_type",
+    "setting",
+    "settings_from",
+]
 
 
 def setting(
@@ -140,3 +149,22 @@ def add_settings(parser: Any, cls: type, names: Iterable[str] | None = None) -> 
 def settings_from(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The dataclass ``cls``'s fields that the parsed ``args`` hold, by name."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def check_settings(settings: Any) -> None:
+    """Refuse a :func:`setting` field's value that its flag would refuse (naming the field),
+    and store each number as a plain ``int`` / ``float``; ``None`` passes where it is the
+    default. Call it from the dataclass's ``__post_init__`` (frozen ones too)."""
+    for f in dataclasses.fields(settings):
+        if "cli" not in f.metadata:
+            continue
+        cli, value, kind = f.metadata["cli"], getattr(settings, f.name), str(f.type)
+        if value is None and f.default is None:
+            continue
+        if kind.startswith("int"):
+            minimum = cli["minimum"] if cli["minimum"] is not None else 0
+            object.__setattr__(settings, f.name, check_count(f.name, value, int(minimum)))
+        elif kind.startswith("float"):
+            object.__setattr__(settings, f.name, check_number(f.name, value, cli["minimum"], cli["positive"]))
+        elif cli["choices"] is not None and value not in cli["choices"]:
+            raise InputValueError(f"{f.name}: expected one of {list(cli['choices'])}, got {value!r}")

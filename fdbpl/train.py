@@ -32,7 +32,7 @@ from fdbpl.losses import FDBPLLoss
 from fdbpl.losses.functional.promptsrc import IMAGE_WEIGHT, TEXT_WEIGHT
 from fdbpl.losses.weights import DEFAULT_WEIGHTS, LossWeights
 from fdbpl.methods import DEFAULT_METHOD, MethodSpec, MethodTerms, RunContext, StepOutputs, method_spec
-from fdbpl.options import setting
+from fdbpl.options import check_settings, setting
 from fdbpl.prompts import (
     DEEP_DEFAULTS,
     META_NETS,
@@ -177,10 +177,7 @@ class TrainConfig:
         return LossWeights(**{name: getattr(self, name) for name in LossWeights.__dataclass_fields__})
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "crops_per_image"):
-            check_count(name, getattr(self, name))
-        for name in ("num_workers", "seed"):
-            check_count(name, getattr(self, name), minimum=0)
+        check_settings(self)  # every field made with setting(): its range or choices
         if self.n_ctx is not None:
             check_count("n_ctx", self.n_ctx)
             if self.positive_init is not None and self.negative_init is not None:
@@ -188,29 +185,11 @@ class TrainConfig:
                     "n_ctx: sets the length of randomly initialised contexts, but both spaces start from "
                     "an init phrase; set positive_init and/or negative_init to None"
                 )
-        if self.class_chunk_size is not None:
-            check_count("class_chunk_size", self.class_chunk_size)
-        if self.max_classes is not None:
-            check_count("max_classes", self.max_classes)
-        if self.meta_net not in META_NETS:
-            raise InputValueError(f"meta_net: expected one of {list(META_NETS)}, got {self.meta_net!r}")
         _check_method(self, method_spec(self.method))
-        for name in ("depth", "text_ctx"):
-            if getattr(self, name) is not None:
-                check_count(name, getattr(self, name))
-        if self.vision_ctx is not None:
-            check_count("vision_ctx", self.vision_ctx, minimum=0)
         for name in ("src_image_weight", "src_text_weight", "src_logit_weight"):
             check_number(name, getattr(self, name), minimum=0.0)
         check_number("gpa_mean", self.gpa_mean)
         check_number("gpa_std", self.gpa_std, positive=True)
-        if self.image_features not in IMAGE_FEATURES:
-            raise InputValueError(
-                f"image_features: expected one of {list(IMAGE_FEATURES)}, got {self.image_features!r}"
-            )
-        check_number("lr", self.lr, positive=True)
-        for name in ("momentum", "weight_decay"):
-            check_number(name, getattr(self, name), minimum=0.0)
         _ = self.loss_weights  # refuses weights that are not finite numbers, negative lambdas and alpha
 
 

@@ -6,14 +6,16 @@ import argparse
 import dataclasses
 import inspect
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fdbpl.cache import BUILD_DEFAULTS, BuildSettings, build_table
 from fdbpl.cli import _train_config, build_parser
+from fdbpl.errors import FDBPLError
 from fdbpl.losses import LossWeights
-from fdbpl.options import add_settings, setting, settings_from
+from fdbpl.options import add_settings, check_settings, setting, settings_from
 from fdbpl.train import TrainConfig
 
 
@@ -98,3 +100,31 @@ def test_build_table_reads_its_defaults_from_build_settings():
     parameters = inspect.signature(build_table).parameters
     for f in dataclasses.fields(BuildSettings):
         assert parameters[f.name].default == getattr(BUILD_DEFAULTS, f.name), f.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked(Example):
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("count", 0),
+        ("count", 1.5),
+        ("count", True),
+        ("rate", 0.0),
+        ("rate", float("nan")),
+        ("kind", "c"),
+        ("cap", -1),
+    ],
+)
+def test_check_settings_refuses_what_the_flag_refuses_naming_the_field(field, value):
+    with pytest.raises(FDBPLError, match=f"^{field}: expected"):
+        Checked(**{field: value})
+
+
+def test_check_settings_stores_plain_numbers():
+    checked = Checked(count=np.int64(4), rate=np.float32(0.25), cap=None)
+    assert type(checked.count) is int and type(checked.rate) is float and checked.cap is None

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from fdbpl._checks import check_count
 from fdbpl.cache.codec import encode_features, encode_labels
 from fdbpl.cache.crops import CropSampler, check_range
 from fdbpl.cache.manifest import (
@@ -58,7 +57,7 @@ from fdbpl.cache.teacher import Teacher
 from fdbpl.distributed import barrier, broadcast_from_rank0, rank_and_world
 from fdbpl.errors import InputValueError, TableFormatError
 from fdbpl.images import render_crop
-from fdbpl.options import setting
+from fdbpl.options import check_settings, setting
 from fdbpl.sparsify.topk import STRATEGIES
 
 __all__ = ["BUILD_DEFAULTS", "BuildSettings", "BuildSummary", "build_table"]
@@ -89,12 +88,7 @@ class BuildSettings:
     num_workers: int = setting(0, "crop-rendering worker processes", minimum=0)
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise InputValueError(f"strategy: expected 'mr' or 'ms', got {self.strategy!r}")
-        for name in ("crops_per_image", "batch_size", "shard_size", "topk"):
-            check_count(name, getattr(self, name))
-        for name in ("seed", "num_workers"):
-            check_count(name, getattr(self, name), minimum=0)
+        check_settings(self)
         object.__setattr__(self, "scale", check_range("scale", self.scale, 1.0))
         object.__setattr__(self, "ratio", check_range("ratio", self.ratio, None))
 

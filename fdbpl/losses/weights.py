@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fdbpl._checks import check_number
-from fdbpl.options import setting
+from fdbpl.options import check_settings, setting
 
 __all__ = ["DEFAULT_WEIGHTS", "LossWeights"]
 
@@ -48,9 +47,7 @@ class LossWeights:
     delta: float = setting(0.1, "delta of the second-order difference (Eq. 16)")
 
     def __post_init__(self) -> None:
-        for name in ("lambda_neg", "lambda_diff1", "lambda_diff2", "alpha"):
-            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0.0))
-        object.__setattr__(self, "delta", check_number("delta", self.delta))
+        check_settings(self)
 
     def as_kwargs(self) -> dict[str, Any]:
         """The weights by name, for ``FDBPLLoss(**weights.as_kwargs())`` or :func:`fdbpl_loss`."""
