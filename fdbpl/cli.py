@@ -560,6 +560,8 @@ def _training_images(args: argparse.Namespace) -> Any:
                 f"vocabulary: {len(vocabulary)} names, fewer than the {len(scan.classnames)} image classes"
             )
         scan.classnames = vocabulary  # the images keep their folder index, recorded but not a class
+        if scan.source:  # a draw whose classes are not the table's: not compared when training
+            scan.source = {**scan.source, "vocabulary": True}
     return scan
 
 

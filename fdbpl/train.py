@@ -24,6 +24,7 @@ import torch
 from fdbpl._checks import check_count, check_number
 from fdbpl.aggregation import GPA_MEAN, GPA_STD
 from fdbpl.cache import RegionDataset, RILTable
+from fdbpl.cache.provenance import check_recorded_draw
 from fdbpl.distributed import barrier, rank_and_world
 from fdbpl.errors import InputValueError
 from fdbpl.images import InputRecipe
@@ -358,6 +359,9 @@ def train(
 
     Raises:
         TableFormatError: ``verify`` found a table file that differs from its checksum.
+        TableMismatchError: a table built from a dataset draw (``build-cache --dataset``)
+            whose draw, read again under ``images``, is not its images
+            (:func:`~fdbpl.cache.provenance.check_recorded_draw`).
         InputValueError: a checkpoint in ``run`` made for other class names, another
             table, another prompt shape, or other settings (named).
     """
@@ -366,6 +370,7 @@ def train(
     rank, world = rank_and_world()
     if verify:
         table.verify(progress=progress and rank == 0)
+    check_recorded_draw(table, images)
     session = _start_or_resume(
         table, images, student, RunFolder(run), cfg, tokenizer, recipe, student_description or {}, device
     )

@@ -6,7 +6,9 @@ the dataset, the split (and the split file or cached few-shot file read, relativ
 ``DATASET.ROOT``), the shots, the draw's seed, the class subset (CoOp's
 ``SUBSAMPLE_CLASSES``) and whether the draw repeated images (Dassl before 2022).
 :func:`check_table_draw` compares a table with the training set a run is about to use and
-names the first difference, so that a table of another draw is never used silently.
+names the first difference, so that a table of another draw is never used silently;
+:func:`check_recorded_draw` reads the recorded draw again under a root and compares it
+(``fdbpl train``, :func:`fdbpl.train.train`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any
 from fdbpl._checks import first_difference
 from fdbpl.cache.table import RILTable
 from fdbpl.data.items import coop_classname
-from fdbpl.errors import TableMismatchError
+from fdbpl.errors import InputValueError, TableMismatchError
 
-__all__ = ["DRAW_FIELDS", "check_table_draw", "describe_source"]
+__all__ = ["DRAW_FIELDS", "check_recorded_draw", "check_table_draw", "describe_source"]
 
 #: The fields of a recorded source that decide which images a draw holds.
 DRAW_FIELDS = ("dataset", "shots", "seed", "subset")
@@ -114,3 +116,39 @@ def check_table_draw(
             f"table: {table.path} holds {extra[0]}, which is not in this training set ({len(stored)} images in "
             f"the table, {len(wanted)} in the training set)"
         )
+
+
+def check_recorded_draw(table: RILTable, root: str | os.PathLike[str]) -> None:
+    """Refuse a table whose recorded dataset draw, read again under ``root``, is not its images.
+
+    A table built from a dataset of CoOp's layout records its draw (dataset, split, shots,
+    seed, subset, repeat); this reads that draw under ``root`` (CoOp's ``DATASET.ROOT``, the
+    folder the table's paths are relative to) as CoOp would and compares it with
+    :func:`check_table_draw`. A table without a recorded draw (an image folder or list), or
+    built over a vocabulary (its classes are not the dataset's), is not compared.
+
+    Raises:
+        TableMismatchError: the draw under ``root`` differs from the table's images or class
+            names, or cannot be read there (``root`` is not the dataset's root).
+    """
+    source = table.manifest.get("source")
+    if not source or "dataset" not in source or source.get("vocabulary"):
+        return
+    from fdbpl.data import read_dataset  # the readers of CoOp's layouts, only for such tables
+
+    try:
+        data = read_dataset(
+            str(source["dataset"]),
+            root,
+            num_shots=int(source["shots"]),
+            seed=int(source["seed"]),
+            subsample=str(source["subset"]),
+            repeat=bool(source.get("repeat", False)),
+        )
+    except (InputValueError, OSError) as e:
+        raise TableMismatchError(
+            f"table: {table.path} holds a draw of {source['dataset']} ({describe_source(source)}), which cannot "
+            f"be read under {root}; give the DATASET.ROOT it was built from ({e})"
+        ) from e
+    split = getattr(data, str(source.get("split", "train")))
+    check_table_draw(table, root, [(item.impath, item.classname) for item in split], data.classnames)

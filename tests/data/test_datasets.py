@@ -270,3 +270,47 @@ def test_the_old_dassl_draw_is_an_option(tmp_path, capsys):
     assert [line.split("\t")[0].rsplit("/", 1)[1] for line in repeated] == [
         i.impath.rsplit("/", 1)[1] for i in want
     ]
+
+
+def test_training_reads_the_recorded_draw_again_and_refuses_another(tmp_path):
+    """A table built from a draw records it; train() reads that draw again under IMAGES and
+    refuses a table whose images are no longer it, or a root that does not hold the dataset."""
+    from PIL import Image
+    from tiny_models import toy_teacher
+
+    from fdbpl.cache import RILTable, build_table
+    from fdbpl.cache.provenance import check_recorded_draw
+    from fdbpl.cache.scan import scan_split
+    from fdbpl.errors import TableMismatchError
+    from fdbpl.train import train
+
+    base = write_pets(tmp_path, per_class=4)
+    split = json.loads((base / "split_zhou_OxfordPets.json").read_text())
+    for entry in split["train"]:
+        Image.new("RGB", (40, 30), (entry[1] * 40, 90, 160)).save(base / "images" / entry[0])
+    data = read_dataset("OxfordPets", tmp_path, num_shots=2, seed=1, subsample="base")
+    build_table(
+        tmp_path,
+        tmp_path / "table",
+        toy_teacher(len(data.classnames)),
+        scan=scan_split(data, tmp_path, "train"),
+        crops_per_image=2,
+        topk=2,
+        progress=False,
+    )
+    table = RILTable.open(tmp_path / "table")
+    check_recorded_draw(table, tmp_path)  # the same draw: accepted
+    with pytest.raises(TableMismatchError, match="cannot be read under"):
+        check_recorded_draw(table, tmp_path / "elsewhere")
+    drawn = {i.impath.rsplit("/", 1)[-1] for i in data.train}
+    for entry in split["train"]:  # the split file now names other images for a drawn one
+        if entry[0] in drawn:
+            entry[0] = "renamed_" + entry[0]
+            Image.new("RGB", (40, 30)).save(base / "images" / entry[0])
+            break
+    (base / "split_zhou_OxfordPets.json").write_text(json.dumps(split))
+    with pytest.raises(TableMismatchError, match=r"does not hold .*renamed_|holds .*which is not in"):
+        train(table, tmp_path, None, tmp_path / "run", verify=False, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    table.manifest["source"]["vocabulary"] = True  # a vocabulary's classes are not the dataset's
+    check_recorded_draw(table, tmp_path)
