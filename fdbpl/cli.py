@@ -23,7 +23,7 @@ from fdbpl.cache.build import BUILD_DEFAULTS, BuildSettings
 from fdbpl.cache.crops import check_range
 from fdbpl.cache.scan import check_distinct_classnames
 from fdbpl.cache.summary import table_report
-from fdbpl.cache.teacher import check_template
+from fdbpl.cache.teacher import TEACHER_TEMPLATE, check_template
 from fdbpl.demo import DemoConfig, run_demo
 from fdbpl.distributed import process_group, rank_and_world
 from fdbpl.errors import FDBPLError, InputValueError
@@ -205,9 +205,9 @@ def _add_teacher_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--template",
         type=_template,
-        default="a photo of a {}.",
+        default=TEACHER_TEMPLATE,
         help="teacher prompt with one {} for the class name, or 'dataset' for the --dataset's template of "
-        "CoOp's zero-shot CLIP (default: 'a photo of a {}.', the paper's)",
+        f"CoOp's zero-shot CLIP (default: {TEACHER_TEMPLATE!r}, the paper's)",
     )
     p.add_argument(
         "--temperature",

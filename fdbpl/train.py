@@ -37,6 +37,8 @@ from fdbpl.options import check_settings, setting
 from fdbpl.prompts import (
     DEEP_DEFAULTS,
     META_NETS,
+    NEGATIVE_INIT,
+    POSITIVE_INIT,
     PromptLearnerBase,
     PromptModel,
     build_learner,
@@ -103,8 +105,8 @@ class TrainConfig:
     alpha: float = DEFAULT_WEIGHTS.alpha
     delta: float = DEFAULT_WEIGHTS.delta
     n_ctx: int | None = None
-    positive_init: str | None = "a photo of a"
-    negative_init: str | None = "a photo of no"
+    positive_init: str | None = POSITIVE_INIT
+    negative_init: str | None = NEGATIVE_INIT
     class_specific: bool = setting(False, "one context per class (CoOp's CSC; default: one per space)")
     crops_per_image: int = setting(1, "regions per image per step", minimum=1)
     num_workers: int = setting(0, "data-loading worker processes", minimum=0)

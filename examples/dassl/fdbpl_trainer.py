@@ -45,13 +45,15 @@ from fdbpl.cache import RegionDataset, RILTable, build_table, clip_teacher
 from fdbpl.cache.build import BUILD_DEFAULTS
 from fdbpl.cache.provenance import check_table_draw, describe_source
 from fdbpl.cache.scan import scan_image_list
+from fdbpl.cache.teacher import TEACHER_TEMPLATE
 from fdbpl.data import coop_classname
 from fdbpl.images import InputRecipe
 from fdbpl.losses import DEFAULT_WEIGHTS, FDBPLLoss, LossWeights
 from fdbpl.models import load_open_clip
-from fdbpl.prompts import DualPromptLearner
+from fdbpl.prompts import NEGATIVE_INIT, RANDOM_N_CTX, DualPromptLearner
 from fdbpl.schedules import epoch_schedule
 from fdbpl.sparsify import SparseSoftLabels
+from fdbpl.train import TrainConfig
 
 PRECISIONS = ("fp16", "fp32", "amp")
 
@@ -62,16 +64,16 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "TABLES_DIR": ("output/fdbpl_tables", "where the trainer builds its tables, one folder per draw"),
     "TEACHER": ("ViT-L-14", "the teacher: an open_clip model name or model-config JSON"),
     "TEACHER_PRETRAINED": ("openai", 'the teacher\'s weights: open_clip tag, checkpoint path, or "none"'),
-    "TEMPLATE": ("a photo of a {}.", "the teacher's prompt, one {} for the class name"),
+    "TEMPLATE": (TEACHER_TEMPLATE, "the teacher's prompt, one {} for the class name"),
     "NUM_CROPS": (BUILD_DEFAULTS.crops_per_image, "M, regions stored per image"),
     "TOPK": (BUILD_DEFAULTS.topk, "K, classes kept per region (all of them when there are fewer)"),
     "STRATEGY": (BUILD_DEFAULTS.strategy, "sparsification: mr (Eq. 5) or ms (Eq. 4)"),
     "BUILD_BATCH_SIZE": (BUILD_DEFAULTS.batch_size, "crops per teacher call while building"),
     "STORED_FEATURES": (True, "use a table's stored student features (checked against this student)"),
     "VERIFY": (True, "check every table file against its recorded SHA-256 before training"),
-    "NEG_CTX_INIT": ("a photo of no", 'the negative space\'s init phrase ("": NEG_N_CTX random tokens)'),
-    "NEG_N_CTX": (16, "the negative contexts' length when random"),
-    "CROPS_PER_IMAGE": (1, "regions of every image per step"),
+    "NEG_CTX_INIT": (NEGATIVE_INIT, 'the negative space\'s init phrase ("": NEG_N_CTX random tokens)'),
+    "NEG_N_CTX": (RANDOM_N_CTX, "the negative contexts' length when random"),
+    "CROPS_PER_IMAGE": (TrainConfig.crops_per_image, "regions of every image per step"),
     "LAMBDA_NEG": (DEFAULT_WEIGHTS.lambda_neg, "weight of the negative term (Eq. 17)"),
     "LAMBDA_DIFF1": (DEFAULT_WEIGHTS.lambda_diff1, "weight of the first-order difference (Eq. 17)"),
     "LAMBDA_DIFF2": (DEFAULT_WEIGHTS.lambda_diff2, "weight of the second-order difference (Eq. 17)"),

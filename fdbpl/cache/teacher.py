@@ -12,7 +12,10 @@ from fdbpl._checks import check_number
 from fdbpl.errors import InputValueError
 from fdbpl.logits import logit_scale_of
 
-__all__ = ["Teacher", "check_template", "clip_teacher"]
+__all__ = ["TEACHER_TEMPLATE", "Teacher", "check_template", "clip_teacher"]
+
+#: The teacher's prompt (the paper's).
+TEACHER_TEMPLATE = "a photo of a {}."
 
 
 class Teacher:
@@ -84,7 +87,7 @@ def clip_teacher(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
-    template: str = "a photo of a {}.",
+    template: str = TEACHER_TEMPLATE,
     temperature: float | None = None,
     description: dict[str, Any] | None = None,
 ) -> Teacher:

@@ -12,7 +12,7 @@ only when its tokenizer is needed.
 
 from fdbpl.errors import UnsupportedModelError
 from fdbpl.prompts.authors import AUTHORS_METHODS, load_authors_checkpoint, read_authors_checkpoint
-from fdbpl.prompts.base import SPACES, PromptLearnerBase
+from fdbpl.prompts.base import NEGATIVE_INIT, POSITIVE_INIT, RANDOM_N_CTX, SPACES, PromptLearnerBase
 from fdbpl.prompts.build import PromptModel, build_learner, learner_from_state_dict
 from fdbpl.prompts.cocoop import META_NETS, CoCoOpDualPromptLearner
 from fdbpl.prompts.coop import DualPromptLearner
@@ -25,6 +25,9 @@ __all__ = [
     "DEEP_DEFAULTS",
     "DEEP_METHODS",
     "META_NETS",
+    "NEGATIVE_INIT",
+    "POSITIVE_INIT",
+    "RANDOM_N_CTX",
     "SPACES",
     "CoCoOpDualPromptLearner",
     "DeepPromptLearner",

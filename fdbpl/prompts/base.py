@@ -22,7 +22,7 @@ from fdbpl.errors import InputValueError
 from fdbpl.logits import clip_logits, logit_scale_of
 from fdbpl.prompts.text_tower import TextTower, Tokenizer, check_text_tower, relative_error, tolerance
 
-__all__ = ["RUNTIME_OPTIONS", "SPACES", "PromptLearnerBase"]
+__all__ = ["NEGATIVE_INIT", "POSITIVE_INIT", "RANDOM_N_CTX", "RUNTIME_OPTIONS", "SPACES", "PromptLearnerBase"]
 
 ClassTokenPosition = Literal["end", "middle", "front"]
 ClassSelection = Sequence[int] | Sequence[str] | torch.Tensor | None
@@ -30,7 +30,12 @@ ClassSelection = Sequence[int] | Sequence[str] | torch.Tensor | None
 #: The two prompt spaces, in the order a learner's ``forward`` returns them.
 SPACES = ("positive", "negative")
 
-_RANDOM_N_CTX = 16  # CoOp's default context length without an init phrase
+#: The positive space's init phrase (CoOp's ``CTX_INIT``) and the negative space's (the paper's).
+POSITIVE_INIT = "a photo of a"
+NEGATIVE_INIT = "a photo of no"
+
+#: A context's length when no init phrase gives it (CoOp's ``N_CTX``).
+RANDOM_N_CTX = 16
 _PLACEHOLDER = "X"
 
 
@@ -166,8 +171,8 @@ class PromptLearnerBase(nn.Module):
         classnames: Sequence[str],
         tokenizer: Tokenizer | None = None,
         n_ctx: int | Mapping[str, int | None] | None = None,
-        positive_init: str | None = "a photo of a",
-        negative_init: str | None = "a photo of no",
+        positive_init: str | None = POSITIVE_INIT,
+        negative_init: str | None = NEGATIVE_INIT,
         class_specific: bool = False,
         class_token_position: ClassTokenPosition = "end",
         truncate: bool = True,
@@ -278,7 +283,7 @@ class PromptLearnerBase(nn.Module):
         cls, tower: TextTower, tokenizer: Tokenizer, init: str | None, n_ctx: int | None, space: str
     ) -> tuple[int, torch.Tensor]:
         if init is None:
-            n = _RANDOM_N_CTX if n_ctx is None else check_count("n_ctx", n_ctx)
+            n = RANDOM_N_CTX if n_ctx is None else check_count("n_ctx", n_ctx)
             ctx = torch.empty(n, tower.width, device=tower.device, dtype=torch.float32)
             nn.init.normal_(ctx, std=0.02)
             return n, ctx
@@ -580,7 +585,7 @@ class PromptLearnerBase(nn.Module):
                 f"state_dict: a {state.get('method', 'coop')!r} learner's state ({learner}), not a {mine} "
                 "(fdbpl.prompts.learner_from_state_dict picks the class from the state)"
             )
-        inits = state.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
+        inits = state.get("inits", {"positive": POSITIVE_INIT, "negative": NEGATIVE_INIT})
         recorded = {
             **UNRECORDED_IN_0_1,
             "text_ctx": state["n_ctx"].get("positive"),

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fdbpl.errors import InputValueError
-from fdbpl.prompts.base import SPACES, ClassSelection, PromptLearnerBase
+from fdbpl.prompts.base import NEGATIVE_INIT, POSITIVE_INIT, SPACES, ClassSelection, PromptLearnerBase
 from fdbpl.prompts.text_tower import Tokenizer
 
 __all__ = ["META_NETS", "CoCoOpDualPromptLearner"]
@@ -91,8 +91,8 @@ class CoCoOpDualPromptLearner(PromptLearnerBase):
         classnames: Sequence[str],
         tokenizer: Tokenizer | None = None,
         n_ctx: int | Mapping[str, int | None] | None = None,
-        positive_init: str | None = "a photo of a",
-        negative_init: str | None = "a photo of no",
+        positive_init: str | None = POSITIVE_INIT,
+        negative_init: str | None = NEGATIVE_INIT,
         meta_net: MetaNet = "shared",
         truncate: bool = True,
         class_chunk_size: int | None = None,

@@ -29,7 +29,7 @@ from torch import nn
 
 from fdbpl._checks import check_count
 from fdbpl.errors import InputValueError
-from fdbpl.prompts.base import SPACES, PromptLearnerBase
+from fdbpl.prompts.base import NEGATIVE_INIT, POSITIVE_INIT, SPACES, PromptLearnerBase
 from fdbpl.prompts.text_tower import Tokenizer, check_reproduced
 from fdbpl.prompts.vision_tower import VISION_PROMPT_POSITIONS, VisionTower
 
@@ -134,8 +134,8 @@ class DeepPromptLearner(PromptLearnerBase):
         depth: int | None = None,
         text_ctx: int | None = None,
         vision_ctx: int | None = None,
-        positive_init: str | None = "a photo of a",
-        negative_init: str | None = "a photo of no",
+        positive_init: str | None = POSITIVE_INIT,
+        negative_init: str | None = NEGATIVE_INIT,
         truncate: bool = True,
         class_chunk_size: int | None = None,
         normalize_classnames: bool = True,
