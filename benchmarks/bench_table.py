@@ -102,7 +102,7 @@ def read_benchmark(args: argparse.Namespace, tmp: Path) -> None:
             table.read(int(i))
 
     def read_table_batched() -> None:
-        for batch in np.array_split(ids, len(ids) // 128):
+        for batch in np.array_split(ids, max(1, len(ids) // 128)):
             table.regions(batch)
 
     def read_fkd() -> None:
