@@ -585,7 +585,8 @@ class PromptLearnerBase(nn.Module):
                 f"state_dict: a {state.get('method', 'coop')!r} learner's state ({learner}), not a {mine} "
                 "(fdbpl.prompts.learner_from_state_dict picks the class from the state)"
             )
-        inits = state.get("inits", {"positive": POSITIVE_INIT, "negative": NEGATIVE_INIT})
+        # a state without its init phrases was made with fdbpl 0.1's defaults, whatever today's are
+        inits = state.get("inits", {"positive": "a photo of a", "negative": "a photo of no"})
         recorded = {
             **UNRECORDED_IN_0_1,
             "text_ctx": state["n_ctx"].get("positive"),
